@@ -1,0 +1,124 @@
+//! CPU registers, barriers, the generic timer and the IRQ-off guard.
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Logical id of the running CPU (TPIDR_EL1 holds it until per-CPU areas exist).
+#[inline(always)]
+pub fn smp_processor_id() -> usize {
+    let v: u64;
+    unsafe { asm!("mrs {}, tpidr_el1", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v as usize
+}
+
+/// MPIDR_EL1 affinity bits (Aff3..Aff0), as device trees write CPU `reg` values.
+#[inline]
+pub fn mpidr() -> u64 {
+    let v: u64;
+    unsafe { asm!("mrs {}, mpidr_el1", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v & 0xff_00ff_ffff
+}
+
+#[inline]
+pub fn current_el() -> u64 {
+    let v: u64;
+    unsafe { asm!("mrs {}, CurrentEL", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    (v >> 2) & 3
+}
+
+static TIMER_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// CNTFRQ_EL0, read once: 62.5 MHz on QEMU cortex-a72, 1 GHz with -cpu max, 54 MHz on a Pi 4.
+pub fn timer_hz() -> u64 {
+    let mut hz = TIMER_HZ.load(Ordering::Relaxed);
+    if hz == 0 {
+        unsafe { asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags)) };
+        hz &= 0xffff_ffff;
+        TIMER_HZ.store(hz, Ordering::Relaxed);
+    }
+    hz
+}
+
+/// Override the frequency when the device tree's timer node names one (firmware bugs).
+pub fn set_timer_hz(hz: u64) {
+    TIMER_HZ.store(hz, Ordering::Relaxed);
+}
+
+/// CNTVCT_EL0 (Linux's get_cycles() on arm64), ordered after earlier instructions.
+#[inline(always)]
+pub fn cycles() -> u64 {
+    let v: u64;
+    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Microseconds between two counter values (Linux's ktime_us_delta for our purpose).
+pub fn cycles_to_us(delta: u64) -> u64 {
+    ((delta as u128 * 1_000_000) / timer_hz().max(1) as u128) as u64
+}
+
+#[inline(always)]
+pub fn wfe() {
+    unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
+}
+#[inline(always)]
+pub fn sev() {
+    unsafe { asm!("sev", options(nomem, nostack, preserves_flags)) };
+}
+#[inline(always)]
+pub fn dsb_ishst() {
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+}
+#[inline(always)]
+pub fn dsb_ish() {
+    unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
+}
+#[inline(always)]
+pub fn dsb_sy() {
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+#[inline(always)]
+pub fn isb() {
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+}
+
+/// Clean and invalidate the data cache line holding `va` to the point of coherency: for data
+/// that a CPU with its MMU (and so its caches) off will read, such as a spin-table slot.
+#[inline]
+pub fn dcache_clean_inval_poc(va: u64, len: u64) {
+    let mut a = va & !63;
+    while a < va + len {
+        unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += 64;
+    }
+    dsb_sy();
+}
+
+/// Masks IRQs (DAIF.I) for its lifetime and restores the previous state: the guard around
+/// per-CPU data such as the pcp lists (Linux: local_irq_save / local_irq_restore).
+pub struct IrqGuard {
+    daif: u64,
+}
+
+impl IrqGuard {
+    #[inline(always)]
+    pub fn new() -> Self {
+        let daif: u64;
+        unsafe {
+            asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nomem, nostack, preserves_flags));
+        }
+        IrqGuard { daif }
+    }
+}
+
+impl Default for IrqGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for IrqGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        unsafe { asm!("msr daif, {}", in(reg) self.daif, options(nomem, nostack, preserves_flags)) };
+    }
+}

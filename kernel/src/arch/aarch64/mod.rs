@@ -1,0 +1,60 @@
+//! AArch64: registers, barriers, exceptions, PSCI, semihosting, MMU glue.
+//!
+//! Memory layout (48-bit VA, 4 KiB granule; see linker.ld and boot/src/head.S):
+//!
+//! ```text
+//! 0xffff_0000_0000_0000  PAGE_OFFSET   linear map of all RAM (block mappings where aligned)
+//! 0xffff_8000_0000_0000  VMALLOC_START vmalloc / vmap / vm_map_ram / percpu chunks (124 TiB)
+//! 0xffff_fc00_0000_0000  VMALLOC_END
+//! 0xffff_fe00_0000_0000  FIXMAP_START  early device mappings (UART, watchdog)
+//! 0xffff_ff80_0000_0000  KIMAGE_VADDR  kernel image (text RX, rodata R, data RW+XN)
+//! 0xffff_ff80_3fc0_0000  FDT_VA        4 MiB window onto the DTB (head.S)
+//! ```
+pub mod cpu;
+pub mod exception;
+pub mod psci;
+pub mod semihosting;
+
+pub const PAGE_OFFSET: u64 = 0xffff_0000_0000_0000;
+pub const VMALLOC_START: u64 = 0xffff_8000_0000_0000;
+pub const VMALLOC_END: u64 = 0xffff_fc00_0000_0000;
+pub const FIXMAP_START: u64 = 0xffff_fe00_0000_0000;
+pub const KIMAGE_VADDR: u64 = 0xffff_ff80_0000_0000;
+pub const FDT_VA: u64 = KIMAGE_VADDR + 510 * 0x20_0000;
+
+pub use cpu::*;
+pub mod mmu;
+
+/// CPUs supported (fixed-size per-CPU arrays).
+pub const NR_CPUS: usize = 8;
+
+static PI_WATCHDOG: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Registers the Pi's PM/watchdog block (virtual address) for power-off.
+pub fn set_pi_watchdog(va: u64) {
+    PI_WATCHDOG.store(va, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ends the run with `code` as the exit status where the platform can report one: semihosting
+/// SYS_EXIT (QEMU with -semihosting, probed at boot), else PSCI SYSTEM_OFF (virt, status 0),
+/// else the Pi's PM watchdog power-off (as Linux's bcm2835_power_off), else park.
+pub fn exit(code: u32) -> ! {
+    semihosting::exit(code);
+    if psci::available() {
+        psci::call(psci::SYSTEM_OFF, 0, 0, 0);
+    }
+    let wdt = PI_WATCHDOG.load(core::sync::atomic::Ordering::Relaxed);
+    if wdt != 0 {
+        const PM_PASSWORD: u32 = 0x5a00_0000;
+        unsafe {
+            // PM_RSTS: boot from "partition 63" = halt; PM_RSTC: full reset after a short timeout.
+            core::ptr::write_volatile((wdt + 0x20) as *mut u32, PM_PASSWORD | 0x555);
+            core::ptr::write_volatile((wdt + 0x24) as *mut u32, PM_PASSWORD | 10);
+            core::ptr::write_volatile((wdt + 0x1c) as *mut u32, PM_PASSWORD | 0x20);
+        }
+    }
+    loop {
+        wfe();
+    }
+}
+pub mod smp;

@@ -1,0 +1,3 @@
+//! Architecture code. Only AArch64 exists; generic code calls `crate::arch::...`.
+pub mod aarch64;
+pub use aarch64::*;

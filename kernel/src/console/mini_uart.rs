@@ -1,0 +1,61 @@
+//! BCM2711 auxiliary "mini UART" (UART1): the Pi 4's primary console on GPIO14/15.
+use core::ptr::{read_volatile, write_volatile};
+
+// Register offsets from the UART's own base (the DT's reg, 0xfe215040 on a Pi 4).
+const IO: u64 = 0x00;
+const IER: u64 = 0x04;
+const IIR: u64 = 0x08;
+const LCR: u64 = 0x0c;
+const MCR: u64 = 0x10;
+const LSR: u64 = 0x14;
+const CNTL: u64 = 0x20;
+const BAUD: u64 = 0x28;
+const LSR_TX_EMPTY: u32 = 1 << 5;
+
+pub struct MiniUart {
+    base: u64,
+}
+
+impl MiniUart {
+    pub fn new(base: u64) -> Self {
+        MiniUart { base }
+    }
+
+    fn reg(&self, off: u64) -> *mut u32 {
+        (self.base + off) as *mut u32
+    }
+
+    /// Programs 115200 8N1. The baud divisor follows the VPU core clock, which `enable_uart=1`
+    /// pins (500 MHz on a Pi 4): baud = clock / (8 * (BAUD + 1)).
+    ///
+    /// # Safety
+    /// `base` must map the mini UART; `aux_enables` the AUX_ENABLES register (base - 0x40 + 4).
+    pub unsafe fn init(&self, aux_enables: *mut u32, core_clock_hz: u32) {
+        unsafe {
+            write_volatile(aux_enables, read_volatile(aux_enables) | 1);
+            write_volatile(self.reg(CNTL), 0);
+            write_volatile(self.reg(IER), 0);
+            write_volatile(self.reg(LCR), 3); // 8-bit mode
+            write_volatile(self.reg(MCR), 0);
+            write_volatile(self.reg(IIR), 0xc6); // clear FIFOs
+            write_volatile(self.reg(BAUD), core_clock_hz / (8 * 115200) - 1);
+            write_volatile(self.reg(CNTL), 3); // TX and RX on
+        }
+    }
+
+    fn putc(&self, c: u8) {
+        unsafe {
+            while read_volatile(self.reg(LSR)) & LSR_TX_EMPTY == 0 {}
+            write_volatile(self.reg(IO), c as u32);
+        }
+    }
+
+    pub fn write_str(&self, s: &str) {
+        for b in s.bytes() {
+            if b == b'\n' {
+                self.putc(b'\r');
+            }
+            self.putc(b);
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The console: the UART that /chosen/stdout-path names (PL011 or the Pi's mini UART), or
+//! semihosting output before one is known (and where none is usable).
+mod mini_uart;
+mod pl011;
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+pub use mini_uart::MiniUart;
+pub use pl011::Pl011;
+
+/// 0 = semihosting only, 1 = PL011, 2 = mini UART.
+static KIND: AtomicU8 = AtomicU8::new(0);
+/// Virtual address of the UART registers.
+static BASE: AtomicU64 = AtomicU64::new(0);
+static LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Selects the UART mapped at `va` as the console.
+pub fn set_uart(kind: crate::dt::ConsoleKind, va: u64) {
+    BASE.store(va, Ordering::SeqCst);
+    KIND.store(
+        match kind {
+            crate::dt::ConsoleKind::Pl011 => 1,
+            crate::dt::ConsoleKind::MiniUart => 2,
+        },
+        Ordering::SeqCst,
+    );
+}
+
+pub fn has_uart() -> bool {
+    KIND.load(Ordering::Relaxed) != 0
+}
+
+fn write_raw(s: &str) {
+    let base = BASE.load(Ordering::Relaxed);
+    match KIND.load(Ordering::Relaxed) {
+        1 => Pl011::new(base).write_str(s),
+        2 => MiniUart::new(base).write_str(s),
+        _ => crate::arch::semihosting::write_str(s),
+    }
+}
+
+/// Console writer taking the console lock per call.
+pub struct Console;
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let _irq = crate::arch::IrqGuard::new();
+        let _g = LOCK.lock();
+        write_raw(s);
+        Ok(())
+    }
+}
+
+/// Writer for the exception and panic paths: does not wait for a lock that the faulting code
+/// may hold.
+pub struct EmergencyWriter;
+
+impl Write for EmergencyWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_raw(s);
+        Ok(())
+    }
+}
+
+#[doc(hidden)]
+pub fn _print(args: fmt::Arguments) {
+    let _irq = crate::arch::IrqGuard::new();
+    let _g = LOCK.lock();
+    struct Raw;
+    impl Write for Raw {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            write_raw(s);
+            Ok(())
+        }
+    }
+    let _ = Raw.write_fmt(args);
+}
+
+/// Prints to the console (one line written under one lock acquisition).
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::console::_print(format_args!($($arg)*)) };
+}
+
+#[macro_export]
+macro_rules! println {
+    () => { $crate::print!("\n") };
+    ($($arg:tt)*) => { $crate::console::_print(format_args!("{}\n", format_args!($($arg)*))) };
+}

@@ -1,0 +1,189 @@
+//! The boot flow on the boot CPU: one call per stage, each handing a typed value to the next
+//! (see docs in the README "Design" section).
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use crate::arch::{self, mmu};
+use crate::{config, dt, println};
+
+/// Boot-time heap: device-tree results, test bookkeeping. Never on an allocator hot path.
+const HEAP_SIZE: usize = 4 << 20;
+#[repr(C, align(4096))]
+struct HeapSpace([u8; HEAP_SIZE]);
+static mut HEAP_SPACE: HeapSpace = HeapSpace([0; HEAP_SIZE]);
+
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// Stops with `code` after a fatal message.
+fn fatal(code: u32, msg: core::fmt::Arguments) -> ! {
+    println!("FATAL: {}", msg);
+    arch::exit(code)
+}
+
+/// The device tree as a byte slice, through head.S's 4 MiB DTB window.
+fn dtb_slice(dtb_pa: u64) -> &'static [u8] {
+    let va = arch::FDT_VA + (dtb_pa & 0x1f_ffff);
+    let window = 0x40_0000 - (dtb_pa & 0x1f_ffff) as usize;
+    // totalsize is at offset 4 (big endian); the parser checks it against the slice.
+    let hdr = unsafe { core::slice::from_raw_parts(va as *const u8, 8) };
+    let total = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
+    let len = if total >= 8 { total.min(window) } else { window.min(64) };
+    unsafe { core::slice::from_raw_parts(va as *const u8, len) }
+}
+
+/// Maps and programs the console the device tree chose.
+fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
+    let Some(c) = info.console.as_ref() else {
+        return Err("device tree: no usable console".into());
+    };
+    let va = mmu::early_ioremap(c.base, c.size.max(0x40)).ok_or("early page-table pool exhausted")?;
+    if info.board == dt::Board::RaspberryPi4 {
+        // Real hardware needs pin muxing and the baud rate (QEMU's models ignore both).
+        let gpio = mmu::early_ioremap(0xfe20_0000, 0x100).ok_or("early page-table pool exhausted")?;
+        match c.kind {
+            dt::ConsoleKind::Pl011 => unsafe {
+                set_gpio14_15(gpio, 4); // ALT0
+                crate::console::Pl011::new(va).init(c.clock_hz.unwrap_or(48_000_000));
+            },
+            dt::ConsoleKind::MiniUart => unsafe {
+                set_gpio14_15(gpio, 2); // ALT5
+                let aux = mmu::early_ioremap(c.base & !0xfff, 0x100).ok_or("early page-table pool exhausted")?;
+                crate::console::MiniUart::new(va).init((aux + 4) as *mut u32, 500_000_000);
+            },
+        }
+    }
+    crate::console::set_uart(c.kind, va);
+    Ok(())
+}
+
+/// GPFSEL1 function for pins 14 and 15 and no pull (BCM2711 GPIO_PUP_PDN_CNTRL_REG0).
+///
+/// # Safety
+/// `gpio` must map the GPIO block (0xfe200000 on a Pi 4).
+unsafe fn set_gpio14_15(gpio: u64, func: u32) {
+    unsafe {
+        let gpfsel1 = (gpio + 0x04) as *mut u32;
+        let mut v = core::ptr::read_volatile(gpfsel1);
+        v &= !((7 << 12) | (7 << 15));
+        v |= (func << 12) | (func << 15);
+        core::ptr::write_volatile(gpfsel1, v);
+        let pup = (gpio + 0xe4) as *mut u32;
+        let mut p = core::ptr::read_volatile(pup);
+        p &= !((3 << 28) | (3 << 30));
+        core::ptr::write_volatile(pup, p);
+    }
+}
+
+fn banner(info: &dt::BootInfo, cfg: &config::Config, kimage_pa: u64) {
+    let mut w = crate::console::Console;
+    let _ = writeln!(w, "mmkernel {} on {:?} ({}) at EL{}", env!("CARGO_PKG_VERSION"), info.board, info.model, arch::current_el());
+    for (i, c) in info.cpus.iter().enumerate() {
+        let _ = writeln!(w, "  cpu{i}: mpidr {:#x} enable-method {:?}", c.mpidr, c.enable);
+    }
+    let _ = writeln!(w, "  psci: {:?}", info.psci);
+    for m in &info.memory {
+        let _ = writeln!(w, "  memory: [{:#011x}-{:#011x}] {} MiB", m.base, m.base + m.size - 1, m.size >> 20);
+    }
+    for r in &info.reserved {
+        let _ = writeln!(w, "  reserved: [{:#011x}-{:#011x}] {:?}", r.base, r.base + r.size.max(1) - 1, r.kind);
+    }
+    let (_, kend) = kernel_image_range(kimage_pa);
+    let _ = writeln!(w, "  kernel image: [{:#011x}-{:#011x}] at {:#x}", kimage_pa, kend - 1, arch::KIMAGE_VADDR);
+    if let Some(c) = &info.console {
+        let _ = writeln!(w, "  console: {:?} at {:#x} ({})", c.kind, c.base, c.path);
+    }
+    let _ = writeln!(w, "  timer: {} Hz{}", arch::timer_hz(), if info.timer_freq.is_some() { " (from device tree)" } else { " (CNTFRQ_EL0)" });
+    if let Some(l) = info.dma_limit {
+        let _ = writeln!(w, "  dma limit: {:#x}", l);
+    }
+    let _ = writeln!(w, "  bootargs: \"{}\"", info.bootargs);
+    let _ = writeln!(w, "  switches: {}{}", cfg.mm_switches(), if arch::semihosting::present() { " (semihosting exit)" } else { "" });
+    if !cfg.ignored.is_empty() {
+        let _ = writeln!(w, "  ignored boot parameters (not ours): {}", cfg.ignored.join(" "));
+    }
+}
+
+/// [start, end) physical range of the loaded image including bss, tables and the boot stack.
+pub fn kernel_image_range(kimage_pa: u64) -> (u64, u64) {
+    unsafe extern "C" {
+        static _text: u8;
+        static _end: u8;
+    }
+    let size = unsafe { (&raw const _end) as u64 - (&raw const _text) as u64 };
+    (kimage_pa, kimage_pa + size)
+}
+
+/// Entry from boot/src/head.S on the boot CPU.
+pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
+    arch::exception::install_vectors();
+    mmu::set_kimage_pa(kimage_pa);
+    unsafe { HEAP.lock().init((&raw mut HEAP_SPACE) as *mut u8, HEAP_SIZE) };
+    arch::semihosting::probe();
+
+    let mut info = match dt::parse(dtb_slice(dtb_pa)) {
+        Ok(i) => i,
+        Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("{} (DTB at {:#x})", e, dtb_pa)),
+    };
+    info.reserve_dtb(dtb_pa);
+    arch::psci::set_conduit(info.psci);
+    if let Some(hz) = info.timer_freq {
+        arch::set_timer_hz(hz as u64);
+    }
+    if let Some(wdt) = info.watchdog {
+        if let Some(va) = mmu::early_ioremap(wdt, 0x100) {
+            arch::set_pi_watchdog(va);
+        }
+    }
+    if let Err(e) = console_init(&info) {
+        fatal(crate::EXIT_BAD_INPUT, format_args!("{e}"));
+    }
+    let cfg = match config::Config::parse(&info.bootargs) {
+        Ok(c) => c,
+        Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("{e}")),
+    };
+    banner(&info, &cfg, kimage_pa);
+    config::set(cfg);
+    let cfg = config::get();
+
+    if cfg.ktest_fault.is_some() {
+        println!("ktest.fault=null: reading address 0");
+        let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
+        println!("read {v:#x}: no fault?!");
+        arch::exit(crate::EXIT_TEST_FAILED);
+    }
+
+    if let Some(filter) = cfg.ktest.as_deref() {
+        let (passed, failed) = crate::ktest::run(filter);
+        println!("{passed} passed, {failed} failed");
+        arch::exit(if failed == 0 { crate::EXIT_OK } else { crate::EXIT_TEST_FAILED });
+    }
+    let _unused: Vec<u8> = Vec::new();
+    println!("boot complete; no benchmark yet");
+    arch::exit(crate::EXIT_OK)
+}
+
+/// Entry from head.S on a secondary CPU.
+pub fn secondary_main(_cpu: usize) -> ! {
+    loop {
+        arch::wfe();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let mut w = crate::console::EmergencyWriter;
+    let _ = writeln!(w, "\n*** KERNEL PANIC on CPU {}: {}", arch::smp_processor_id(), info);
+    arch::exit(crate::EXIT_PANIC)
+}
+
+crate::ktest!(ktest_registry_works, {
+    crate::kassert!(!crate::ktest::registry().is_empty());
+    Ok(())
+});
+
+crate::ktest!(heap_allocates, {
+    let v: Vec<u64> = (0..1000).collect();
+    crate::kassert_eq!(v.iter().sum::<u64>(), 499_500);
+    Ok(())
+});

@@ -1,0 +1,16 @@
+//! Memory management, named after Linux's mm/.
+
+/// 4 KiB granule.
+pub const PAGE_SHIFT: u32 = 12;
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+/// Largest buddy order (Linux: MAX_PAGE_ORDER, 4 MiB blocks with 4 KiB pages).
+pub const MAX_PAGE_ORDER: usize = 10;
+/// Order of a 2 MiB PMD block (Linux: pageblock_order / HPAGE_PMD_ORDER on arm64 4K).
+pub const PAGEBLOCK_ORDER: usize = 9;
+
+// Page-table walker and KVA allocator (issue 5).
+pub mod pgtable;
+pub mod kva;
+
+// Physical memory (issue 3): memblock, struct page, zones, buddy, pcp, gfp, stats.
+// (modules added below)
