@@ -92,6 +92,9 @@ fn banner(info: &dt::BootInfo, cfg: &config::Config, kimage_pa: u64) {
     let _ = writeln!(w, "  kernel image: [{:#011x}-{:#011x}] at {:#x}", kimage_pa, kend - 1, arch::KIMAGE_VADDR);
     if let Some(c) = &info.console {
         let _ = writeln!(w, "  console: {:?} at {:#x} ({})", c.kind, c.base, c.path);
+        if let Some(why) = &c.fallback_reason {
+            let _ = writeln!(w, "  console fallback: {why}");
+        }
     }
     let _ = writeln!(w, "  timer: {} Hz{}", arch::timer_hz(), if info.timer_freq.is_some() { " (from device tree)" } else { " (CNTFRQ_EL0)" });
     if let Some(l) = info.dma_limit {
