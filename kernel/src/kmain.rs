@@ -4,7 +4,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use crate::arch::{self, mmu};
-use crate::{config, dt, println};
+use crate::{config, dt, print, println};
 
 /// Boot-time heap: device-tree results, test bookkeeping. Never on an allocator hot path.
 const HEAP_SIZE: usize = 4 << 20;
@@ -149,6 +149,13 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     config::set(cfg);
     let cfg = config::get();
 
+    let online = crate::smp::bring_up(&info, cfg.maxcpus);
+    print!("smp: {online} CPUs online:");
+    for cpu in crate::smp::online_cpus() {
+        print!(" cpu{cpu}(mpidr {:#x})", crate::smp::cpu_mpidr(cpu));
+    }
+    println!();
+
     if cfg.ktest_fault.is_some() {
         println!("ktest.fault=null: reading address 0");
         let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
@@ -167,10 +174,8 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
 }
 
 /// Entry from head.S on a secondary CPU.
-pub fn secondary_main(_cpu: usize) -> ! {
-    loop {
-        arch::wfe();
-    }
+pub fn secondary_main(cpu: usize) -> ! {
+    crate::smp::secondary_start(cpu)
 }
 
 #[panic_handler]

@@ -19,6 +19,8 @@ pub mod arch;
 pub mod console;
 #[cfg(target_os = "none")]
 mod kmain;
+#[cfg(target_os = "none")]
+pub mod smp;
 
 #[cfg(target_os = "none")]
 pub use kmain::{kmain, secondary_main};

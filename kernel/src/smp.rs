@@ -1,0 +1,300 @@
+//! SMP: bringing up the CPUs the device tree lists (PSCI CPU_ON or spin table), per-CPU stacks
+//! with a guard page, cross-CPU calls through per-CPU mailboxes, and a barrier.
+//!
+//! There is no scheduler and no IPI: each CPU runs one flow of control and polls its mailbox at
+//! quiescent points (`cond_resched()`, every wait loop) and in its idle loop (`wfe`, woken by
+//! `sev`). TLB maintenance uses broadcast `tlbi ...is`, so nothing else needs an interrupt.
+use alloc::boxed::Box;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use crate::arch::{self, NR_CPUS};
+use crate::dt::{BootInfo, EnableMethod};
+use crate::println;
+
+/// Per-CPU kernel stacks: a guard page (left unmapped once the image is mapped with page
+/// granularity) below each 64 KiB stack.
+pub const STACK_SIZE: usize = 64 * 1024;
+const SLOT: usize = STACK_SIZE + 4096;
+#[repr(C, align(4096))]
+struct Stacks([[u8; SLOT]; NR_CPUS]);
+#[unsafe(link_section = ".bss.stacks")]
+static mut STACKS: Stacks = Stacks([[0; SLOT]; NR_CPUS]);
+
+/// Guard page and stack range [lo, hi) of `cpu`'s stack (virtual).
+pub fn stack_range(cpu: usize) -> (u64, u64, u64) {
+    let base = unsafe { (&raw const STACKS.0[cpu]) as u64 };
+    (base, base + 4096, base + SLOT as u64)
+}
+
+static ONLINE: [AtomicBool; NR_CPUS] = [const { AtomicBool::new(false) }; NR_CPUS];
+static NR_ONLINE: AtomicUsize = AtomicUsize::new(1);
+static MPIDR: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(u64::MAX) }; NR_CPUS];
+
+pub fn num_online_cpus() -> usize {
+    NR_ONLINE.load(Ordering::Acquire)
+}
+
+pub fn cpu_online(cpu: usize) -> bool {
+    cpu < NR_CPUS && ONLINE[cpu].load(Ordering::Acquire)
+}
+
+pub fn online_cpus() -> impl Iterator<Item = usize> {
+    (0..NR_CPUS).filter(|&c| cpu_online(c))
+}
+
+pub fn cpu_mpidr(cpu: usize) -> u64 {
+    MPIDR[cpu].load(Ordering::Relaxed)
+}
+
+/// A pending cross-CPU call: a pointer to the caller's closure (alive until `done` is set).
+struct Mailbox {
+    func: AtomicPtr<Call>,
+}
+struct Call {
+    f: *const (dyn Fn() + Sync),
+    done: AtomicBool,
+}
+static MAILBOX: [Mailbox; NR_CPUS] = [const { Mailbox { func: AtomicPtr::new(core::ptr::null_mut()) } }; NR_CPUS];
+
+/// Runs a pending request for this CPU, if any. Called at quiescent points and in idle.
+pub fn poll_mailbox() {
+    let cpu = arch::smp_processor_id();
+    let p = MAILBOX[cpu].func.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if !p.is_null() {
+        let call = unsafe { &*p };
+        unsafe { (*call.f)() };
+        call.done.store(true, Ordering::Release);
+        arch::sev();
+    }
+}
+
+/// Linux's cond_resched(): the point where a CPU between units of work serves cross-CPU calls
+/// (and, once RCU exists, reports a quiescent state).
+pub fn cond_resched() {
+    poll_mailbox();
+    quiescent_hook();
+}
+
+static QS_HOOK: spin::Once<fn()> = spin::Once::new();
+
+/// Registers what runs at each quiescent point (RCU).
+pub fn set_quiescent_hook(f: fn()) {
+    QS_HOOK.call_once(|| f);
+}
+
+fn quiescent_hook() {
+    if let Some(f) = QS_HOOK.get() {
+        f();
+    }
+}
+
+/// Runs `f` on `cpu` and waits for it (Linux: smp_call_function_single(..., wait = 1)).
+pub fn call_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) {
+    if cpu == arch::smp_processor_id() {
+        f();
+        return;
+    }
+    assert!(cpu_online(cpu), "call_on_cpu: cpu {cpu} is offline");
+    // Erase the borrow's lifetime: we wait for `done` before returning.
+    let fptr: *const (dyn Fn() + Sync) = unsafe { core::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(f) };
+    let call = Call { f: fptr, done: AtomicBool::new(false) };
+    let p = &call as *const Call as *mut Call;
+    while MAILBOX[cpu].func.compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        poll_mailbox();
+        arch::wfe();
+    }
+    arch::sev();
+    while !call.done.load(Ordering::Acquire) {
+        poll_mailbox();
+        arch::wfe();
+    }
+}
+
+/// Runs `f` on every online CPU (this one included) and waits for all (Linux: on_each_cpu).
+pub fn on_each_cpu(f: &(dyn Fn() + Sync)) {
+    let me = arch::smp_processor_id();
+    for cpu in online_cpus() {
+        if cpu != me {
+            call_on_cpu(cpu, f);
+        }
+    }
+    f();
+}
+
+/// A reusable sense-reversing barrier for `n` CPUs that serves mailboxes while it waits.
+pub struct Barrier {
+    n: usize,
+    count: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl Barrier {
+    pub const fn new(n: usize) -> Self {
+        Barrier { n, count: AtomicUsize::new(0), generation: AtomicUsize::new(0) }
+    }
+    pub fn wait(&self) {
+        let gen = self.generation.load(Ordering::Acquire);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            self.count.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            arch::sev();
+        } else {
+            while self.generation.load(Ordering::Acquire) == gen {
+                poll_mailbox();
+                arch::wfe();
+            }
+        }
+    }
+}
+
+/// Work handed to a secondary CPU to run instead of idling (tests, benchmark workers).
+static WORK: [AtomicPtr<Box<dyn Fn() + Send + Sync>>; NR_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; NR_CPUS];
+
+/// Idle loop of a CPU: serve mailboxes, sleep in wfe.
+pub fn idle() -> ! {
+    loop {
+        poll_mailbox();
+        quiescent_hook();
+        let cpu = arch::smp_processor_id();
+        let w = WORK[cpu].swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !w.is_null() {
+            let b = unsafe { Box::from_raw(w) };
+            b();
+            continue;
+        }
+        arch::wfe();
+    }
+}
+
+/// Brings up every CPU the device tree lists, up to `maxcpus`. Returns the number online.
+pub fn bring_up(info: &BootInfo, maxcpus: Option<usize>) -> usize {
+    let me = arch::mpidr();
+    let limit = maxcpus.unwrap_or(NR_CPUS).min(NR_CPUS);
+    ONLINE[0].store(true, Ordering::Release);
+    MPIDR[0].store(me, Ordering::Relaxed);
+    let mut next = 1;
+    for cpu in &info.cpus {
+        if cpu.mpidr == me {
+            continue;
+        }
+        if next >= limit {
+            println!("smp: cpu mpidr {:#x} not started (maxcpus={})", cpu.mpidr, limit);
+            continue;
+        }
+        match boot_secondary(next, cpu.mpidr, &cpu.enable) {
+            Ok(()) => next += 1,
+            Err(e) => println!("smp: cpu mpidr {:#x} failed to come online: {}", cpu.mpidr, e),
+        }
+    }
+    NR_ONLINE.load(Ordering::Acquire)
+}
+
+fn boot_secondary(cpu: usize, mpidr: u64, method: &EnableMethod) -> Result<(), alloc::string::String> {
+    use crate::arch::smp::secondary_boot_data as data;
+    unsafe extern "C" {
+        fn secondary_entry();
+        static mut secondary_boot_data_pa_ptr: u64;
+    }
+    let (_, _, top) = stack_range(cpu);
+    let ttbr0: u64;
+    unsafe { core::arch::asm!("mrs {}, ttbr0_el1", out(reg) ttbr0) };
+    unsafe {
+        let d = &raw mut data;
+        (*d).ttbr0 = ttbr0;
+        (*d).ttbr1 = arch::mmu::ttbr1();
+        (*d).stack_top = top;
+        (*d).cpu = cpu as u64;
+        let pp = &raw mut secondary_boot_data_pa_ptr;
+        *pp = arch::mmu::kimage_va_to_pa(d as u64);
+        // The secondary reads both with its MMU and caches off.
+        arch::dcache_clean_inval_poc(d as u64, core::mem::size_of::<arch::smp::SecondaryBootData>() as u64);
+        arch::dcache_clean_inval_poc(pp as u64, 8);
+    }
+    MPIDR[cpu].store(mpidr, Ordering::Relaxed);
+    let entry_pa = arch::mmu::kimage_va_to_pa(secondary_entry as usize as u64);
+    match method {
+        EnableMethod::Psci => {
+            let r = arch::psci::call(arch::psci::CPU_ON_64, mpidr, entry_pa, 0).ok_or("enable-method psci but no /psci conduit")?;
+            if r != 0 {
+                return Err(alloc::format!("PSCI CPU_ON returned {} ({})", r, arch::psci::error_name(r)));
+            }
+        }
+        EnableMethod::SpinTable { release_addr } => {
+            // Device mapping: the write reaches memory without cache maintenance.
+            let va = arch::mmu::early_ioremap(*release_addr, 8).ok_or("no page table for the release address")?;
+            unsafe { core::ptr::write_volatile(va as *mut u64, entry_pa) };
+            arch::dsb_sy();
+            arch::sev();
+        }
+        other => return Err(alloc::format!("unsupported enable-method {:?}", other)),
+    }
+    // Wait up to 1 s (counter time) for the CPU to report online.
+    let start = arch::cycles();
+    while !ONLINE[cpu].load(Ordering::Acquire) {
+        if arch::cycles() - start > arch::timer_hz() {
+            return Err("timed out after 1 s".into());
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// First Rust code of a secondary CPU, with the MMU on and its own stack.
+pub fn secondary_start(cpu: usize) -> ! {
+    unsafe { core::arch::asm!("msr tpidr_el1, {}", in(reg) cpu as u64) };
+    arch::exception::install_vectors();
+    ONLINE[cpu].store(true, Ordering::Release);
+    NR_ONLINE.fetch_add(1, Ordering::AcqRel);
+    arch::sev();
+    idle()
+}
+
+/// Runs `f` on `cpu` asynchronously (the CPU picks it up in its idle loop).
+pub fn start_work(cpu: usize, f: Box<dyn Fn() + Send + Sync>) {
+    let p = Box::into_raw(Box::new(f));
+    while WORK[cpu].compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        poll_mailbox();
+    }
+    arch::sev();
+}
+
+crate::ktest!(call_on_every_cpu_runs_there, {
+    let seen: [AtomicBool; NR_CPUS] = [const { AtomicBool::new(false) }; NR_CPUS];
+    on_each_cpu(&|| seen[arch::smp_processor_id()].store(true, Ordering::SeqCst));
+    for cpu in 0..NR_CPUS {
+        crate::kassert_eq!(seen[cpu].load(Ordering::SeqCst), cpu_online(cpu));
+    }
+    Ok(())
+});
+
+crate::ktest!(barrier_and_work_on_all_cpus, {
+    use alloc::sync::Arc;
+    let n = num_online_cpus();
+    let barrier = Arc::new(Barrier::new(n));
+    let phase = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    for cpu in online_cpus().filter(|&c| c != arch::smp_processor_id()) {
+        let (b, p, d) = (barrier.clone(), phase.clone(), done.clone());
+        start_work(cpu, Box::new(move || {
+            for _ in 0..10 {
+                p.fetch_add(1, Ordering::SeqCst);
+                b.wait();
+                b.wait();
+            }
+            d.fetch_add(1, Ordering::SeqCst);
+            arch::sev();
+        }));
+    }
+    for round in 1..=10 {
+        phase.fetch_add(1, Ordering::SeqCst);
+        barrier.wait();
+        // Everyone incremented exactly once in this round before anyone passed the barrier.
+        crate::kassert_eq!(phase.load(Ordering::SeqCst), round * n);
+        barrier.wait();
+    }
+    while done.load(Ordering::SeqCst) != n - 1 {
+        poll_mailbox();
+        arch::wfe();
+    }
+    Ok(())
+});
