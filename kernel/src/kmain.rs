@@ -149,6 +149,17 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     config::set(cfg);
     let cfg = config::get();
 
+    let possible = info.cpus.len().min(cfg.maxcpus.unwrap_or(arch::NR_CPUS)).clamp(1, arch::NR_CPUS);
+    let kimage = kernel_image_range(kimage_pa);
+    match crate::mm::setup::mm_init(&info, kimage, possible, cfg.pcp) {
+        Ok(s) => println!(
+            "mm: mem_map {} KiB for {} pages ({} bytes per struct page), {} early page tables",
+            s.mem_map_bytes >> 10, s.nr_pages, core::mem::size_of::<crate::mm::Page>(), s.early_tables
+        ),
+        Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("mm_init: {e}")),
+    }
+    crate::mm::setup::show_mem(&mut crate::console::Console);
+
     let online = crate::smp::bring_up(&info, cfg.maxcpus);
     print!("smp: {online} CPUs online:");
     for cpu in crate::smp::online_cpus() {

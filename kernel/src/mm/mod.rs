@@ -8,9 +8,35 @@ pub const MAX_PAGE_ORDER: usize = 10;
 /// Order of a 2 MiB PMD block (Linux: pageblock_order / HPAGE_PMD_ORDER on arm64 4K).
 pub const PAGEBLOCK_ORDER: usize = 9;
 
+/// A page frame number (physical address >> PAGE_SHIFT).
+pub type Pfn = u64;
+
+// Kernel glue (target only): the page allocator instance, kmalloc, boot-time setup.
+#[cfg(target_os = "none")]
+pub mod kalloc;
+#[cfg(target_os = "none")]
+pub mod kmalloc;
+#[cfg(target_os = "none")]
+pub mod setup;
+
 // Page-table walker and KVA allocator (issue 5).
 pub mod pgtable;
 pub mod kva;
 
 // Physical memory (issue 3): memblock, struct page, zones, buddy, pcp, gfp, stats.
 // (modules added below)
+pub mod memblock;
+pub mod page;
+pub mod gfp;
+pub mod zone;
+pub mod buddy;
+pub mod pcp;
+pub mod stat;
+pub mod page_alloc;
+#[cfg(test)]
+mod page_alloc_tests;
+
+pub use gfp::GfpFlags;
+pub use memblock::Memblock;
+pub use page::Page;
+pub use page_alloc::{MmError, PageAllocConfig, PageAllocHooks, PageAllocator};

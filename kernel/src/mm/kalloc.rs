@@ -1,0 +1,155 @@
+//! The kernel's page allocator instance: `PageAllocator` (pure logic, host-tested) wrapped with
+//! the running CPU's id under an IRQ-off guard, misuse reports, and linear-map addresses.
+//! Linux's entry points keep their names: alloc_pages, __free_pages, alloc_pages_bulk, ...
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::gfp::GfpFlags;
+use super::page_alloc::{MmError, PageAllocator};
+use super::stat::NodeStatItem;
+use super::{Pfn, PAGE_SHIFT, PAGE_SIZE};
+use crate::arch::{self, IrqGuard, PAGE_OFFSET};
+
+static PA: spin::Once<PageAllocator<'static>> = spin::Once::new();
+static BAD_PAGE_REPORTS: AtomicU64 = AtomicU64::new(0);
+
+pub fn init(pa: PageAllocator<'static>) {
+    PA.call_once(|| pa);
+}
+
+#[inline(always)]
+pub fn allocator() -> &'static PageAllocator<'static> {
+    PA.get().expect("page allocator used before mm_init")
+}
+
+pub fn ready() -> bool {
+    PA.get().is_some()
+}
+
+#[inline(always)]
+pub fn pfn_to_virt(pfn: Pfn) -> *mut u8 {
+    (PAGE_OFFSET + (pfn << PAGE_SHIFT)) as *mut u8
+}
+
+#[inline(always)]
+pub fn virt_to_pfn(va: *const u8) -> Pfn {
+    (va as u64 - PAGE_OFFSET) >> PAGE_SHIFT
+}
+
+/// Prints a misuse report (double free, reserved page, wrong order, refcount underflow) and
+/// counts it; the allocator left its state untouched.
+fn report(r: Result<(), MmError>) {
+    if let Err(e) = r {
+        BAD_PAGE_REPORTS.fetch_add(1, Ordering::Relaxed);
+        crate::println!("{e}");
+    }
+}
+
+/// Misuse reports since boot.
+pub fn bad_page_reports() -> u64 {
+    BAD_PAGE_REPORTS.load(Ordering::Relaxed)
+}
+
+#[inline]
+pub fn alloc_pages(gfp: GfpFlags, order: u32) -> Option<Pfn> {
+    let _irq = IrqGuard::new();
+    allocator().alloc_pages(arch::smp_processor_id(), gfp, order)
+}
+
+#[inline]
+pub fn __free_pages(pfn: Pfn, order: u32) {
+    let _irq = IrqGuard::new();
+    report(allocator().__free_pages(arch::smp_processor_id(), pfn, order));
+}
+
+/// __free_pages returning the misuse report instead of printing it (tests).
+pub fn try_free_pages(pfn: Pfn, order: u32) -> Result<(), MmError> {
+    let _irq = IrqGuard::new();
+    allocator().__free_pages(arch::smp_processor_id(), pfn, order)
+}
+
+#[inline]
+pub fn __free_page(pfn: Pfn) {
+    __free_pages(pfn, 0)
+}
+
+pub fn split_page(pfn: Pfn, order: u32) {
+    report(allocator().split_page(pfn, order));
+}
+
+pub fn alloc_pages_bulk(gfp: GfpFlags, nr: usize, array: &mut [Option<Pfn>]) -> usize {
+    let _irq = IrqGuard::new();
+    allocator().alloc_pages_bulk(arch::smp_processor_id(), gfp, nr, array)
+}
+
+/// The old free_contig_range: one order-0 free per page.
+pub fn free_contig_range(pfn: Pfn, nr: u64) {
+    let _irq = IrqGuard::new();
+    report(allocator().free_contig_range(arch::smp_processor_id(), pfn, nr));
+}
+
+/// The patch's __free_contig_range: naturally aligned power-of-two chunks.
+pub fn __free_contig_range(pfn: Pfn, nr: u64) {
+    let _irq = IrqGuard::new();
+    report(allocator().__free_contig_range(arch::smp_processor_id(), pfn, nr));
+}
+
+/// The patch's free_pages_bulk: PFN-contiguous runs of `pages` through __free_contig_range.
+pub fn free_pages_bulk(pages: &[Pfn]) {
+    let _irq = IrqGuard::new();
+    report(allocator().free_pages_bulk(arch::smp_processor_id(), pages));
+}
+
+pub fn alloc_pages_va(gfp: GfpFlags, order: u32) -> *mut u8 {
+    alloc_pages(gfp, order).map_or(core::ptr::null_mut(), pfn_to_virt)
+}
+
+pub fn free_pages_va(va: *mut u8, order: u32) {
+    if !va.is_null() {
+        __free_pages(virt_to_pfn(va), order);
+    }
+}
+
+pub fn alloc_page_va(gfp: GfpFlags) -> *mut u8 {
+    alloc_pages_va(gfp, 0)
+}
+
+pub fn free_page_va(va: *mut u8) {
+    free_pages_va(va, 0)
+}
+
+/// Free pages in the buddy lists of every zone (NR_FREE_PAGES; pcp lists not included).
+pub fn nr_free_pages() -> u64 {
+    allocator().nr_free_pages_total()
+}
+
+/// Empties this CPU's pcp lists.
+pub fn drain_local_pages() {
+    let _irq = IrqGuard::new();
+    allocator().drain_local_pages(arch::smp_processor_id());
+}
+
+/// Empties every CPU's pcp lists, each on its own CPU (Linux: drain_all_pages).
+pub fn drain_all_pages() {
+    crate::smp::on_each_cpu(&drain_local_pages);
+}
+
+/// NR_VMALLOC += delta (Linux: mod_lruvec_page_state(page, NR_VMALLOC, delta)).
+#[inline]
+pub fn mod_nr_vmalloc(delta: i32) {
+    let _irq = IrqGuard::new();
+    allocator().mod_node_page_state(arch::smp_processor_id(), NodeStatItem::NrVmalloc, delta);
+}
+
+pub fn nr_vmalloc_pages() -> i64 {
+    allocator().node_page_state(NodeStatItem::NrVmalloc)
+}
+
+/// `__GFP_ZERO` hook: zeroes through the linear map.
+pub fn zero_pages(pfn: u64, nr: usize) {
+    unsafe { core::ptr::write_bytes(pfn_to_virt(pfn), 0, nr * PAGE_SIZE) };
+}
+
+/// Allocation-failure warning hook (Linux: warn_alloc).
+pub fn warn(args: core::fmt::Arguments<'_>) {
+    crate::println!("{}", args);
+}

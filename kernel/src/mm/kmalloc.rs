@@ -1,0 +1,172 @@
+//! kmalloc: power-of-two size classes (16 B .. 2 KiB) carved from order-0 pages, larger sizes
+//! straight from the page allocator. The slab allocator vmalloc needs for its vm_struct and
+//! pages arrays (Linux: kmalloc / kvmalloc; SLUB reduced to its essentials).
+//!
+//! Each slab is one page: a header (class, objects in use, free list) followed by objects. A
+//! slab whose last object is freed stays cached (like SLUB's partial slabs) until
+//! `kmalloc_shrink()` hands empty slabs back (Linux: kmem_cache_shrink), which the benchmark's
+//! leak check calls before counting free pages.
+use core::ptr::null_mut;
+
+use super::gfp::GfpFlags;
+use super::{kalloc, PAGE_SIZE};
+
+const MIN_SHIFT: u32 = 4;
+const MAX_SHIFT: u32 = 11;
+const NR_CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
+const HDR: usize = 64;
+
+#[repr(C)]
+struct Slab {
+    class: u32,
+    inuse: u32,
+    free: *mut FreeObj,
+    next: *mut Slab,
+    prev: *mut Slab,
+}
+
+struct FreeObj {
+    next: *mut FreeObj,
+}
+
+/// Per class: slabs with free objects (partial or empty), and full slabs are off-list.
+struct Class {
+    partial: *mut Slab,
+    nr_slabs: usize,
+}
+unsafe impl Send for Class {}
+
+static CLASSES: [spin::Mutex<Class>; NR_CLASSES] = [const { spin::Mutex::new(Class { partial: null_mut(), nr_slabs: 0 }) }; NR_CLASSES];
+
+fn class_of(size: usize) -> Option<usize> {
+    let s = size.max(1 << MIN_SHIFT).next_power_of_two();
+    let shift = s.trailing_zeros();
+    if shift > MAX_SHIFT { None } else { Some((shift - MIN_SHIFT) as usize) }
+}
+
+fn obj_size(class: usize) -> usize {
+    1 << (class as u32 + MIN_SHIFT)
+}
+
+unsafe fn list_del(head: &mut *mut Slab, s: *mut Slab) {
+    unsafe {
+        if !(*s).prev.is_null() {
+            (*(*s).prev).next = (*s).next;
+        } else {
+            *head = (*s).next;
+        }
+        if !(*s).next.is_null() {
+            (*(*s).next).prev = (*s).prev;
+        }
+        (*s).next = null_mut();
+        (*s).prev = null_mut();
+    }
+}
+
+unsafe fn list_add(head: &mut *mut Slab, s: *mut Slab) {
+    unsafe {
+        (*s).prev = null_mut();
+        (*s).next = *head;
+        if !(*head).is_null() {
+            (**head).prev = s;
+        }
+        *head = s;
+    }
+}
+
+/// Allocates `size` bytes (zeroed with __GFP_ZERO). Null on failure.
+pub fn kmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
+    let Some(class) = class_of(size) else {
+        // Page-sized and larger: whole pages, the order recorded by the page allocator.
+        let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
+        return kalloc::alloc_pages_va(gfp, order);
+    };
+    let mut c = CLASSES[class].lock();
+    if c.partial.is_null() {
+        drop(c);
+        let page = kalloc::alloc_pages_va(gfp - GfpFlags::__GFP_ZERO, 0);
+        if page.is_null() {
+            return null_mut();
+        }
+        let s = page as *mut Slab;
+        let osz = obj_size(class);
+        let first = if osz < HDR { HDR } else { osz };
+        unsafe {
+            (*s).class = class as u32;
+            (*s).inuse = 0;
+            (*s).free = null_mut();
+            (*s).next = null_mut();
+            (*s).prev = null_mut();
+            let mut off = PAGE_SIZE - osz;
+            while off >= first {
+                let o = page.add(off) as *mut FreeObj;
+                (*o).next = (*s).free;
+                (*s).free = o;
+                off -= osz;
+            }
+        }
+        c = CLASSES[class].lock();
+        unsafe { list_add(&mut c.partial, s) };
+        c.nr_slabs += 1;
+    }
+    let s = c.partial;
+    let obj = unsafe {
+        let o = (*s).free;
+        (*s).free = (*o).next;
+        (*s).inuse += 1;
+        if (*s).free.is_null() {
+            list_del(&mut c.partial, s);
+        }
+        o as *mut u8
+    };
+    drop(c);
+    if gfp.contains(GfpFlags::__GFP_ZERO) {
+        unsafe { core::ptr::write_bytes(obj, 0, obj_size(class)) };
+    }
+    obj
+}
+
+/// Frees what kmalloc returned (`size` = the size passed to kmalloc).
+pub fn kfree(ptr: *mut u8, size: usize) {
+    if ptr.is_null() {
+        return;
+    }
+    let Some(class) = class_of(size) else {
+        let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
+        kalloc::free_pages_va(ptr, order);
+        return;
+    };
+    let s = ((ptr as usize) & !(PAGE_SIZE - 1)) as *mut Slab;
+    let mut c = CLASSES[class].lock();
+    unsafe {
+        assert_eq!((*s).class as usize, class, "kfree: object at {:p} is not a {}-byte object", ptr, obj_size(class));
+        let was_full = (*s).free.is_null();
+        let o = ptr as *mut FreeObj;
+        (*o).next = (*s).free;
+        (*s).free = o;
+        (*s).inuse -= 1;
+        if was_full {
+            list_add(&mut c.partial, s);
+        }
+    }
+}
+
+/// Returns every empty slab page to the page allocator. Returns the pages released.
+pub fn kmalloc_shrink() -> usize {
+    let mut freed = 0;
+    for class in CLASSES.iter() {
+        let mut c = class.lock();
+        let mut s = c.partial;
+        while !s.is_null() {
+            let next = unsafe { (*s).next };
+            if unsafe { (*s).inuse } == 0 {
+                unsafe { list_del(&mut c.partial, s) };
+                c.nr_slabs -= 1;
+                kalloc::free_pages_va(s as *mut u8, 0);
+                freed += 1;
+            }
+            s = next;
+        }
+    }
+    freed
+}

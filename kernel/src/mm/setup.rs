@@ -1,0 +1,116 @@
+//! Boot-time memory setup (Linux: arm64_memblock_init, paging_init, free_area_init,
+//! memblock_free_all): memblock from the device tree, the linear map, mem_map, the page
+//! allocator; and the `PtMemory` implementations the page-table code runs on in the kernel.
+use alloc::format;
+use alloc::string::String;
+use core::fmt::Write;
+
+use super::gfp::GfpFlags;
+use super::page::Page;
+use super::page_alloc::{PageAllocConfig, PageAllocHooks, PageAllocator};
+use super::pgtable::{HwTlb, MapFlags, PageProt, PageTable, PtMemory};
+use super::{kalloc, Memblock, PAGE_SHIFT, PAGE_SIZE};
+use crate::arch::{self, mmu, PAGE_OFFSET};
+use crate::dt::BootInfo;
+
+/// Page tables from the early pool in the image (before the page allocator exists).
+pub struct EarlyPt;
+
+unsafe impl PtMemory for EarlyPt {
+    fn table(&self, pa: u64) -> *mut [u64; 512] {
+        mmu::table_va(pa) as *mut [u64; 512]
+    }
+    fn alloc_table(&mut self) -> Option<u64> {
+        mmu::early_pool_alloc()
+    }
+    fn free_table(&mut self, _pa: u64) {
+        // Early-pool pages are never reused (Linux: memblock page tables are never freed).
+    }
+}
+
+/// Page tables from the page allocator (Linux: pte_alloc_kernel -> __get_free_page).
+pub struct KernelPt;
+
+unsafe impl PtMemory for KernelPt {
+    fn table(&self, pa: u64) -> *mut [u64; 512] {
+        mmu::table_va(pa) as *mut [u64; 512]
+    }
+    fn alloc_table(&mut self) -> Option<u64> {
+        kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0).map(|pfn| pfn << PAGE_SHIFT)
+    }
+    fn free_table(&mut self, pa: u64) {
+        kalloc::__free_page(pa >> PAGE_SHIFT);
+    }
+}
+
+/// The kernel's page tables (TTBR1).
+pub fn kernel_pgtable() -> PageTable {
+    PageTable::from_root(mmu::ttbr1())
+}
+
+/// What mm_init set up, for the banner.
+pub struct MmSummary {
+    pub mem_map_bytes: u64,
+    pub nr_pages: u64,
+    pub early_tables: usize,
+}
+
+/// memblock -> linear map -> mem_map -> zones and buddy. `kimage` is the image's [start, end).
+pub fn mm_init(info: &BootInfo, kimage: (u64, u64), nr_cpus: usize, pcp: bool) -> Result<MmSummary, String> {
+    let mut mb = Memblock::new();
+    for m in &info.memory {
+        mb.add(m.base, m.size).map_err(|e| format!("memblock: {e}"))?;
+    }
+    mb.reserve(kimage.0, kimage.1 - kimage.0).map_err(|e| format!("memblock: {e}"))?;
+    for r in &info.reserved {
+        mb.reserve(r.base & !(PAGE_SIZE as u64 - 1), r.size + (r.base & (PAGE_SIZE as u64 - 1))).map_err(|e| format!("memblock: {e}"))?;
+    }
+
+    // The linear map of all RAM, with 1 GiB / 2 MiB blocks where aligned.
+    let pt = kernel_pgtable();
+    let mut tlb = HwTlb::new();
+    for m in &info.memory {
+        pt.map_range(&mut EarlyPt, &mut tlb, PAGE_OFFSET + m.base, m.base, m.size, PageProt::PAGE_KERNEL, MapFlags::BLOCK_PUD | MapFlags::BLOCK_PMD | MapFlags::CONT_PTE)
+            .map_err(|e| format!("linear map of [{:#x}, {:#x}): {:?}", m.base, m.base + m.size, e))?;
+    }
+
+    // mem_map: one struct page per PFN from the first to the last byte of RAM (holes included).
+    let min_pfn = mb.start_of_dram() >> PAGE_SHIFT;
+    let max_pfn = mb.end_of_dram().div_ceil(PAGE_SIZE as u64);
+    let n = (max_pfn - min_pfn) as usize;
+    let bytes = (n * core::mem::size_of::<Page>()) as u64;
+    let pa = mb.alloc(bytes.next_multiple_of(PAGE_SIZE as u64), PAGE_SIZE as u64).ok_or_else(|| format!("memblock: no room for mem_map ({bytes} bytes)"))?;
+    let mem_map: &'static [Page] = unsafe {
+        let p = (PAGE_OFFSET + pa) as *mut Page;
+        for i in 0..n {
+            p.add(i).write(Page::new());
+        }
+        core::slice::from_raw_parts(p, n)
+    };
+    let cfg = PageAllocConfig {
+        zone_dma_limit: info.dma_limit.map(|l| l - 1),
+        nr_cpus,
+        pcp_enabled: pcp,
+        hooks: PageAllocHooks { zero: kalloc::zero_pages, warn: kalloc::warn },
+        ..PageAllocConfig::default()
+    };
+    let pa_ = PageAllocator::new(mem_map, min_pfn, &mb, &cfg).map_err(|e| format!("{e}"))?;
+    kalloc::init(pa_);
+    Ok(MmSummary { mem_map_bytes: bytes, nr_pages: n as u64, early_tables: mmu::early_pool_used() })
+}
+
+/// The meminfo-style dump (zones, buddyinfo, watermarks, pcp, struct page footprint).
+pub fn show_mem(w: &mut dyn Write) {
+    let _ = kalloc::allocator().show_mem(w);
+}
+
+/// Unused pages must read as zero for tests that check __GFP_ZERO.
+pub fn page_is_zero(pfn: u64) -> bool {
+    let p = kalloc::pfn_to_virt(pfn) as *const u64;
+    (0..PAGE_SIZE / 8).all(|i| unsafe { p.add(i).read_volatile() } == 0)
+}
+
+#[allow(dead_code)]
+fn _assert_arch(_: &dyn Fn()) {
+    let _ = arch::smp_processor_id;
+}
