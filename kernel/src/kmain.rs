@@ -107,6 +107,13 @@ fn banner(info: &dt::BootInfo, cfg: &config::Config, kimage_pa: u64) {
     }
 }
 
+fn boot_stack_guard() -> u64 {
+    unsafe extern "C" {
+        static __boot_stack_guard: u8;
+    }
+    unsafe { (&raw const __boot_stack_guard) as u64 }
+}
+
 /// [start, end) physical range of the loaded image including bss, tables and the boot stack.
 pub fn kernel_image_range(kimage_pa: u64) -> (u64, u64) {
     unsafe extern "C" {
@@ -159,6 +166,12 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("mm_init: {e}")),
     }
     crate::mm::setup::show_mem(&mut crate::console::Console);
+    // Guard pages below the boot stack and every per-CPU stack stay unmapped.
+    let mut guards = alloc::vec![boot_stack_guard()];
+    guards.extend((0..arch::NR_CPUS).map(|c| crate::smp::stack_range(c).0));
+    if let Err(e) = crate::mm::setup::paging_init(&info, &guards) {
+        fatal(crate::EXIT_PANIC, format_args!("{e}"));
+    }
 
     let online = crate::smp::bring_up(&info, cfg.maxcpus);
     print!("smp: {online} CPUs online:");
@@ -166,6 +179,7 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         print!(" cpu{cpu}(mpidr {:#x})", crate::smp::cpu_mpidr(cpu));
     }
     println!();
+    crate::smp::on_each_cpu(&crate::mm::setup::cpu_drop_idmap);
 
     if cfg.ktest_fault.is_some() {
         println!("ktest.fault=null: reading address 0");

@@ -8,6 +8,7 @@
 extern crate alloc;
 
 pub mod dt;
+pub mod bench;
 pub mod config;
 pub mod ktest;
 pub mod mm;

@@ -18,6 +18,8 @@ pub mod kalloc;
 pub mod kmalloc;
 #[cfg(target_os = "none")]
 pub mod setup;
+#[cfg(target_os = "none")]
+mod ktests;
 
 // Page-table walker and KVA allocator (issue 5).
 pub mod pgtable;

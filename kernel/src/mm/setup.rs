@@ -4,6 +4,7 @@
 use alloc::format;
 use alloc::string::String;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::gfp::GfpFlags;
 use super::page::Page;
@@ -113,4 +114,106 @@ pub fn page_is_zero(pfn: u64) -> bool {
 #[allow(dead_code)]
 fn _assert_arch(_: &dyn Fn()) {
     let _ = arch::smp_processor_id;
+}
+
+core::arch::global_asm!(
+    // Switches TTBR1 to x0 going through the reserved (empty) table in x1, so no CPU ever
+    // holds TLB entries from both the old and the new tables (break-before-make at the root;
+    // Linux: cpu_replace_ttbr1 via the idmap). Runs from its identity-mapped physical address.
+    ".section .text.replace_ttbr1, \"ax\"",
+    ".global replace_ttbr1_phys",
+    "replace_ttbr1_phys:",
+    "msr ttbr1_el1, x1",
+    "isb",
+    "tlbi vmalle1",
+    "dsb nsh",
+    "isb",
+    "msr ttbr1_el1, x0",
+    "isb",
+    "tlbi vmalle1",
+    "dsb nsh",
+    "isb",
+    "ret",
+    ".text",
+);
+
+static NEW_TTBR1: AtomicU64 = AtomicU64::new(0);
+static ZERO_TABLE: AtomicU64 = AtomicU64::new(0);
+
+/// Switches this CPU to the kernel tables built by paging_init.
+pub fn cpu_replace_ttbr1() {
+    unsafe extern "C" {
+        fn replace_ttbr1_phys(new: u64, zero: u64);
+    }
+    let new = NEW_TTBR1.load(Ordering::Acquire);
+    let zero = ZERO_TABLE.load(Ordering::Acquire);
+    if new == 0 || mmu::ttbr1() == new {
+        return;
+    }
+    let pa = mmu::kimage_va_to_pa(replace_ttbr1_phys as usize as u64);
+    let f: extern "C" fn(u64, u64) = unsafe { core::mem::transmute(pa as usize) };
+    f(new, zero);
+}
+
+/// Drops the identity map (TTBR0) once no CPU needs it: an empty table, so stray user-range
+/// accesses (NULL pointers) fault.
+pub fn cpu_drop_idmap() {
+    let zero = ZERO_TABLE.load(Ordering::Acquire);
+    unsafe {
+        core::arch::asm!("msr ttbr0_el1, {}", "isb", "tlbi vmalle1", "dsb nsh", "isb", in(reg) zero, options(nostack));
+    }
+}
+
+/// Linux paging_init/map_kernel: new kernel tables with the linear map (blocks) and the image
+/// mapped with page granularity and W^X (text RX, rodata R, data RW+XN), leaving unmapped the
+/// guard page below every stack; the fixmap carried over. Then every CPU switches to them.
+pub fn paging_init(info: &BootInfo, guards: &[u64]) -> Result<(), String> {
+    unsafe extern "C" {
+        static _text: u8;
+        static _etext: u8;
+        static _erodata: u8;
+        static _end: u8;
+    }
+    let (text, etext, erodata, end) = unsafe {
+        ((&raw const _text) as u64, (&raw const _etext) as u64, (&raw const _erodata) as u64, (&raw const _end) as u64)
+    };
+    let mut mem = KernelPt;
+    let zero = mem.alloc_table().ok_or("paging_init: out of memory")?;
+    let root = PageTable::new(&mut mem).ok_or("paging_init: out of memory")?;
+    let mut tlb = HwTlb::new();
+    let err = |what: &str, e: super::pgtable::MapError| format!("paging_init: {what}: {e:?}");
+    for m in &info.memory {
+        root.map_range(&mut mem, &mut tlb, PAGE_OFFSET + m.base, m.base, m.size, PageProt::PAGE_KERNEL, MapFlags::BLOCK_PUD | MapFlags::BLOCK_PMD | MapFlags::CONT_PTE)
+            .map_err(|e| err("linear map", e))?;
+    }
+    let map = |mem: &mut KernelPt, tlb: &mut HwTlb, start: u64, stop: u64, prot: PageProt| -> Result<(), String> {
+        if stop > start {
+            root.map_range(mem, tlb, start, mmu::kimage_va_to_pa(start), stop - start, prot, MapFlags::CONT_PTE).map_err(|e| err("kernel image", e))?;
+        }
+        Ok(())
+    };
+    map(&mut mem, &mut tlb, text, etext, PageProt::PAGE_KERNEL_ROX)?;
+    map(&mut mem, &mut tlb, etext, erodata, PageProt::PAGE_KERNEL_RO)?;
+    // Data, bss, tables, stacks: RW + XN, minus the guard pages.
+    let mut sorted: alloc::vec::Vec<u64> = guards.to_vec();
+    sorted.sort_unstable();
+    let mut at = erodata;
+    for g in sorted {
+        map(&mut mem, &mut tlb, at, g, PageProt::PAGE_KERNEL)?;
+        at = g + PAGE_SIZE as u64;
+    }
+    map(&mut mem, &mut tlb, at, end, PageProt::PAGE_KERNEL)?;
+    // The fixmap (UART, watchdog, spin-table slots): share the early tables' L0 entry.
+    let old = mmu::ttbr1();
+    let idx = ((arch::FIXMAP_START >> 39) & 511) as usize;
+    unsafe {
+        let e = (*EarlyPt.table(old))[idx];
+        (*mem.table(root.root_pa))[idx] = e;
+    }
+    arch::dsb_ishst();
+    arch::isb();
+    ZERO_TABLE.store(zero, Ordering::Release);
+    NEW_TTBR1.store(root.root_pa, Ordering::Release);
+    cpu_replace_ttbr1();
+    Ok(())
 }

@@ -72,8 +72,12 @@ pub fn ttbr1() -> u64 {
 /// Where a table page at `pa` can be read and written: inside the image (head.S tables, the
 /// early pool) through the image mapping, anything else through the linear map.
 pub fn table_va(pa: u64) -> u64 {
+    unsafe extern "C" {
+        static _text: u8;
+        static _end: u8;
+    }
     let base = kimage_pa();
-    let end = base + 30 * 1024 * 1024;
+    let end = base + unsafe { (&raw const _end) as u64 - (&raw const _text) as u64 };
     if pa >= base && pa < end { pa - base + KIMAGE_VADDR } else { phys_to_virt(pa) }
 }
 
