@@ -20,14 +20,17 @@ rpi4() {
     -serial null -serial stdio -no-reboot -semihosting -kernel "$IMG" "$@"
 }
 
+export -f virt rpi4
+export IMG PI4_DTB
+
 # check NAME TIMEOUT EXPECTED_STATUS 'grep -E pattern that must appear' -- command...
 check() {
   local name=$1 tmo=$2 want=$3 pat=$4; shift 5
   local log=$LOGS/$name.log start end rc
   start=$(date +%s.%N)
-  timeout "$tmo" "$@" </dev/null >"$log" 2>&1; rc=$?
+  timeout "$tmo" bash -c '"$@"' _ "$@" </dev/null >"$log" 2>&1; rc=$?
   end=$(date +%s.%N)
-  local secs; secs=$(printf '%.1f' "$(echo "$end - $start" | bc)")
+  local secs; secs=$(awk "BEGIN{printf \"%.1f\", $end - $start}")
   if [ "$rc" = "$want" ] && grep -qE "$pat" "$log"; then
     echo "check $name ... ok (exit $rc, ${secs}s)"; pass=$((pass+1))
   else
