@@ -180,6 +180,9 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     }
     println!();
     crate::smp::on_each_cpu(&crate::mm::setup::cpu_drop_idmap);
+    crate::mm::vmalloc::vmalloc_init();
+    crate::mm::percpu::percpu_init(possible);
+    crate::smp::set_quiescent_hook(crate::rcu::rcu_quiescent);
 
     if cfg.ktest_fault.is_some() {
         println!("ktest.fault=null: reading address 0");
@@ -193,9 +196,13 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         println!("{passed} passed, {failed} failed");
         arch::exit(if failed == 0 { crate::EXIT_OK } else { crate::EXIT_TEST_FAILED });
     }
-    let _unused: Vec<u8> = Vec::new();
-    println!("boot complete; no benchmark yet");
-    arch::exit(crate::EXIT_OK)
+    match crate::bench::test_vmalloc::run(&cfg.test_vmalloc) {
+        Ok((passed, failed)) => {
+            println!("{passed} passed, {failed} failed");
+            arch::exit(if failed == 0 { crate::EXIT_OK } else { crate::EXIT_TEST_FAILED })
+        }
+        Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("{e}")),
+    }
 }
 
 /// Entry from head.S on a secondary CPU.

@@ -22,6 +22,8 @@ pub mod console;
 mod kmain;
 #[cfg(target_os = "none")]
 pub mod smp;
+#[cfg(target_os = "none")]
+pub mod rcu;
 
 #[cfg(target_os = "none")]
 pub use kmain::{kmain, secondary_main};

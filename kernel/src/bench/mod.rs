@@ -1,4 +1,5 @@
 //! Benchmarks run inside the kernel.
 pub mod params;
-// test_vmalloc driver: enabled with vmalloc
+#[cfg(target_os = "none")]
+pub mod test_vmalloc;
 

@@ -120,10 +120,8 @@ impl MemblockType {
         let tail_dst = i + new_n;
         self.regions.copy_within(j..self.cnt, tail_dst);
         self.cnt = self.cnt - removed + new_n;
-        let mut k = i;
-        for r in [keep_left, keep_right].into_iter().flatten() {
-            self.regions[k] = r;
-            k += 1;
+        for (k, r) in [keep_left, keep_right].into_iter().flatten().enumerate() {
+            self.regions[i + k] = r;
         }
         Ok(())
     }
@@ -249,7 +247,7 @@ impl Memblock {
                 }
             }
         } else {
-            self.for_each_free_range_rev(|s, e| try_range(s, e));
+            self.for_each_free_range_rev(&mut try_range);
         }
         let base = found?;
         self.reserve(base, size).ok()?;
@@ -393,7 +391,7 @@ mod tests {
         let a = mb.alloc(0x3000, 0x1000).unwrap();
         assert_eq!(a, 0x40ff_c000);
         let b = mb.alloc(0x20_0000, 0x20_0000).unwrap();
-        assert_eq!(b, 0x40c0_0000 + 0x20_0000);
+        assert_eq!(b, 0x40c0_0000); // 0x40e0_0000 would overlap the reservations at the top
         assert!(mb.is_reserved(b) && mb.is_reserved(a));
         assert!(mb.alloc(0x200_0000, 0x1000).is_none());
         // Never below PAGE_SIZE.
@@ -460,6 +458,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
         #[test]
         fn free_ranges_match_model(
             mem in proptest::collection::vec((0u64..480, 1u64..32), 0..10),

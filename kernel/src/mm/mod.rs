@@ -20,6 +20,12 @@ pub mod kmalloc;
 pub mod setup;
 #[cfg(target_os = "none")]
 mod ktests;
+#[cfg(target_os = "none")]
+pub mod kva_glue;
+#[cfg(target_os = "none")]
+pub mod vmalloc;
+#[cfg(target_os = "none")]
+pub mod percpu;
 
 // Page-table walker and KVA allocator (issue 5).
 pub mod pgtable;
@@ -42,3 +48,4 @@ pub use gfp::GfpFlags;
 pub use memblock::Memblock;
 pub use page::Page;
 pub use page_alloc::{MmError, PageAllocConfig, PageAllocHooks, PageAllocator};
+pub mod percpu_alloc;

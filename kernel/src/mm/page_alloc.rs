@@ -211,6 +211,12 @@ pub struct PageAllocator<'m> {
     pcp_enabled: AtomicBool,
 }
 
+// The kernel keeps one in a static (spin::Once) and calls it from every CPU.
+const _: fn() = || {
+    fn assert_sync_send<T: Sync + Send>() {}
+    assert_sync_send::<PageAllocator<'static>>();
+};
+
 /// Linux `num_pages_contiguous`: how many leading entries are consecutive PFNs.
 pub fn num_pages_contiguous(pages: &[u64]) -> usize {
     let Some(&first) = pages.first() else { return 0 };
@@ -779,7 +785,7 @@ impl<'m> PageAllocator<'m> {
     /// first error.
     pub fn free_contig_range(&self, cpu: usize, pfn: u64, nr_pages: u64) -> Result<(), MmError> {
         let mut res = Ok(());
-        for p in pfn..pfn + nr_pages {
+        for p in pfn..pfn.saturating_add(nr_pages) {
             if let Err(e) = self.__free_page(cpu, p) {
                 res = res.and(Err(e));
             }
@@ -808,7 +814,8 @@ impl<'m> PageAllocator<'m> {
     pub fn __free_contig_range(&self, cpu: usize, pfn: u64, nr_pages: u64) -> Result<(), MmError> {
         let mut res = Ok(());
         let mut start: Option<(u64, u8)> = None;
-        for p in pfn..pfn + nr_pages {
+        let end = pfn.saturating_add(nr_pages);
+        for p in pfn..end {
             let freeable = match self.free_pages_check(p, 0).and_then(|page| Ok((page, Self::put_page_testzero(page, p)?)))
             {
                 Ok((page, true)) => {
@@ -836,7 +843,7 @@ impl<'m> PageAllocator<'m> {
             }
         }
         if let Some((s, _)) = start {
-            self.free_prepared_contig_range(cpu, s, pfn + nr_pages - s);
+            self.free_prepared_contig_range(cpu, s, end - s);
         }
         res
     }

@@ -325,7 +325,7 @@ impl<'m> PageAllocator<'m> {
                 page.set_order(0);
                 self.__free_one_page(zone, &mut zf, pfn, order, FPI_NONE);
                 freed += nr_pages as u64;
-                if !(count > 0 && !list.is_empty()) {
+                if count <= 0 || list.is_empty() {
                     break;
                 }
             }

@@ -37,11 +37,24 @@ unsafe impl PtMemory for KernelPt {
         mmu::table_va(pa) as *mut [u64; 512]
     }
     fn alloc_table(&mut self) -> Option<u64> {
-        kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0).map(|pfn| pfn << PAGE_SHIFT)
+        let pa = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0).map(|pfn| pfn << PAGE_SHIFT);
+        if pa.is_some() {
+            NR_PAGETABLE.fetch_add(1, Ordering::Relaxed);
+        }
+        pa
     }
     fn free_table(&mut self, pa: u64) {
+        NR_PAGETABLE.fetch_sub(1, Ordering::Relaxed);
         kalloc::__free_page(pa >> PAGE_SHIFT);
     }
+}
+
+/// Kernel page-table pages taken from the page allocator (Linux: NR_KERNEL_PAGETABLE). Tables
+/// for the vmalloc range are never freed (as in Linux), so leak checks count them separately.
+static NR_PAGETABLE: AtomicU64 = AtomicU64::new(0);
+
+pub fn nr_pagetable_pages() -> u64 {
+    NR_PAGETABLE.load(Ordering::Relaxed)
 }
 
 /// The kernel's page tables (TTBR1).

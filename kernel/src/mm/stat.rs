@@ -7,7 +7,6 @@
 //! non-atomic per-CPU add too); a CPU only bumps its own counters. Readers sum all CPUs.
 use super::page::Page;
 use super::page_alloc::PageAllocator;
-use super::pcp::NR_CPUS;
 use super::zone::{NR_PAGE_ORDERS, WMARK_HIGH, WMARK_LOW, WMARK_MIN};
 use super::{MAX_PAGE_ORDER, PAGE_SIZE};
 use core::fmt::{self, Write};
@@ -329,11 +328,7 @@ impl<'m> PageAllocator<'m> {
 }
 
 fn percent_x100(part: u64, total: u64) -> u64 {
-    if total == 0 {
-        0
-    } else {
-        part * 10000 / total
-    }
+    (part * 10000).checked_div(total).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -349,6 +344,3 @@ mod tests {
         assert_eq!(NR_VM_EVENT_ITEMS, 12 + 2 * NR_PAGE_ORDERS);
     }
 }
-
-#[allow(dead_code)]
-const _: () = assert!(NR_CPUS <= 64);

@@ -313,7 +313,7 @@ pub fn setup_per_zone_wmarks(zones: &[Zone], min_free_kbytes: u64, watermark_sca
     let lowmem_pages: u64 = zones.iter().map(|z| z.managed_pages()).sum();
     for z in zones {
         let managed = z.managed_pages();
-        let mut tmp = if lowmem_pages == 0 { 0 } else { pages_min * managed / lowmem_pages };
+        let mut tmp = (pages_min * managed).checked_div(lowmem_pages).unwrap_or(0);
         // No highmem/movable zones on arm64: every zone is lowmem.
         z.watermark[WMARK_MIN].store(tmp, Relaxed);
         tmp = (tmp >> 2).max(mult_frac(managed, watermark_scale_factor as u64, 10000));

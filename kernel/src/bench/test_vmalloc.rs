@@ -1,0 +1,508 @@
+//! Linux's lib/test_vmalloc.c, re-implemented in the kernel: the same tests in the same index
+//! order, the same parameters and the same output lines, so its serial log reads like Linux's.
+//!
+//! Beyond Linux: a suite mode (`test_vmalloc.suite=seed`) running the seed table's 19 rows in one
+//! boot, and a leak line after each test (free pages and free vmalloc space before and after,
+//! both taken after a lazy purge and an RCU barrier).
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::params::{self, Rng, Suite, TvParams, TESTS};
+use crate::arch;
+use crate::mm::gfp::GfpFlags;
+use crate::mm::{kalloc, kmalloc, percpu, vmalloc as vm, PAGE_SIZE};
+use crate::{println, rcu, smp};
+
+/// One test call: Ok = pass, Err = fail (xfailed when the test is marked xfail).
+type TestFn = fn(&TvParams, &mut Rng) -> Result<(), ()>;
+
+const TEST_FNS: [TestFn; 13] = [
+    fix_size_alloc_test,
+    full_fit_alloc_test,
+    long_busy_list_alloc_test,
+    random_size_alloc_test,
+    fix_align_alloc_test,
+    random_size_align_alloc_test,
+    align_shift_alloc_test,
+    pcpu_alloc_test,
+    kvfree_rcu_1_arg_vmalloc_test,
+    kvfree_rcu_2_arg_vmalloc_test,
+    vm_map_ram_test,
+    no_block_alloc_test,
+    vrealloc_test,
+];
+
+/// Writes one byte at the start of a mapping ("touch").
+#[inline(always)]
+fn touch(p: *mut u8, v: u8) {
+    unsafe { core::ptr::write_volatile(p, v) };
+}
+
+fn fix_size_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
+    let size = p.nr_pages as usize * PAGE_SIZE;
+    for _ in 0..p.test_loop_count {
+        let ptr = if p.use_huge { vm::vmalloc_huge(size, GfpFlags::GFP_KERNEL) } else { vm::vmalloc(size) };
+        if ptr.is_null() {
+            return Err(());
+        }
+        touch(ptr, 1);
+        vm::vfree(ptr);
+        smp::cond_resched();
+    }
+    Ok(())
+}
+
+fn full_fit_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
+    // Fragment the VA space with one-page holes (junk = lazy_max_pages), then allocate into them.
+    let junk_length = vm::lazy_max_pages();
+    let ptr_arr = vm::vmalloc(junk_length * core::mem::size_of::<*mut u8>()) as *mut *mut u8;
+    let junk_arr = vm::vmalloc(junk_length * core::mem::size_of::<*mut u8>()) as *mut *mut u8;
+    let mut rv = Ok(());
+    if ptr_arr.is_null() || junk_arr.is_null() {
+        rv = Err(());
+    } else {
+        unsafe {
+            for i in 0..junk_length {
+                *ptr_arr.add(i) = vm::vmalloc(PAGE_SIZE);
+                *junk_arr.add(i) = vm::vmalloc(PAGE_SIZE);
+            }
+            for i in 0..junk_length {
+                vm::vfree(*junk_arr.add(i));
+            }
+            for _ in 0..p.test_loop_count {
+                let q = vm::vmalloc(PAGE_SIZE);
+                if q.is_null() {
+                    rv = Err(());
+                    break;
+                }
+                touch(q, 1);
+                vm::vfree(q);
+                smp::cond_resched();
+            }
+            for i in 0..junk_length {
+                vm::vfree(*ptr_arr.add(i));
+            }
+        }
+    }
+    vm::vfree(ptr_arr as *mut u8);
+    vm::vfree(junk_arr as *mut u8);
+    rv
+}
+
+fn long_busy_list_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
+    const BUSY: usize = 15_000;
+    let arr = vm::vmalloc(BUSY * core::mem::size_of::<*mut u8>()) as *mut *mut u8;
+    if arr.is_null() {
+        return Err(());
+    }
+    let mut rv = Ok(());
+    unsafe {
+        for i in 0..BUSY {
+            let q = vm::vmalloc(PAGE_SIZE);
+            *arr.add(i) = q;
+            if q.is_null() {
+                rv = Err(());
+            }
+        }
+        if rv.is_ok() {
+            for _ in 0..p.test_loop_count {
+                let a = vm::vmalloc(100 * PAGE_SIZE);
+                let b = vm::vmalloc(PAGE_SIZE);
+                if a.is_null() || b.is_null() {
+                    vm::vfree(a);
+                    vm::vfree(b);
+                    rv = Err(());
+                    break;
+                }
+                touch(a, 1);
+                touch(b, 1);
+                vm::vfree(a);
+                vm::vfree(b);
+                smp::cond_resched();
+            }
+        }
+        for i in 0..BUSY {
+            vm::vfree(*arr.add(i));
+        }
+    }
+    vm::vfree(arr as *mut u8);
+    rv
+}
+
+fn random_size_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
+    for _ in 0..p.test_loop_count {
+        let n = rng.below(100) as usize + 1;
+        let q = vm::vmalloc(n * PAGE_SIZE);
+        if q.is_null() {
+            return Err(());
+        }
+        touch(q, 1);
+        vm::vfree(q);
+        smp::cond_resched();
+    }
+    Ok(())
+}
+
+/// THREAD_ALIGN << 1 on arm64 with VMAP_STACK (THREAD_SIZE 16 KiB, THREAD_ALIGN 32 KiB).
+const FIX_ALIGN: usize = 2 * 2 * 16 * 1024;
+
+fn fix_align_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
+    for _ in 0..p.test_loop_count {
+        let q = vm::__vmalloc_node(5 * PAGE_SIZE, FIX_ALIGN, GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO);
+        if q.is_null() {
+            return Err(());
+        }
+        vm::vfree(q);
+        smp::cond_resched();
+    }
+    Ok(())
+}
+
+fn random_size_align_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
+    for _ in 0..p.test_loop_count {
+        let rnd = rng.byte() as usize;
+        let align = 1usize << (rnd % 23);
+        let size = ((rnd % 10) + 1) * PAGE_SIZE;
+        let q = vm::__vmalloc_node(size, align, GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO);
+        if q.is_null() {
+            return Err(());
+        }
+        vm::vfree(q);
+        smp::cond_resched();
+    }
+    Ok(())
+}
+
+/// Alignments up to 2^63 exhaust the VA space: the test is expected to fail.
+fn align_shift_alloc_test(_: &TvParams, _: &mut Rng) -> Result<(), ()> {
+    for i in 0..64 {
+        let align = 1usize << i;
+        let q = vm::__vmalloc_node(PAGE_SIZE, align, GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO);
+        if q.is_null() {
+            return Err(());
+        }
+        vm::vfree(q);
+    }
+    Ok(())
+}
+
+fn pcpu_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
+    let n = p.nr_pcpu_objects as usize;
+    let arr = vm::vmalloc(n * core::mem::size_of::<usize>()) as *mut usize;
+    if arr.is_null() {
+        return Err(());
+    }
+    let mut rv = Ok(());
+    unsafe {
+        for i in 0..n {
+            let size = rng.below((PAGE_SIZE / 4) as u32) as usize + 1;
+            // align = 2^k, k uniform in [1, PAGE_SHIFT - 1]
+            let align = 1usize << (rng.below(crate::mm::PAGE_SHIFT - 1) + 1);
+            let q = percpu::alloc_percpu(size, align);
+            *arr.add(i) = q;
+            if q == 0 {
+                rv = Err(());
+            }
+        }
+        for i in 0..n {
+            let q = *arr.add(i);
+            if q != 0 {
+                percpu::free_percpu(q);
+            }
+        }
+    }
+    vm::vfree(arr as *mut u8);
+    rv
+}
+
+/// The object of the kvfree_rcu tests: an rcu_head followed by 20 bytes (Linux: struct test_kvfree_rcu).
+#[repr(C)]
+struct TestKvfreeRcu {
+    rcu: rcu::RcuHead,
+    array: [u8; 20],
+}
+
+fn kvfree_rcu_1_arg_vmalloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
+    for _ in 0..p.test_loop_count {
+        let q = vm::vmalloc(PAGE_SIZE) as *mut TestKvfreeRcu;
+        if q.is_null() {
+            return Err(());
+        }
+        unsafe { core::ptr::write_volatile(&mut (*q).array[0], 1) };
+        rcu::kvfree_rcu_mightsleep(q as *mut u8);
+        smp::cond_resched();
+    }
+    Ok(())
+}
+
+fn kvfree_rcu_2_arg_vmalloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
+    for _ in 0..p.test_loop_count {
+        let q = vm::vmalloc(PAGE_SIZE) as *mut TestKvfreeRcu;
+        if q.is_null() {
+            return Err(());
+        }
+        unsafe {
+            core::ptr::write_volatile(&mut (*q).array[0], 1);
+            rcu::kvfree_rcu(q as *mut u8, &raw mut (*q).rcu);
+        }
+        smp::cond_resched();
+    }
+    Ok(())
+}
+
+fn vm_map_ram_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
+    let n = p.nr_pages.max(1) as usize;
+    let mut pages: Vec<Option<crate::mm::Pfn>> = vec![None; n];
+    let got = kalloc::alloc_pages_bulk(GfpFlags::GFP_KERNEL, n, &mut pages);
+    let mut rv = if got == n { Ok(()) } else { Err(()) };
+    if rv.is_ok() {
+        let pfns: Vec<crate::mm::Pfn> = pages.iter().map(|p| p.unwrap()).collect();
+        for _ in 0..p.test_loop_count {
+            let v = vm::vm_map_ram(&pfns);
+            if v.is_null() {
+                rv = Err(());
+                break;
+            }
+            touch(v, 0xa5);
+            vm::vm_unmap_ram(v, n);
+            smp::cond_resched();
+        }
+    }
+    for pfn in pages.into_iter().flatten() {
+        kalloc::__free_page(pfn);
+    }
+    rv
+}
+
+fn no_block_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
+    // xfail in Linux: non-blocking vmalloc may fail (page tables, reclaim). Here nothing sleeps,
+    // so it normally passes; a failure is still reported, and counted as xfailed.
+    let n = p.nr_pages.max(1) as usize;
+    let mut rv = Ok(());
+    for _ in 0..p.test_loop_count {
+        let gfp = if rng.below(2) == 0 { GfpFlags::GFP_ATOMIC } else { GfpFlags::GFP_NOWAIT };
+        let q = vm::__vmalloc(n * PAGE_SIZE, gfp);
+        if q.is_null() {
+            rv = Err(());
+        } else {
+            touch(q, 0);
+        }
+        vm::vfree(q);
+    }
+    rv
+}
+
+fn vrealloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
+    for _ in 0..p.test_loop_count {
+        let mut q = vm::vmalloc(PAGE_SIZE);
+        if q.is_null() {
+            return Err(());
+        }
+        unsafe { *q = b'a' };
+        let check = |q: *mut u8| -> Result<(), ()> { if q.is_null() || unsafe { *q } != b'a' { Err(()) } else { Ok(()) } };
+        // Grow: must move (the area has no room), content kept.
+        let r = vm::vrealloc(q, 4 * PAGE_SIZE, GfpFlags::GFP_KERNEL);
+        if check(r).is_err() {
+            vm::vfree(if r.is_null() { q } else { r });
+            return Err(());
+        }
+        q = r;
+        for size in [PAGE_SIZE, PAGE_SIZE / 2, PAGE_SIZE] {
+            let r = vm::vrealloc(q, size, GfpFlags::GFP_KERNEL);
+            if check(r).is_err() {
+                vm::vfree(if r.is_null() { q } else { r });
+                return Err(());
+            }
+            q = r;
+        }
+        vm::vfree(q);
+        smp::cond_resched();
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Default)]
+struct TestResult {
+    passed: u32,
+    failed: u32,
+    xfailed: u32,
+    time_us: u64,
+}
+
+struct Worker {
+    results: [TestResult; TESTS.len()],
+    start: u64,
+    stop: u64,
+}
+
+/// Free pages (after draining pcp lists) and free vmalloc space (after a lazy purge), once
+/// every RCU callback has run: the figures the leak line compares.
+///
+/// Caches are shrunk first (kmalloc slabs, KVA tree-node slabs, empty percpu chunks, fragmented
+/// vmap blocks), as `echo 3 > drop_caches` would; page-table pages of the vmalloc range, which
+/// Linux never frees, count as free pages here so that the first test to need them is not
+/// reported as a loss.
+pub fn settle_and_measure() -> (u64, u64) {
+    rcu::rcu_barrier();
+    vm::vm_unmap_aliases();
+    percpu::percpu_shrink();
+    vm::vm_unmap_aliases();
+    kmalloc::kmalloc_shrink();
+    crate::mm::kva_glue::shrink();
+    kalloc::drain_all_pages();
+    (kalloc::nr_free_pages() + crate::mm::setup::nr_pagetable_pages(), vm::free_vmalloc_bytes())
+}
+
+/// Runs the selected tests of one worker in its (shuffled) order; returns the results.
+fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize) -> Worker {
+    let mut rng = Rng::new(p.seed ^ ((id as u64 + 1) * 0x9e37_79b9_7f4a_7c15));
+    let mut order: Vec<usize> = (0..TESTS.len()).collect();
+    if !p.sequential_test_order {
+        params::shuffle(&mut order, &mut rng);
+    }
+    let mut w = Worker { results: [TestResult::default(); TESTS.len()], start: arch::cycles(), stop: 0 };
+    for &i in &order {
+        if p.run_test_mask & (1 << i) == 0 {
+            continue;
+        }
+        let before = if leak_lines { Some(settle_and_measure()) } else { None };
+        let t0 = arch::cycles();
+        for _ in 0..p.test_repeat_count {
+            match TEST_FNS[i](p, &mut rng) {
+                Ok(()) => w.results[i].passed += 1,
+                Err(()) if TESTS[i].1 => w.results[i].xfailed += 1,
+                Err(()) => w.results[i].failed += 1,
+            }
+        }
+        w.results[i].time_us = arch::cycles_to_us(arch::cycles() - t0) / p.test_repeat_count as u64;
+        if let Some((pages0, va0)) = before {
+            let (pages1, va1) = settle_and_measure();
+            let ok = pages1 >= pages0 && va1 >= va0;
+            if !ok {
+                failures.fetch_add(1, Ordering::SeqCst);
+            }
+            println!(
+                "test_vmalloc: leak {} free_pages {}->{} free_va {:#x}->{:#x} {}",
+                TESTS[i].0, pages0, pages1, va0, va1, if ok { "ok" } else { "LOST" }
+            );
+        }
+    }
+    w.stop = arch::cycles();
+    w
+}
+
+/// One run of the benchmark with `p` (Linux: init_test_configuration + do_concurrent_test).
+/// Returns the number of failures (failed tests and leak losses).
+fn do_concurrent_test(p: &TvParams) -> usize {
+    let online: Vec<usize> = smp::online_cpus().collect();
+    let nr = p.nr_threads as usize;
+    let failures = Arc::new(AtomicUsize::new(0));
+    // Worker i runs on CPU online[i % n]; several workers on one CPU run one after another.
+    if nr > online.len() {
+        println!("test_vmalloc: {} workers on {} CPUs: workers sharing a CPU run one after another", nr, online.len());
+    }
+    let leak_lines = nr == 1;
+    let before = if leak_lines { None } else { Some(settle_and_measure()) };
+    let results: Arc<spin::Mutex<Vec<Option<Worker>>>> = Arc::new(spin::Mutex::new((0..nr).map(|_| None).collect()));
+    let cpus_used = online.len().min(nr);
+    let barrier = Arc::new(smp::Barrier::new(cpus_used));
+    let done = Arc::new(AtomicUsize::new(0));
+    let me = arch::smp_processor_id();
+    let params = Arc::new(p.clone());
+    let job = |slot: usize| {
+        let (results, barrier, done, params, failures) = (results.clone(), barrier.clone(), done.clone(), params.clone(), failures.clone());
+        move || {
+            barrier.wait();
+            let mut id = slot;
+            while id < nr {
+                let w = run_worker(&params, id, leak_lines, &failures);
+                results.lock()[id] = Some(w);
+                id += cpus_used;
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+            arch::sev();
+        }
+    };
+    for (slot, &cpu) in online.iter().enumerate().take(cpus_used) {
+        if cpu != me {
+            smp::start_work(cpu, Box::new(job(slot)));
+        }
+    }
+    let my_slot = online.iter().position(|&c| c == me).unwrap();
+    if my_slot < cpus_used {
+        job(my_slot)();
+    }
+    while done.load(Ordering::SeqCst) < cpus_used {
+        smp::poll_mailbox();
+        arch::wfe();
+    }
+    let results = results.lock();
+    for (id, w) in results.iter().enumerate() {
+        let w = w.as_ref().unwrap();
+        for (i, r) in w.results.iter().enumerate() {
+            if p.run_test_mask & (1 << i) == 0 {
+                continue;
+            }
+            if r.failed > 0 {
+                failures.fetch_add(1, Ordering::SeqCst);
+            }
+            println!(
+                "Summary: {} passed: {} failed: {} xfailed: {} repeat: {} loops: {} avg: {} usec",
+                TESTS[i].0, r.passed, r.failed, r.xfailed, p.test_repeat_count, p.test_loop_count, r.time_us
+            );
+        }
+        println!("All test took worker{}={} cycles", id, w.stop - w.start);
+    }
+    if let Some((pages0, va0)) = before {
+        let (pages1, va1) = settle_and_measure();
+        let ok = pages1 >= pages0 && va1 >= va0;
+        if !ok {
+            failures.fetch_add(1, Ordering::SeqCst);
+        }
+        println!("test_vmalloc: leak all free_pages {}->{} free_va {:#x}->{:#x} {}", pages0, pages1, va0, va1, if ok { "ok" } else { "LOST" });
+    }
+    failures.load(Ordering::SeqCst)
+}
+
+/// Runs the benchmark as the boot parameters say. Returns (passed, failed) summary counts for
+/// the closing line: a test passes when it did not fail (xfail counts as passed).
+pub fn run(pairs: &[(String, Option<String>)]) -> Result<(usize, usize), String> {
+    let p = TvParams::parse(pairs, smp::num_online_cpus() as u32)?;
+    let cfg = crate::config::get();
+    println!("test_vmalloc: params {} {} timer_hz={} cpus={}", p.describe(), cfg.mm_switches(), arch::timer_hz(), smp::num_online_cpus());
+    let rows: Vec<(Option<params::Row>, TvParams)> = match p.suite {
+        Some(Suite::Seed) => params::seed_rows()
+            .into_iter()
+            .map(|r| {
+                let mut q = p.clone();
+                q.run_test_mask = 1 << r.test;
+                q.nr_pages = r.nr_pages;
+                q.use_huge = r.use_huge;
+                q.test_loop_count = p.scaled(r.loops);
+                (Some(r), q)
+            })
+            .collect(),
+        _ => vec![(None, p.clone())],
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for (row, q) in rows {
+        if let Some(r) = row {
+            println!("test_vmalloc: row {} p:{} h:{} l:{}", TESTS[r.test].0, r.nr_pages, r.use_huge as u8, r.loops);
+        }
+        let f = do_concurrent_test(&q);
+        let selected = (0..TESTS.len()).filter(|i| q.run_test_mask & (1 << i) != 0).count() * q.nr_threads as usize;
+        failed += f.min(selected.max(1));
+        passed += selected.saturating_sub(f);
+    }
+    Ok((passed, failed))
+}
+
+/// Description used in error messages.
+pub fn describe_error(e: &str) -> String {
+    format!("test_vmalloc: {e}")
+}

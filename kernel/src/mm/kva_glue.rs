@@ -1,0 +1,222 @@
+//! The kernel's instances of the KVA structures (Linux mm/vmalloc.c globals): the global free
+//! tree under `free_vmap_area_lock`, and per vmap node a busy tree, a lazy tree and the
+//! size-segregated pools, each under its own lock. Node nodes (tree nodes) come from slabs
+//! backed by the page allocator.
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::gfp::GfpFlags;
+use super::kalloc;
+use super::kva::{BusyArea, BusyTree, KvaAllocator, PageSource, VaPool, MAX_VA_SIZE_PAGES};
+use super::PAGE_SIZE;
+use crate::arch::NR_CPUS;
+
+/// Slab pages for tree nodes, from the page allocator (GFP_NOWAIT: called under locks).
+pub struct KPages;
+
+impl PageSource for KPages {
+    fn alloc_page(&mut self) -> Option<*mut u8> {
+        let p = kalloc::alloc_page_va(GfpFlags::GFP_NOWAIT | GfpFlags::__GFP_NOWARN);
+        if p.is_null() { None } else { Some(p) }
+    }
+    fn free_page(&mut self, p: *mut u8) {
+        kalloc::free_page_va(p);
+    }
+}
+
+pub const NO_NODE: usize = usize::MAX;
+
+static FREE: spin::Mutex<KvaAllocator<KPages>> = spin::Mutex::new(KvaAllocator::empty(KPages));
+
+struct VmapNode {
+    busy: spin::Mutex<BusyTree<KPages>>,
+    lazy: spin::Mutex<BusyTree<KPages>>,
+    pool: spin::Mutex<VaPool<KPages>>,
+}
+
+static NODES: [VmapNode; NR_CPUS] = [const {
+    VmapNode {
+        busy: spin::Mutex::new(BusyTree::new(KPages)),
+        lazy: spin::Mutex::new(BusyTree::new(KPages)),
+        pool: spin::Mutex::new(VaPool::new(KPages)),
+    }
+}; NR_CPUS];
+
+static NR_NODES: AtomicUsize = AtomicUsize::new(1);
+
+pub fn init(vstart: u64, vend: u64, nr_nodes: usize) {
+    FREE.lock().init(vstart, vend).expect("vmalloc range");
+    NR_NODES.store(nr_nodes.clamp(1, NR_CPUS), Ordering::Release);
+}
+
+pub fn nr_vmap_nodes() -> usize {
+    NR_NODES.load(Ordering::Relaxed)
+}
+
+/// Linux addr_to_node: busy areas are spread over the nodes by address, 16 pages per stripe.
+#[inline]
+fn addr_to_node(addr: u64) -> usize {
+    ((addr / (16 * PAGE_SIZE as u64)) as usize) % nr_vmap_nodes()
+}
+
+// A busy/lazy value packs the caller's value (a kernel pointer with tag bits, or a small tag)
+// with the vmap node the area was taken for (Linux keeps it in va->flags).
+const PTR_BIT: u64 = 1 << 63;
+const NODE_SHIFT: u32 = 48;
+const LOW48: u64 = (1 << 48) - 1;
+
+fn encode(val: u64, node: usize) -> u64 {
+    let n = if node == NO_NODE { 0 } else { node as u64 + 1 };
+    let ptr = if val >> 48 == 0xffff { PTR_BIT } else { 0 };
+    ptr | (n << NODE_SHIFT) | (val & LOW48)
+}
+
+fn decode(v: u64) -> (u64, usize) {
+    let n = ((v & !PTR_BIT) >> NODE_SHIFT) as usize;
+    let val = if v & PTR_BIT != 0 { (v & LOW48) | (0xffff << 48) } else { v & LOW48 };
+    (val, if n == 0 { NO_NODE } else { n - 1 })
+}
+
+/// Lowest-address first fit in the global free tree.
+pub fn alloc(size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
+    FREE.lock().alloc(size, align, vstart, vend).ok()
+}
+
+/// Highest-address fit (percpu chunks, Linux pcpu_get_vm_areas).
+pub fn alloc_top_down(size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
+    FREE.lock().alloc_top_down(size, align, vstart, vend).ok()
+}
+
+/// Returns a range that was never mapped straight to the free tree.
+pub fn free_now(start: u64, end: u64) {
+    if let Err(e) = FREE.lock().free(start, end) {
+        crate::println!("vmalloc bug: freeing [{start:#x}, {end:#x}): {e:?}");
+    }
+}
+
+pub fn busy_insert(start: u64, end: u64, val: u64, node: usize) {
+    if let Err(e) = NODES[addr_to_node(start)].busy.lock().insert(start, end, encode(val, node)) {
+        crate::println!("vmalloc bug: busy insert [{start:#x}, {end:#x}): {e:?}");
+    }
+}
+
+/// Unlinks the busy area starting at `start` (Linux find_unlink_vmap_area).
+pub fn busy_remove(start: u64) -> Option<(u64, u64, u64, usize)> {
+    let a = NODES[addr_to_node(start)].busy.lock().remove(start)?;
+    let (val, node) = decode(a.value);
+    Some((a.va_start, a.va_end, val, node))
+}
+
+/// The busy area containing `addr`, looking at every node from addr_to_node(addr) on
+/// (Linux find_vmap_area).
+pub fn busy_find(addr: u64) -> Option<(u64, u64, u64, usize)> {
+    let n = nr_vmap_nodes();
+    let first = addr_to_node(addr);
+    for i in 0..n {
+        let node = (first + i) % n;
+        if let Some(a) = NODES[node].busy.lock().find(addr) {
+            let (val, vn) = decode(a.value);
+            return Some((a.va_start, a.va_end, val, vn));
+        }
+    }
+    None
+}
+
+/// Queues an unmapped area on the lazy tree of its node.
+pub fn lazy_add(start: u64, end: u64, node: usize) {
+    let n = if node == NO_NODE { addr_to_node(start) } else { node };
+    if let Err(e) = NODES[n].lazy.lock().insert(start, end, encode(0, node)) {
+        crate::println!("vmalloc bug: lazy insert [{start:#x}, {end:#x}): {e:?}");
+    }
+}
+
+pub fn lazy_find(addr: u64) -> Option<(u64, u64)> {
+    for node in NODES.iter().take(nr_vmap_nodes()) {
+        if let Some(a) = node.lazy.lock().find(addr) {
+            return Some((a.va_start, a.va_end));
+        }
+    }
+    None
+}
+
+/// Every node's lazy tree, detached in one go (Linux: the purge list of __purge_vmap_area_lazy).
+pub struct LazyBatch {
+    trees: [Option<BusyTree<KPages>>; NR_CPUS],
+    empty: bool,
+}
+
+impl LazyBatch {
+    /// Detaches all lazy areas and widens [start, end) to cover them.
+    pub fn take_all(start: &mut u64, end: &mut u64) -> LazyBatch {
+        let mut b = LazyBatch { trees: [const { None }; NR_CPUS], empty: true };
+        for (i, node) in NODES.iter().enumerate().take(nr_vmap_nodes()) {
+            let mut l = node.lazy.lock();
+            if l.is_empty() {
+                continue;
+            }
+            *start = (*start).min(l.first().unwrap().va_start);
+            *end = (*end).max(l.last().unwrap().va_end);
+            b.trees[i] = Some(core::mem::replace(&mut *l, BusyTree::new(KPages)));
+            b.empty = false;
+        }
+        b
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// After the TLB flush: areas taken for a node go to its pool when small enough, the rest
+    /// back to the free tree. Returns the pages released.
+    pub fn release(&mut self) -> usize {
+        let mut pages = 0usize;
+        for t in self.trees.iter_mut() {
+            if let Some(mut tree) = t.take() {
+                tree.drain(|a: BusyArea| {
+                    let (_, node) = decode(a.value);
+                    let size = a.va_end - a.va_start;
+                    pages += (size / PAGE_SIZE as u64) as usize;
+                    let pooled = node != NO_NODE
+                        && size <= (MAX_VA_SIZE_PAGES * PAGE_SIZE) as u64
+                        && NODES[node].pool.lock().pool_put(a.va_start, a.va_end);
+                    if !pooled {
+                        free_now(a.va_start, a.va_end);
+                    }
+                });
+            }
+        }
+        pages
+    }
+}
+
+/// Linux node_alloc: an area of exactly `size` from `node`'s pool.
+pub fn pool_get(node: usize, size: u64, align: u64) -> Option<u64> {
+    NODES[node].pool.lock().pool_get(size, align).map(|r| r.va_start)
+}
+
+/// Linux decay_va_pool_node for every node: a quarter of each pool (all when `full`) back to
+/// the free tree.
+pub fn decay_pools(full: bool) {
+    // Lock order: a node's pool lock, then free_vmap_area_lock (never the other way round).
+    for node in NODES.iter().take(nr_vmap_nodes()) {
+        let mut p = node.pool.lock();
+        if p.nr_areas() == 0 {
+            continue;
+        }
+        p.decay(full, |r| free_now(r.va_start, r.va_end));
+    }
+}
+
+/// Free VA in bytes: the free tree plus what the pools hold.
+pub fn free_bytes() -> u64 {
+    let pools: u64 = NODES.iter().take(nr_vmap_nodes()).map(|n| n.pool.lock().bytes()).sum();
+    FREE.lock().free_bytes() + pools
+}
+
+/// Returns wholly free slab pages of every structure to the page allocator.
+pub fn shrink() -> usize {
+    let mut n = FREE.lock().shrink();
+    for node in NODES.iter() {
+        n += node.busy.lock().shrink() + node.lazy.lock().shrink() + node.pool.lock().shrink();
+    }
+    n
+}

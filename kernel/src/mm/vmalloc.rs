@@ -1,0 +1,719 @@
+//! vmalloc, as Linux's mm/vmalloc.c does it: a vm_struct and a pages array per area, VA from the
+//! KVA allocator (per-node pools first, then the global free tree), pages from the buddy
+//! allocator under the `mm.vmalloc_large_order` policy, mapping with the page-table code, and a
+//! lazy unmap/purge (one TLB flush for many freed areas). vfree releases the pages one by one
+//! (`mm.vfree=single`, the baseline) or through free_pages_bulk (`mm.vfree=bulk`, the seed
+//! patch). vm_map_ram uses per-CPU 4 MiB vmap blocks with a bump allocator.
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::gfp::GfpFlags;
+use super::kva_glue as kva;
+use super::pgtable::{flush_tlb_kernel_range, HwTlb, MapFlags, PageProt};
+use super::setup::{kernel_pgtable, KernelPt};
+use super::{kalloc, kmalloc, Pfn, MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZE};
+use crate::arch::{self, VMALLOC_END, VMALLOC_START};
+use crate::config::{self, VfreeMode};
+use crate::smp;
+
+pub const PMD_SHIFT: u32 = 21;
+pub const CONT_PTE_SHIFT: u32 = 16;
+
+/// vm_struct flags (Linux include/linux/vmalloc.h).
+pub const VM_ALLOC: u32 = 0x2;
+pub const VM_MAP: u32 = 0x4;
+pub const VM_NO_GUARD: u32 = 0x40;
+pub const VM_ALLOW_HUGE_VMAP: u32 = 0x400;
+pub const VM_MAP_PUT_PAGES: u32 = 0x200;
+
+/// Linux's struct vm_struct.
+#[repr(C)]
+pub struct VmStruct {
+    pub addr: u64,
+    /// Including the guard page.
+    pub size: u64,
+    pub flags: u32,
+    /// Mapping granule: page_shift - PAGE_SHIFT (0, 4 for 64 KiB cont-PTE, 9 for a PMD block).
+    pub page_order: u32,
+    pub nr_pages: usize,
+    pub pages: *mut Pfn,
+    pub requested_size: usize,
+}
+
+/// Busy-area values carry the vm_struct pointer or a vmap block pointer, tagged in the low bits.
+const VMAP_RAM: u64 = 1;
+const VMAP_BLOCK: u64 = 2;
+const TAG_MASK: u64 = 7;
+
+/// Pages lazily unmapped but not yet purged (Linux: vmap_lazy_nr).
+static VMAP_LAZY_NR: AtomicUsize = AtomicUsize::new(0);
+static PURGE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+/// Serialises page-table updates that may allocate intermediate tables (Linux: init_mm's
+/// page_table_lock around pte_alloc; leaf writes of disjoint areas need no lock).
+static PGTABLE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+/// The lock around page-table updates that may allocate tables (shared with percpu).
+pub fn pgtable_lock() -> spin::MutexGuard<'static, ()> {
+    PGTABLE_LOCK.lock()
+}
+
+/// Purges since boot, and the last purge's flushed span (tests and stats).
+static NR_PURGES: AtomicU64 = AtomicU64::new(0);
+
+/// Linux lazy_max_pages(): fls(num_online_cpus) x 32 MiB worth of pages.
+pub fn lazy_max_pages() -> usize {
+    let cpus = smp::num_online_cpus().max(1);
+    let fls = usize::BITS - cpus.leading_zeros();
+    fls as usize * ((32 << 20) / PAGE_SIZE)
+}
+
+pub fn nr_purges() -> u64 {
+    NR_PURGES.load(Ordering::Relaxed)
+}
+
+fn warn(args: core::fmt::Arguments) {
+    crate::println!("{}", args);
+}
+
+/// Reserves VA for an area (Linux: alloc_vmap_area). The node fast path (per-node size pools)
+/// is used for the default vmalloc range when there is more than one node. On failure, purges
+/// the lazily freed areas once and retries; then warns (unless __GFP_NOWARN) and fails.
+fn alloc_vmap_area(size: u64, align: u64, vstart: u64, vend: u64, gfp: GfpFlags) -> Option<(u64, usize)> {
+    let mut node = kva::NO_NODE;
+    if kva::nr_vmap_nodes() > 1 && vstart == VMALLOC_START && vend == VMALLOC_END {
+        node = arch::smp_processor_id() % kva::nr_vmap_nodes();
+        if let Some(start) = kva::pool_get(node, size, align) {
+            return Some((start, node));
+        }
+    }
+    let mut purged = false;
+    loop {
+        match kva::alloc(size, align, vstart, vend) {
+            Some(start) => return Some((start, node)),
+            None if !purged => {
+                purge_vmap_area_lazy();
+                purged = true;
+            }
+            None => {
+                if !gfp.contains(GfpFlags::__GFP_NOWARN) {
+                    warn(format_args!("vmalloc_node_range for size {} failed: Address range restricted to {:#x} - {:#x}", size, vstart, vend));
+                }
+                return None;
+            }
+        }
+    }
+}
+
+/// Unmaps nothing: queues an already unmapped area for the next purge (Linux:
+/// free_vmap_area_noflush). Purges when more than lazy_max_pages are pending.
+fn free_vmap_area_noflush(start: u64, end: u64, node: usize) {
+    let pages = ((end - start) >> PAGE_SHIFT) as usize;
+    kva::lazy_add(start, end, node);
+    let nr = VMAP_LAZY_NR.fetch_add(pages, Ordering::AcqRel) + pages;
+    if nr > lazy_max_pages() {
+        purge_vmap_area_lazy();
+    }
+}
+
+/// Linux __purge_vmap_area_lazy: decay the node pools, collect every lazily freed area, one
+/// TLB flush for the whole span, then return the areas to the pools or the free tree.
+pub fn purge_vmap_area_lazy() {
+    let _g = PURGE_LOCK.lock();
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    let mut batch = kva::LazyBatch::take_all(&mut start, &mut end);
+    kva::decay_pools(false);
+    if !batch.is_empty() {
+        let mut tlb = HwTlb::new();
+        flush_tlb_kernel_range(&mut tlb, start, end);
+        let pages = batch.release();
+        VMAP_LAZY_NR.fetch_sub(pages, Ordering::AcqRel);
+        NR_PURGES.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Maps `nr` pages at `va` with granule `page_shift` (Linux: vmap_pages_range).
+fn vmap_pages_range(va: u64, pages: &[Pfn], page_shift: u32) -> bool {
+    let _g = PGTABLE_LOCK.lock();
+    let mut tlb = HwTlb::new();
+    kernel_pgtable()
+        .map_pages(&mut KernelPt, &mut tlb, va, pages.len(), |i| pages[i] << PAGE_SHIFT, PageProt::PAGE_KERNEL, page_shift, MapFlags::empty())
+        .is_ok()
+}
+
+/// Clears the mappings of [va, va + size) without flushing the TLB (vunmap_range_noflush).
+fn vunmap_range_noflush(va: u64, size: u64) {
+    let r = kernel_pgtable().unmap_range(&mut KernelPt, va, size);
+    if let Err(e) = r {
+        warn(format_args!("vunmap [{:#x}, {:#x}): {:?}", va, va + size, e));
+    }
+}
+
+/// Linux vm_area_alloc_pages: fills `pages` (nr_pages entries) at granule `order`.
+fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
+    let nr_pages = pages.len();
+    let mut nr_allocated = 0usize;
+    let large_order = config::get().vmalloc_large_order;
+    if large_order {
+        // a06157804399: largest orders first, without direct reclaim or warnings, split.
+        let large_gfp = (gfp | GfpFlags::__GFP_NOWARN) - (GfpFlags::__GFP_NOFAIL | GfpFlags::__GFP_DIRECT_RECLAIM | GfpFlags::__GFP_COMP);
+        let mut max_attempt = MAX_PAGE_ORDER as u32;
+        while nr_allocated < nr_pages {
+            let remaining = nr_pages - nr_allocated;
+            let large = (usize::BITS - 1 - remaining.leading_zeros()).min(max_attempt);
+            if large <= order {
+                break;
+            }
+            match kalloc::alloc_pages(large_gfp, large) {
+                None => {
+                    max_attempt = large - 1;
+                }
+                Some(pfn) => {
+                    kalloc::mod_nr_vmalloc(1 << large);
+                    kalloc::split_page(pfn, large);
+                    for i in 0..(1usize << large) {
+                        pages[nr_allocated + i] = pfn + i as u64;
+                    }
+                    nr_allocated += 1 << large;
+                }
+            }
+        }
+    }
+    if order == 0 {
+        // Order-0 pages through the bulk allocator, at most 100 per call.
+        let bulk_gfp = gfp - GfpFlags::__GFP_NOFAIL;
+        let mut slots = [None; 100];
+        while nr_allocated < nr_pages {
+            let req = (nr_pages - nr_allocated).min(100);
+            for s in slots[..req].iter_mut() {
+                *s = None;
+            }
+            let got = kalloc::alloc_pages_bulk(bulk_gfp, req, &mut slots[..req]);
+            let mut n = 0;
+            for s in slots[..req].iter() {
+                if let Some(pfn) = s {
+                    pages[nr_allocated + n] = *pfn;
+                    n += 1;
+                }
+            }
+            debug_assert_eq!(n, got);
+            if n > 0 {
+                kalloc::mod_nr_vmalloc(n as i32);
+            }
+            nr_allocated += n;
+            if n != req {
+                break;
+            }
+        }
+    }
+    // The fallback: one block of the mapping granule at a time, with the caller's gfp.
+    while nr_allocated < nr_pages {
+        let Some(pfn) = kalloc::alloc_pages(gfp, order) else { break };
+        kalloc::mod_nr_vmalloc(1 << order);
+        if order > 0 {
+            kalloc::split_page(pfn, order);
+        }
+        for i in 0..(1usize << order) {
+            pages[nr_allocated + i] = pfn + i as u64;
+        }
+        nr_allocated += 1 << order;
+    }
+    nr_allocated
+}
+
+/// Frees the pages of an area as the `mm.vfree` switch says. Returns nothing: misuse is
+/// reported by the page allocator.
+fn vm_free_pages(vm: &VmStruct) {
+    let pages = unsafe { core::slice::from_raw_parts(vm.pages, vm.nr_pages) };
+    let account = vm.flags & VM_MAP_PUT_PAGES == 0;
+    match config::get().vfree {
+        VfreeMode::Single => {
+            // Before the patch: one __free_page per page, each to the order-0 pcp list.
+            for &pfn in pages {
+                if account {
+                    kalloc::mod_nr_vmalloc(-1);
+                }
+                kalloc::__free_page(pfn);
+                smp::cond_resched();
+            }
+        }
+        VfreeMode::Bulk => {
+            // The patch: stats in a separate pass, then free_pages_bulk over PFN runs.
+            if account {
+                for _ in pages {
+                    kalloc::mod_nr_vmalloc(-1);
+                }
+            }
+            kalloc::free_pages_bulk(pages);
+        }
+    }
+}
+
+fn free_vm_struct(vm: *mut VmStruct) {
+    unsafe {
+        if !(*vm).pages.is_null() {
+            kmalloc::kfree((*vm).pages as *mut u8, (*vm).nr_pages * 8);
+        }
+        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+    }
+}
+
+/// Linux __vmalloc_node_range_noprof (start/end = the vmalloc range, PAGE_KERNEL).
+pub fn __vmalloc_node_range(size: usize, align: usize, vstart: u64, vend: u64, gfp: GfpFlags, vm_flags: u32) -> *mut u8 {
+    if size == 0 || (size >> PAGE_SHIFT) as u64 > kalloc::allocator().totalram_pages() {
+        if !gfp.contains(GfpFlags::__GFP_NOWARN) {
+            warn(format_args!("vmalloc error: size {}, exceeds total pages", size));
+        }
+        return null_mut();
+    }
+    let orig_align = align.max(1);
+    let mut align = orig_align;
+    let mut shift = PAGE_SHIFT;
+    if vm_flags & VM_ALLOW_HUGE_VMAP != 0 {
+        shift = if size >= 1 << PMD_SHIFT {
+            PMD_SHIFT
+        } else if size >= 1 << CONT_PTE_SHIFT {
+            CONT_PTE_SHIFT
+        } else {
+            PAGE_SHIFT
+        };
+        align = align.max(1 << shift);
+    }
+    loop {
+        match vmalloc_once(size, align, shift, vstart, vend, gfp, vm_flags) {
+            Ok(p) => return p,
+            Err(()) if shift > PAGE_SHIFT => {
+                // Retry with small pages (Linux: "goto again" with shift = PAGE_SHIFT).
+                shift = PAGE_SHIFT;
+                align = orig_align;
+            }
+            Err(()) => return null_mut(),
+        }
+    }
+}
+
+fn vmalloc_once(size: usize, align: usize, shift: u32, vstart: u64, vend: u64, gfp: GfpFlags, vm_flags: u32) -> Result<*mut u8, ()> {
+    let size_aligned = size.next_multiple_of(1 << shift);
+    let va_size = size_aligned as u64 + if vm_flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 };
+    if !align.is_power_of_two() {
+        return Err(());
+    }
+    let vm = kmalloc::kmalloc(core::mem::size_of::<VmStruct>(), gfp | GfpFlags::__GFP_ZERO) as *mut VmStruct;
+    if vm.is_null() {
+        return Err(());
+    }
+    let Some((start, node)) = alloc_vmap_area(va_size, align as u64, vstart, vend, gfp) else {
+        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+        return Err(());
+    };
+    let nr_pages = size_aligned >> PAGE_SHIFT;
+    let pages = kmalloc::kmalloc(nr_pages * 8, gfp - GfpFlags::__GFP_ZERO) as *mut Pfn;
+    unsafe {
+        *vm = VmStruct {
+            addr: start,
+            size: va_size,
+            flags: VM_ALLOC | vm_flags,
+            page_order: shift - PAGE_SHIFT,
+            nr_pages: 0,
+            pages,
+            requested_size: size,
+        };
+    }
+    let fail = |vm: *mut VmStruct| {
+        unsafe {
+            if (*vm).nr_pages > 0 {
+                vm_free_pages(&*vm);
+            }
+        }
+        kva::free_now(start, start + va_size);
+        free_vm_struct(vm);
+        Err(())
+    };
+    if pages.is_null() {
+        return fail(vm);
+    }
+    let slice = unsafe { core::slice::from_raw_parts_mut(pages, nr_pages) };
+    let got = vm_area_alloc_pages(gfp, shift - PAGE_SHIFT, slice);
+    unsafe { (*vm).nr_pages = got };
+    if got != nr_pages {
+        if !gfp.contains(GfpFlags::__GFP_NOWARN) {
+            warn(format_args!("vmalloc error: size {}, failed to allocate pages (got {} of {})", size, got, nr_pages));
+        }
+        return fail(vm);
+    }
+    if !vmap_pages_range(start, slice, shift) {
+        warn(format_args!("vmalloc error: size {}, failed to map pages", size));
+        return fail(vm);
+    }
+    kva::busy_insert(start, start + va_size, vm as u64, node);
+    Ok(start as *mut u8)
+}
+
+pub fn vmalloc(size: usize) -> *mut u8 {
+    __vmalloc_node_range(size, 1, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL, 0)
+}
+
+pub fn vzalloc(size: usize) -> *mut u8 {
+    __vmalloc_node_range(size, 1, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0)
+}
+
+pub fn __vmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
+    __vmalloc_node_range(size, 1, VMALLOC_START, VMALLOC_END, gfp, 0)
+}
+
+pub fn __vmalloc_node(size: usize, align: usize, gfp: GfpFlags) -> *mut u8 {
+    __vmalloc_node_range(size, align, VMALLOC_START, VMALLOC_END, gfp, 0)
+}
+
+pub fn vmalloc_huge(size: usize, gfp: GfpFlags) -> *mut u8 {
+    __vmalloc_node_range(size, 1, VMALLOC_START, VMALLOC_END, gfp, VM_ALLOW_HUGE_VMAP)
+}
+
+/// Unlinks the area at `addr` from its busy tree, unmaps it lazily (Linux remove_vm_area +
+/// free_unmap_vmap_area). Returns the vm_struct.
+fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
+    let (start, end, val, node) = kva::busy_remove(addr)?;
+    if val & TAG_MASK != 0 || val == 0 {
+        // Not a vmalloc area (vm_map_ram / block): put it back and refuse.
+        kva::busy_insert(start, end, val, node);
+        return None;
+    }
+    let vm = val as *mut VmStruct;
+    let mapped = unsafe { ((*vm).nr_pages << PAGE_SHIFT) as u64 };
+    vunmap_range_noflush(start, mapped);
+    free_vmap_area_noflush(start, end, node);
+    Some(vm)
+}
+
+/// Frees memory from vmalloc (Linux vfree).
+pub fn vfree(addr: *mut u8) {
+    if addr.is_null() {
+        return;
+    }
+    let Some(vm) = remove_vm_area(addr as u64 & !(PAGE_SIZE as u64 - 1)) else {
+        warn(format_args!("WARNING: Trying to vfree() nonexistent vm area ({:p})", addr));
+        return;
+    };
+    unsafe { vm_free_pages(&*vm) };
+    free_vm_struct(vm);
+}
+
+/// Linux vrealloc: in place when the area already has room, else allocate, copy, free.
+pub fn vrealloc(p: *mut u8, size: usize, gfp: GfpFlags) -> *mut u8 {
+    if p.is_null() {
+        return __vmalloc(size, gfp);
+    }
+    if size == 0 {
+        vfree(p);
+        return null_mut();
+    }
+    let Some((_, _, val, _)) = kva::busy_find(p as u64) else {
+        warn(format_args!("WARNING: Trying to vrealloc() nonexistent vm area ({:p})", p));
+        return null_mut();
+    };
+    if val & TAG_MASK != 0 {
+        return null_mut();
+    }
+    let vm = val as *mut VmStruct;
+    let (old_size, alloced) = unsafe { ((*vm).requested_size, (*vm).nr_pages << PAGE_SHIFT) };
+    if size <= alloced {
+        if size < old_size {
+            // Shrinking: the tail reads as zero if it grows back (Linux zeroes it).
+            unsafe { core::ptr::write_bytes(p.add(size), 0, old_size - size) };
+        }
+        unsafe { (*vm).requested_size = size };
+        return p;
+    }
+    let n = __vmalloc(size, gfp);
+    if n.is_null() {
+        return null_mut();
+    }
+    unsafe { core::ptr::copy_nonoverlapping(p, n, old_size.min(size)) };
+    vfree(p);
+    n
+}
+
+/// vmap(): maps existing pages (one PTE each) into a new vmalloc area (VM_MAP).
+pub fn vmap(pages: &[Pfn]) -> *mut u8 {
+    let size = (pages.len() << PAGE_SHIFT) as u64 + PAGE_SIZE as u64;
+    let vm = kmalloc::kmalloc(core::mem::size_of::<VmStruct>(), GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO) as *mut VmStruct;
+    if vm.is_null() || pages.is_empty() {
+        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+        return null_mut();
+    }
+    let Some((start, node)) = alloc_vmap_area(size, PAGE_SIZE as u64, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL) else {
+        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+        return null_mut();
+    };
+    unsafe {
+        *vm = VmStruct { addr: start, size, flags: VM_MAP, page_order: 0, nr_pages: pages.len(), pages: null_mut(), requested_size: pages.len() << PAGE_SHIFT };
+    }
+    if !vmap_pages_range(start, pages, PAGE_SHIFT) {
+        kva::free_now(start, start + size);
+        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+        return null_mut();
+    }
+    kva::busy_insert(start, start + size, vm as u64, node);
+    start as *mut u8
+}
+
+/// vunmap(): removes a vmap() mapping; the pages stay with their owner.
+pub fn vunmap(addr: *mut u8) {
+    if let Some(vm) = remove_vm_area(addr as u64) {
+        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// vm_map_ram: per-CPU vmap blocks
+// ------------------------------------------------------------------------------------------------
+
+/// Linux VMAP_MAX_ALLOC (BITS_PER_LONG pages): larger requests get their own area.
+pub const VMAP_MAX_ALLOC: usize = 64;
+/// Linux VMAP_BBMAP_BITS: pages per vmap block (4 MiB).
+pub const VMAP_BBMAP_BITS: usize = 1024;
+const VMAP_BLOCK_SIZE: u64 = (VMAP_BBMAP_BITS * PAGE_SIZE) as u64;
+
+/// Linux struct vmap_block (bump allocation: offsets are never reused within a block).
+struct VmapBlock {
+    va_start: u64,
+    node: usize,
+    free: usize,
+    dirty: usize,
+    dirty_min: usize,
+    dirty_max: usize,
+    next: *mut VmapBlock,
+    on_free_list: bool,
+}
+
+struct VbqList {
+    head: *mut VmapBlock,
+}
+unsafe impl Send for VbqList {}
+/// Per-CPU lists of blocks with free space (Linux: vmap_block_queue).
+static VBQ: [spin::Mutex<VbqList>; arch::NR_CPUS] = [const { spin::Mutex::new(VbqList { head: null_mut() }) }; arch::NR_CPUS];
+/// All blocks, for the fragmented-block purge (protected by its own lock).
+static VB_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+fn get_order(pages: usize) -> u32 {
+    pages.next_power_of_two().trailing_zeros()
+}
+
+fn vb_alloc(count: usize) -> Option<u64> {
+    let order = get_order(count);
+    let need = 1usize << order;
+    let cpu = arch::smp_processor_id();
+    let mut q = VBQ[cpu].lock();
+    let mut prev: *mut VmapBlock = null_mut();
+    let mut b = q.head;
+    while !b.is_null() {
+        unsafe {
+            if (*b).free >= need {
+                let off = VMAP_BBMAP_BITS - (*b).free;
+                (*b).free -= need;
+                if (*b).free == 0 {
+                    // Full: off the free list.
+                    if prev.is_null() { q.head = (*b).next } else { (*prev).next = (*b).next }
+                    (*b).next = null_mut();
+                    (*b).on_free_list = false;
+                }
+                return Some((*b).va_start + (off * PAGE_SIZE) as u64);
+            }
+            prev = b;
+            b = (*b).next;
+        }
+    }
+    drop(q);
+    // new_vmap_block: a block-sized, block-aligned area.
+    let (start, node) = alloc_vmap_area(VMAP_BLOCK_SIZE, VMAP_BLOCK_SIZE, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL)?;
+    let vb = kmalloc::kmalloc(core::mem::size_of::<VmapBlock>(), GfpFlags::GFP_KERNEL) as *mut VmapBlock;
+    if vb.is_null() {
+        kva::free_now(start, start + VMAP_BLOCK_SIZE);
+        return None;
+    }
+    unsafe {
+        *vb = VmapBlock { va_start: start, node, free: VMAP_BBMAP_BITS - need, dirty: 0, dirty_min: VMAP_BBMAP_BITS, dirty_max: 0, next: null_mut(), on_free_list: false };
+    }
+    kva::busy_insert(start, start + VMAP_BLOCK_SIZE, vb as u64 | VMAP_BLOCK, node);
+    let mut q = VBQ[cpu].lock();
+    unsafe {
+        (*vb).next = q.head;
+        (*vb).on_free_list = true;
+    }
+    q.head = vb;
+    Some(start)
+}
+
+fn unlink_block(vb: *mut VmapBlock) {
+    for q in VBQ.iter() {
+        let mut q = q.lock();
+        let mut prev: *mut VmapBlock = null_mut();
+        let mut b = q.head;
+        while !b.is_null() {
+            unsafe {
+                if b == vb {
+                    if prev.is_null() { q.head = (*b).next } else { (*prev).next = (*b).next }
+                    (*b).on_free_list = false;
+                    return;
+                }
+                prev = b;
+                b = (*b).next;
+            }
+        }
+    }
+}
+
+fn free_vmap_block(vb: *mut VmapBlock) {
+    let (start, node) = unsafe { ((*vb).va_start, (*vb).node) };
+    kva::busy_remove(start);
+    kmalloc::kfree(vb as *mut u8, core::mem::size_of::<VmapBlock>());
+    free_vmap_area_noflush(start, start + VMAP_BLOCK_SIZE, node);
+}
+
+fn vb_free(addr: u64, count: usize) -> bool {
+    let order = get_order(count);
+    let Some((start, _end, val, _)) = kva::busy_find(addr) else { return false };
+    if val & TAG_MASK != VMAP_BLOCK {
+        return false;
+    }
+    let vb = (val & !TAG_MASK) as *mut VmapBlock;
+    vunmap_range_noflush(addr, (count * PAGE_SIZE) as u64);
+    let _g = VB_LOCK.lock();
+    let off = ((addr - start) >> PAGE_SHIFT) as usize;
+    let all_dirty = unsafe {
+        (*vb).dirty += 1 << order;
+        (*vb).dirty_min = (*vb).dirty_min.min(off);
+        (*vb).dirty_max = (*vb).dirty_max.max(off + (1 << order));
+        (*vb).dirty == VMAP_BBMAP_BITS
+    };
+    if all_dirty {
+        free_vmap_block(vb);
+    }
+    true
+}
+
+/// Maps `pages` at a new address (Linux vm_map_ram): small counts from the CPU's vmap block.
+pub fn vm_map_ram(pages: &[Pfn]) -> *mut u8 {
+    let count = pages.len();
+    if count == 0 {
+        return null_mut();
+    }
+    let addr = if count <= VMAP_MAX_ALLOC {
+        match vb_alloc(count) {
+            Some(a) => a,
+            None => return null_mut(),
+        }
+    } else {
+        let size = (count * PAGE_SIZE) as u64;
+        let Some((start, node)) = alloc_vmap_area(size, PAGE_SIZE as u64, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL) else {
+            return null_mut();
+        };
+        kva::busy_insert(start, start + size, VMAP_RAM, node);
+        start
+    };
+    if !vmap_pages_range(addr, pages, PAGE_SHIFT) {
+        vm_unmap_ram(addr as *mut u8, count);
+        return null_mut();
+    }
+    addr as *mut u8
+}
+
+/// Unmaps what vm_map_ram mapped; the TLB flush is deferred to the lazy purge.
+pub fn vm_unmap_ram(mem: *mut u8, count: usize) {
+    let addr = mem as u64;
+    if count <= VMAP_MAX_ALLOC {
+        if !vb_free(addr, count) {
+            warn(format_args!("WARNING: vm_unmap_ram of {:#x}: not a vmap block address", addr));
+        }
+        return;
+    }
+    let Some((start, end, val, node)) = kva::busy_remove(addr) else {
+        warn(format_args!("WARNING: vm_unmap_ram of {:#x}: no such area", addr));
+        return;
+    };
+    if val != VMAP_RAM {
+        kva::busy_insert(start, end, val, node);
+        warn(format_args!("WARNING: vm_unmap_ram of {:#x}: not a vm_map_ram area", addr));
+        return;
+    }
+    vunmap_range_noflush(start, end - start);
+    free_vmap_area_noflush(start, end, node);
+}
+
+/// Releases vmap blocks that hold no live mapping (all their space dirty or unused): Linux's
+/// purge_fragmented_blocks_allcpus, part of vm_unmap_aliases.
+pub fn purge_fragmented_blocks() {
+    let mut victims = [null_mut::<VmapBlock>(); 64];
+    loop {
+        let mut n = 0;
+        for q in VBQ.iter() {
+            let q = q.lock();
+            let mut b = q.head;
+            while !b.is_null() && n < victims.len() {
+                unsafe {
+                    if (*b).free + (*b).dirty == VMAP_BBMAP_BITS && (*b).dirty != VMAP_BBMAP_BITS {
+                        victims[n] = b;
+                        n += 1;
+                    }
+                    b = (*b).next;
+                }
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        for &vb in &victims[..n] {
+            unlink_block(vb);
+            free_vmap_block(vb);
+        }
+    }
+}
+
+/// Linux vm_unmap_aliases: free fragmented vmap blocks and purge everything lazily unmapped.
+pub fn vm_unmap_aliases() {
+    purge_fragmented_blocks();
+    purge_vmap_area_lazy();
+}
+
+/// Free vmalloc address space in bytes (free tree + pools), for the leak line.
+pub fn free_vmalloc_bytes() -> u64 {
+    kva::free_bytes()
+}
+
+/// Names what a faulting address in the vmalloc range hit, for the exception report.
+pub fn describe_fault(addr: u64, w: &mut dyn core::fmt::Write) {
+    if !(VMALLOC_START..VMALLOC_END).contains(&addr) {
+        let _ = write!(w, "address outside the vmalloc range");
+        return;
+    }
+    match kva::busy_find(addr) {
+        Some((start, end, val, _)) => {
+            let kind = match val & TAG_MASK {
+                VMAP_BLOCK => "vmap block",
+                VMAP_RAM => "vm_map_ram area",
+                _ => "vmalloc area",
+            };
+            if val & TAG_MASK == 0 && val != 0 && addr >= end - PAGE_SIZE as u64 {
+                let _ = write!(w, "vmalloc guard page of {kind} [{start:#x}-{end:#x}) ({} bytes)", end - start - PAGE_SIZE as u64);
+            } else {
+                let _ = write!(w, "inside {kind} [{start:#x}-{end:#x}) but not mapped");
+            }
+        }
+        None => match kva::lazy_find(addr) {
+            Some((start, end)) => {
+                let _ = write!(w, "use after vfree: vmalloc area [{start:#x}-{end:#x}) was freed (lazily unmapped)");
+            }
+            None => {
+                let _ = write!(w, "vmalloc range, no area at this address (freed or never allocated)");
+            }
+        },
+    }
+}
+
+/// Walks the kernel page tables for `va` (tests: huge mappings).
+pub fn walk(va: u64) -> Option<super::pgtable::Translation> {
+    kernel_pgtable().walk(&KernelPt, va)
+}
+
+pub fn vmalloc_init() {
+    kva::init(VMALLOC_START, VMALLOC_END, arch::NR_CPUS.min(smp::num_online_cpus().max(1)));
+    arch::exception::set_fault_describer(describe_fault);
+}

@@ -1,0 +1,319 @@
+//! RCU for a kernel without preemption or a scheduler, and kvfree_rcu on top of it.
+//!
+//! Read-side sections only mark the CPU (nesting count); a CPU passes a quiescent state at every
+//! `cond_resched()` and in its idle loop while not inside a read-side section. A grace period
+//! ends when every CPU online at its start has passed one. Callbacks run on the CPU that queued
+//! them, at its next quiescent point after their grace period (Linux: rcu_core from softirq).
+//!
+//! kvfree_rcu batches pointers per CPU in page-sized blocks (Linux: kvfree_rcu_bulk_data, about
+//! 500 pointers per page); a full block is queued behind a grace period and then each pointer is
+//! vfree'd. The one-argument form falls back to synchronize_rcu() + vfree when no block page can
+//! be had; the two-argument form falls back to call_rcu() on the embedded rcu_head.
+use alloc::collections::VecDeque;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use crate::arch::{self, NR_CPUS};
+use crate::smp;
+
+/// Linux's struct rcu_head: embedded in an object, queued by call_rcu.
+#[repr(C)]
+pub struct RcuHead {
+    next: *mut RcuHead,
+    func: Option<unsafe fn(*mut RcuHead)>,
+}
+
+/// Latest grace period started / completed (Linux: rcu_state.gp_seq).
+static GP_SEQ: AtomicU64 = AtomicU64::new(0);
+static GP_DONE: AtomicU64 = AtomicU64::new(0);
+/// CPUs that still owe a quiescent state for the running grace period.
+static QS_MASK: AtomicU64 = AtomicU64::new(0);
+/// A grace period was requested while one was running: start another when it ends.
+static NEED_GP: AtomicBool = AtomicBool::new(false);
+static GP_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+static NESTING: [AtomicU32; NR_CPUS] = [const { AtomicU32::new(0) }; NR_CPUS];
+
+/// Grace periods completed since boot (for tests and statistics).
+pub fn completed() -> u64 {
+    GP_DONE.load(Ordering::Acquire)
+}
+
+enum Callback {
+    Head(*mut RcuHead),
+    Bulk(*mut BulkBlock),
+}
+unsafe impl Send for Callback {}
+
+struct CpuQueue {
+    /// (grace period that must complete, callback), in queueing order.
+    ready: VecDeque<(u64, Callback)>,
+    /// kvfree_rcu block being filled.
+    bulk: *mut BulkBlock,
+}
+unsafe impl Send for CpuQueue {}
+
+static QUEUES: [spin::Mutex<CpuQueue>; NR_CPUS] = [const { spin::Mutex::new(CpuQueue { ready: VecDeque::new(), bulk: core::ptr::null_mut() }) }; NR_CPUS];
+
+/// Marks the start of a read-side critical section on this CPU.
+pub fn rcu_read_lock() {
+    NESTING[arch::smp_processor_id()].fetch_add(1, Ordering::Acquire);
+}
+
+pub fn rcu_read_unlock() {
+    NESTING[arch::smp_processor_id()].fetch_sub(1, Ordering::Release);
+}
+
+fn online_mask() -> u64 {
+    smp::online_cpus().fold(0, |m, c| m | (1 << c))
+}
+
+/// Returns the grace period whose end guarantees that every reader running now has finished,
+/// starting one if none is running (Linux: get_state_synchronize_rcu + start_poll).
+fn request_gp() -> u64 {
+    let _g = GP_LOCK.lock();
+    let seq = GP_SEQ.load(Ordering::Acquire);
+    if GP_DONE.load(Ordering::Acquire) == seq {
+        // Idle: start grace period seq+1 now.
+        QS_MASK.store(online_mask(), Ordering::Release);
+        GP_SEQ.store(seq + 1, Ordering::Release);
+        arch::sev();
+        seq + 1
+    } else {
+        // A grace period is running; readers may have started before it ended: need the next.
+        NEED_GP.store(true, Ordering::Release);
+        seq + 1
+    }
+}
+
+/// Reports a quiescent state for `cpu` if it is outside any read-side section.
+fn note_qs(cpu: usize) {
+    if NESTING[cpu].load(Ordering::Acquire) != 0 {
+        return;
+    }
+    let bit = 1u64 << cpu;
+    if QS_MASK.load(Ordering::Acquire) & bit == 0 {
+        return;
+    }
+    let prev = QS_MASK.fetch_and(!bit, Ordering::AcqRel);
+    if prev & bit != 0 && prev & !bit == 0 {
+        // Last CPU: the grace period is over.
+        let _g = GP_LOCK.lock();
+        let seq = GP_SEQ.load(Ordering::Acquire);
+        GP_DONE.store(seq, Ordering::Release);
+        if NEED_GP.swap(false, Ordering::AcqRel) {
+            QS_MASK.store(online_mask(), Ordering::Release);
+            GP_SEQ.store(seq + 1, Ordering::Release);
+        }
+        arch::sev();
+    }
+}
+
+/// The quiescent-point hook (cond_resched, idle): report a quiescent state and run this CPU's
+/// callbacks whose grace period has ended.
+pub fn rcu_quiescent() {
+    let cpu = arch::smp_processor_id();
+    note_qs(cpu);
+    if NESTING[cpu].load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    let done = GP_DONE.load(Ordering::Acquire);
+    loop {
+        let cb = {
+            let mut q = QUEUES[cpu].lock();
+            match q.ready.front() {
+                Some((target, _)) if *target <= done => q.ready.pop_front().map(|(_, cb)| cb),
+                _ => None,
+            }
+        };
+        match cb {
+            Some(Callback::Head(h)) => unsafe {
+                if let Some(f) = (*h).func {
+                    f(h);
+                }
+            },
+            Some(Callback::Bulk(b)) => unsafe { free_bulk_block(b) },
+            None => break,
+        }
+    }
+}
+
+/// Queues `func(head)` to run after a grace period (Linux: call_rcu).
+///
+/// # Safety
+/// `head` must stay valid until `func` runs; `func` must be safe to call with it.
+pub unsafe fn call_rcu(head: *mut RcuHead, func: unsafe fn(*mut RcuHead)) {
+    unsafe {
+        (*head).func = Some(func);
+        (*head).next = core::ptr::null_mut();
+    }
+    let target = request_gp();
+    QUEUES[arch::smp_processor_id()].lock().ready.push_back((target, Callback::Head(head)));
+}
+
+/// Waits for a full grace period (Linux: synchronize_rcu). Must not be called inside a
+/// read-side section.
+pub fn synchronize_rcu() {
+    let target = request_gp();
+    let cpu = arch::smp_processor_id();
+    while GP_DONE.load(Ordering::Acquire) < target {
+        note_qs(cpu);
+        smp::poll_mailbox();
+        if GP_DONE.load(Ordering::Acquire) >= target {
+            break;
+        }
+        arch::wfe();
+    }
+}
+
+/// Waits until every callback queued so far (and every kvfree_rcu pointer) has been run
+/// (Linux: rcu_barrier + kvfree_rcu_barrier).
+pub fn rcu_barrier() {
+    smp::on_each_cpu(&|| flush_bulk(arch::smp_processor_id()));
+    loop {
+        rcu_quiescent();
+        smp::poll_mailbox();
+        if (0..NR_CPUS).all(|c| QUEUES[c].lock().ready.is_empty()) {
+            break;
+        }
+        arch::wfe();
+    }
+}
+
+/// Pointers per page-sized block (Linux: KVFREE_BULK_MAX_ENTR).
+const BULK_ENTRIES: usize = (crate::mm::PAGE_SIZE - 16) / 8;
+
+#[repr(C)]
+struct BulkBlock {
+    nr: usize,
+    _pad: usize,
+    ptrs: [*mut u8; BULK_ENTRIES],
+}
+const _: () = assert!(core::mem::size_of::<BulkBlock>() == crate::mm::PAGE_SIZE);
+
+unsafe fn free_bulk_block(b: *mut BulkBlock) {
+    unsafe {
+        for i in 0..(*b).nr {
+            crate::mm::vmalloc::vfree((*b).ptrs[i]);
+        }
+        crate::mm::kalloc::free_page_va(b as *mut u8);
+    }
+}
+
+/// Queues this CPU's partly filled block behind a grace period.
+fn flush_bulk(cpu: usize) {
+    let mut q = QUEUES[cpu].lock();
+    let b = core::mem::replace(&mut q.bulk, core::ptr::null_mut());
+    drop(q);
+    if !b.is_null() {
+        let target = request_gp();
+        QUEUES[cpu].lock().ready.push_back((target, Callback::Bulk(b)));
+    }
+}
+
+/// Adds `ptr` to this CPU's block; false when no block page could be had.
+fn add_ptr_to_bulk(ptr: *mut u8) -> bool {
+    let cpu = arch::smp_processor_id();
+    let mut q = QUEUES[cpu].lock();
+    if q.bulk.is_null() {
+        let page = crate::mm::kalloc::alloc_page_va(crate::mm::gfp::GfpFlags::GFP_NOWAIT | crate::mm::gfp::GfpFlags::__GFP_NOWARN);
+        if page.is_null() {
+            return false;
+        }
+        q.bulk = page as *mut BulkBlock;
+        unsafe { (*q.bulk).nr = 0 };
+    }
+    let b = q.bulk;
+    unsafe {
+        (*b).ptrs[(*b).nr] = ptr;
+        (*b).nr += 1;
+        if (*b).nr == BULK_ENTRIES {
+            q.bulk = core::ptr::null_mut();
+            drop(q);
+            let target = request_gp();
+            QUEUES[cpu].lock().ready.push_back((target, Callback::Bulk(b)));
+        }
+    }
+    true
+}
+
+/// kvfree_rcu_mightsleep(ptr): vfree `ptr` after a grace period.
+pub fn kvfree_rcu_mightsleep(ptr: *mut u8) {
+    if ptr.is_null() {
+        return;
+    }
+    if !add_ptr_to_bulk(ptr) {
+        synchronize_rcu();
+        crate::mm::vmalloc::vfree(ptr);
+    }
+}
+
+unsafe fn vfree_rcu_head(head: *mut RcuHead) {
+    // The rcu_head is the first field of the vmalloc'ed object (its offset is 0 in
+    // test_vmalloc's struct); vfree accepts any address inside the area's first page.
+    crate::mm::vmalloc::vfree(head as *mut u8);
+}
+
+/// kvfree_rcu(ptr, rhf): vfree `ptr` after a grace period, `head` embedded in the object.
+///
+/// # Safety
+/// `head` must point into the object at `ptr`, at its start.
+pub unsafe fn kvfree_rcu(ptr: *mut u8, head: *mut RcuHead) {
+    if ptr.is_null() {
+        return;
+    }
+    if !add_ptr_to_bulk(ptr) {
+        unsafe { call_rcu(head, vfree_rcu_head) };
+    }
+}
+
+crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
+    use alloc::boxed::Box;
+    use alloc::sync::Arc;
+    use core::sync::atomic::AtomicUsize;
+    let others: alloc::vec::Vec<usize> = smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+    let Some(&reader) = others.first() else {
+        // One CPU: a grace period ends at once.
+        let before = completed();
+        synchronize_rcu();
+        crate::kassert!(completed() > before);
+        return Ok(());
+    };
+    // The reader enters a read-side section, holds it until told, then leaves.
+    let state = Arc::new(AtomicUsize::new(0));
+    let s = state.clone();
+    smp::start_work(reader, Box::new(move || {
+        rcu_read_lock();
+        s.store(1, Ordering::SeqCst);
+        while s.load(Ordering::SeqCst) != 2 {
+            smp::cond_resched(); // quiescent points inside a read-side section do not count
+        }
+        rcu_read_unlock();
+        s.store(3, Ordering::SeqCst);
+        arch::sev();
+    }));
+    while state.load(Ordering::SeqCst) != 1 {
+        arch::wfe();
+    }
+    // An object freed with kvfree_rcu must stay alive while the reader is inside.
+    let obj = crate::mm::vmalloc::vmalloc(crate::mm::PAGE_SIZE);
+    crate::kassert!(!obj.is_null());
+    unsafe { *obj = 0x5a };
+    let freed_before = completed();
+    kvfree_rcu_mightsleep(obj);
+    flush_bulk(arch::smp_processor_id());
+    // Give the grace-period machinery plenty of quiescent points: it must not end.
+    for _ in 0..1000 {
+        rcu_quiescent();
+        smp::poll_mailbox();
+    }
+    crate::kassert!(unsafe { core::ptr::read_volatile(obj) } == 0x5a, "object freed while a reader was inside");
+    crate::kassert!(!QUEUES[arch::smp_processor_id()].lock().ready.is_empty(), "callback ran before the reader left");
+    state.store(2, Ordering::SeqCst);
+    arch::sev();
+    rcu_barrier();
+    crate::kassert!(completed() > freed_before);
+    crate::kassert!(QUEUES[arch::smp_processor_id()].lock().ready.is_empty());
+    while state.load(Ordering::SeqCst) != 3 {
+        arch::wfe();
+    }
+    Ok(())
+});
