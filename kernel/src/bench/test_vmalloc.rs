@@ -352,6 +352,7 @@ pub fn settle_and_measure() -> (u64, u64) {
     vm::vm_unmap_aliases();
     percpu::percpu_shrink();
     vm::vm_unmap_aliases();
+    vm::vmap_node_shrink();
     kmalloc::kmalloc_shrink();
     crate::mm::kva_glue::shrink();
     kalloc::drain_all_pages();

@@ -673,6 +673,13 @@ pub fn vm_unmap_aliases() {
     purge_vmap_area_lazy();
 }
 
+/// The vmap-node shrinker (Linux vmap_node_shrink_scan): every pooled area back to the free
+/// tree, so their tree-node slabs can be released.
+pub fn vmap_node_shrink() {
+    let _g = PURGE_LOCK.lock();
+    kva::decay_pools(true);
+}
+
 /// Free vmalloc address space in bytes (free tree + pools), for the leak line.
 pub fn free_vmalloc_bytes() -> u64 {
     kva::free_bytes()
