@@ -3,7 +3,8 @@
 #   make            build target/kernel8.img (one image for QEMU virt, QEMU raspi4b, a real Pi 4)
 #   make run        boot it under QEMU virt (BOARD=rpi4: raspi4b), run the default benchmark
 #   make test       host unit tests + in-kernel tests under QEMU + boot/fault checks (CI runs this)
-#   make bench      page-allocator micro-benchmark under -icount shift=0
+#   make bench      the seed table: mm.vfree=single vs bulk, 19 rows x 6 runs, -icount shift=0
+#   make bench-pagealloc   page-allocator micro-benchmark (instructions per operation)
 #   make setup      install what is missing (Rust target, QEMU >= 9, dtc, the Pi 4 DTB)
 #   make gdb        boot virt halted with a gdb stub, attach gdb-multiarch
 #   make clean
@@ -14,7 +15,8 @@ BOARD   ?= virt
 SMP     ?= 4
 MEM     ?= 2G
 CPU     ?= cortex-a72
-ARGS    ?=
+# make run's default: the seed suite, scaled to finish in seconds.
+ARGS    ?= test_vmalloc.suite=seed test_vmalloc.loop_scale=0.01
 TIMEOUT ?= 120
 
 TARGET  := aarch64-unknown-none
@@ -39,7 +41,9 @@ QEMU_VIRT  = qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(SMP) -m $(MEM) -nogr
 QEMU_RPI4  = qemu-system-aarch64 -M raspi4b -dtb $(PI4_DTB) -display none -monitor none \
              -serial null -serial stdio -no-reboot -semihosting
 
-.PHONY: all build run test test-host test-tools test-kernel bench setup gdb clean
+.PHONY: all build run test test-host test-kernel test-smoke bench bench-regression bench-pagealloc tools setup gdb clean
+
+TVTOOL := tools/target/release/tvtool
 
 all: build
 
@@ -59,13 +63,31 @@ run: build
 	timeout --foreground $(TIMEOUT) $(QEMU_VIRT) -kernel $(IMG) -append "$(ARGS)"
 endif
 
-test: build test-host test-kernel
+test: build test-host test-kernel test-smoke
 	@echo "make test: all passed"
 
 test-host: setup
 	bash scripts/dt-fixtures.sh target/dt-fixtures
 	DT_FIXTURES=$(CURDIR)/target/dt-fixtures cargo test -p kernel
-	@if [ -f tools/Cargo.toml ]; then cd tools && cargo test; fi
+	cd tools && cargo test --release
+
+tools: setup
+	cd tools && cargo build --release
+
+# Every test_vmalloc test once at -smp 1 and 4 for both vfree variants: fails on a failed
+# test, a leak line reporting a loss, a parse error or a missing row.
+test-smoke: build tools
+	$(TVTOOL) run tools/plans/smoke.toml --out target/smoke
+
+bench: build tools
+	$(TVTOOL) run tools/plans/seed-table.toml --out target/bench/seed-table
+
+bench-regression: build tools
+	$(TVTOOL) run tools/plans/regression.toml --out target/bench/regression
+
+bench-pagealloc: build
+	timeout 300 qemu-system-aarch64 -M virt -cpu $(CPU) -smp 1 -m $(MEM) -nographic -no-reboot -semihosting \
+	  -icount shift=0 -kernel $(IMG) -append "bench=pagealloc"
 
 test-kernel: build
 	bash scripts/kernel-tests.sh $(IMG)

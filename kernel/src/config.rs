@@ -31,6 +31,8 @@ pub struct Config {
     pub ktest: Option<String>,
     /// `ktest.fault=null`: a deliberate NULL read after boot (checks the exception report).
     pub ktest_fault: Option<String>,
+    /// `bench=pagealloc`: the page-allocator micro-benchmark instead of test_vmalloc.
+    pub bench: Option<String>,
     /// `test_vmalloc.*` pairs, validated by the benchmark's own parser.
     pub test_vmalloc: Vec<(String, Option<String>)>,
     /// Parameters of other subsystems, ignored.
@@ -46,6 +48,7 @@ impl Default for Config {
             maxcpus: None,
             ktest: None,
             ktest_fault: None,
+            bench: None,
             test_vmalloc: Vec::new(),
             ignored: Vec::new(),
         }
@@ -97,10 +100,17 @@ impl Config {
                     }
                     c.ktest_fault = Some(s.to_string());
                 }
+                "bench" => {
+                    let s = need(&key, v)?;
+                    if s != "pagealloc" {
+                        return Err(format!("bad value \"{s}\" for boot parameter bench: expected pagealloc"));
+                    }
+                    c.bench = Some(s.to_string());
+                }
                 k if k.starts_with("test_vmalloc.") => {
                     c.test_vmalloc.push((k["test_vmalloc.".len()..].to_string(), v.map(|s| s.to_string())));
                 }
-                k if k.starts_with("mm.") || k.starts_with("ktest.") || k.starts_with("kernel.") => {
+                k if k.starts_with("mm.") || k.starts_with("ktest.") || k.starts_with("kernel.") || k.starts_with("bench.") => {
                     return Err(format!("unknown boot parameter {k}"));
                 }
                 k => c.ignored.push(k.to_string()),

@@ -196,6 +196,10 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         println!("{passed} passed, {failed} failed");
         arch::exit(if failed == 0 { crate::EXIT_OK } else { crate::EXIT_TEST_FAILED });
     }
+    if cfg.bench.is_some() {
+        crate::bench::pagealloc::run();
+        arch::exit(crate::EXIT_OK);
+    }
     match crate::bench::test_vmalloc::run(&cfg.test_vmalloc) {
         Ok((passed, failed)) => {
             println!("{passed} passed, {failed} failed");

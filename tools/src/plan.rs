@@ -63,7 +63,7 @@ pub struct Plan {
     pub machine: String,
     #[serde(default = "d_cpu")]
     pub cpu: String,
-    /// One value, or a list: each value is its own set of cells (`{smp}` in args is replaced).
+    /// One value, or a list: each value is its own set of cells (`{smp}` in args is replaced; `{run}` is the run number, 1..=runs).
     #[serde(default)]
     pub smp: Smp,
     #[serde(default = "d_mem")]
@@ -281,7 +281,8 @@ pub fn cells(plan: &Plan, runs: u32) -> Result<Vec<Cell>> {
                 for (vname, vargs) in &variants {
                     let append =
                         join_args(&[plan.common_args.clone(), vargs.clone(), row_args.clone()])
-                            .replace("{smp}", &smp.to_string());
+                            .replace("{smp}", &smp.to_string())
+                            .replace("{run}", &run.to_string());
                     let mut expect = Expect::default();
                     if plan.suite.is_some() {
                         expect.rows = rows.clone();
