@@ -45,9 +45,19 @@ check ktest-virt-smp1 300 0 '^[0-9]+ passed, 0 failed' -- virt 1 2G -append "kte
 check ktest-virt-smp4 300 0 '^[0-9]+ passed, 0 failed' -- virt 4 2G -append "ktest"
 check ktest-rpi4 300 0 '^[0-9]+ passed, 0 failed' -- rpi4 -append "ktest"
 
-# Plain boots reach the banner and exit 0 within 10 s.
-check boot-virt 10 0 'mmkernel .* on QemuVirt' -- virt 4 2G -append ""
-check boot-rpi4 10 0 'mmkernel .* on RaspberryPi4' -- rpi4 -append ""
+# make run's default boot (the seed suite, scaled down) reaches the banner, runs and exits 0
+# within 10 s of QEMU starting, on both machines.
+RUN_ARGS="test_vmalloc.suite=seed test_vmalloc.loop_scale=0.01"
+check boot-virt 10 0 '^19 passed, 0 failed' -- virt 4 2G -append "$RUN_ARGS"
+check boot-rpi4 10 0 '^19 passed, 0 failed' -- rpi4 -append "$RUN_ARGS"
+grep -q 'mmkernel .* on QemuVirt' "$LOGS/boot-virt.log" || { echo "check banner-virt ... FAILED"; fail=$((fail+1)); }
+grep -q 'mmkernel .* on RaspberryPi4' "$LOGS/boot-rpi4.log" || { echo "check banner-rpi4 ... FAILED"; fail=$((fail+1)); }
+
+# test_vmalloc.sh's stress preset (nr_threads = CPUs, repeat 20, every test), loops cut down.
+check stress-virt-smp4 400 0 '^52 passed, 0 failed' -- virt 4 2G -append "test_vmalloc.suite=stress test_vmalloc.test_loop_count=100 test_vmalloc.nr_pcpu_objects=500"
+# One test selected: only it runs. A bad test_vmalloc parameter: error naming it.
+check mask-one-test 60 0 '^1 passed, 0 failed' -- virt 1 1G -append "test_vmalloc.run_test_mask=1024 test_vmalloc.test_loop_count=100"
+check bad-tv-param 10 2 'FATAL: .*test_vmalloc.nr_threads' -- virt 1 512M -append "test_vmalloc.nr_threads=lots"
 
 # Bad input: a clear error and a non-zero exit, never a hang.
 check null-pointer 10 3 'EXCEPTION on CPU 0.*data abort.*' -- virt 1 512M -append "ktest.fault=null"

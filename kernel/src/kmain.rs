@@ -173,6 +173,13 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         fatal(crate::EXIT_PANIC, format_args!("{e}"));
     }
 
+    if let Some((d, c)) = info.gic {
+        if let (Some(dv), Some(cv)) = (mmu::early_ioremap(d, 0x1000), mmu::early_ioremap(c, 0x2000)) {
+            arch::gic::init(dv, cv);
+        }
+    }
+    println!("idle: {}", if arch::gic::wfi_enabled() { "WFI, woken by GIC SGIs" } else { "WFE (no usable GICv2)" });
+
     let online = crate::smp::bring_up(&info, cfg.maxcpus);
     print!("smp: {online} CPUs online:");
     for cpu in crate::smp::online_cpus() {

@@ -243,6 +243,9 @@ fn boot_secondary(cpu: usize, mpidr: u64, method: &EnableMethod) -> Result<(), a
 pub fn secondary_start(cpu: usize) -> ! {
     unsafe { core::arch::asm!("msr tpidr_el1, {}", in(reg) cpu as u64) };
     arch::exception::install_vectors();
+    if arch::gic::wfi_enabled() && !arch::gic::cpu_init() {
+        arch::gic::disable_wfi();
+    }
     ONLINE[cpu].store(true, Ordering::Release);
     NR_ONLINE.fetch_add(1, Ordering::AcqRel);
     arch::sev();

@@ -45,6 +45,9 @@ pub struct BootInfo {
     pub dma_limit: Option<u64>,
     /// CPU physical base of the BCM2835 PM watchdog (used to power off a Pi).
     pub watchdog: Option<u64>,
+    /// GICv2 distributor and CPU interface bases (CPU physical): used to wake idle CPUs
+    /// with SGIs. `None` for a GICv3 or no interrupt controller.
+    pub gic: Option<(u64, u64)>,
     pub bootargs: String,
     /// /chosen/stdout-path as written, options included (e.g. "serial1:115200n8").
     pub stdout_path: String,
@@ -281,6 +284,13 @@ fn parse_inner(dtb: &[u8], strict: bool) -> Result<BootInfo, DtError> {
         dma_limit: dma_limit(&t)?,
         // Optional hardware: a watchdog we cannot locate just means no power-off by watchdog.
         watchdog: first_compatible("brcm,bcm2835-pm-wdt").and_then(|i| t.mmio(i).ok()).map(|(b, _)| b),
+        gic: ["arm,cortex-a15-gic", "arm,gic-400"].iter().find_map(|c| first_compatible(c)).and_then(|i| {
+            let regs = t.reg(i).ok()?;
+            if regs.len() < 2 {
+                return None;
+            }
+            Some((t.translate(i, regs[0].0).ok()?, t.translate(i, regs[1].0).ok()?))
+        }),
         bootargs: chosen_str("bootargs").into(),
         stdout_path: stdout_path.into(),
         dtb_size: h.totalsize as u64,

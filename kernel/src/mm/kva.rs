@@ -898,7 +898,7 @@ impl<P: PageSource> KvaAllocator<P> {
                     }
                     if get_subtree_max_size((*node).right) >= length && vstart <= (*node).va_start {
                         // Past this node so its (already searched) left side is not re-entered.
-                        vstart = (*node).va_start;
+                        vstart = (*node).va_start + 1;
                         node = (*node).right;
                         break;
                     }

@@ -56,13 +56,21 @@ pub fn cycles_to_us(delta: u64) -> u64 {
     ((delta as u128 * 1_000_000) / timer_hz().max(1) as u128) as u64
 }
 
+/// Waits for an event: WFI woken by a GIC kick where available (QEMU TCG's WFE is a busy
+/// yield), else WFE.
 #[inline(always)]
 pub fn wfe() {
-    unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
+    super::gic::wait();
 }
+/// Signals waiting CPUs: SEV for WFE waiters, plus an SGI kick for WFI waiters.
 #[inline(always)]
 pub fn sev() {
     unsafe { asm!("sev", options(nomem, nostack, preserves_flags)) };
+    super::gic::kick_others();
+}
+#[inline(always)]
+pub fn wfe_raw() {
+    unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
 }
 #[inline(always)]
 pub fn dsb_ishst() {

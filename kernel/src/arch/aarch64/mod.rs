@@ -12,6 +12,7 @@
 //! ```
 pub mod cpu;
 pub mod exception;
+pub mod gic;
 pub mod psci;
 pub mod semihosting;
 
