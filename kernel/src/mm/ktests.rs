@@ -143,6 +143,39 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
             let mut rng = crate::bench::params::Rng::new(0x1234 + me);
             let mut held: Vec<(u64, u32)> = Vec::with_capacity(64);
             for i in 0..ops {
+                if i % 16 == 0 {
+                    // Bulk order-0 allocation, split high-order blocks, and the patch's frees.
+                    let mut slots = [None; 32];
+                    let got = kalloc::alloc_pages_bulk(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, 32, &mut slots);
+                    let mut pfns = [0u64; 32];
+                    for (k, s) in slots.iter().take(got).enumerate() {
+                        let pfn = s.unwrap();
+                        pfns[k] = pfn;
+                        unsafe { (kalloc::pfn_to_virt(pfn) as *mut u64).write_volatile(me << 32 | pfn) };
+                    }
+                    let order = rng.below(5);
+                    let big = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, order);
+                    if let Some(b) = big {
+                        kalloc::split_page(b, order);
+                        for k in 0..(1u64 << order) {
+                            unsafe { (kalloc::pfn_to_virt(b + k) as *mut u64).write_volatile(me << 32 | (b + k)) };
+                        }
+                    }
+                    for &pfn in &pfns[..got] {
+                        if unsafe { (kalloc::pfn_to_virt(pfn) as *mut u64).read_volatile() } != me << 32 | pfn {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    if let Some(b) = big {
+                        for k in 0..(1u64 << order) {
+                            if unsafe { (kalloc::pfn_to_virt(b + k) as *mut u64).read_volatile() } != me << 32 | (b + k) {
+                                errors.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        if rng.below(2) == 0 { kalloc::__free_contig_range(b, 1 << order) } else { kalloc::free_contig_range(b, 1 << order) }
+                    }
+                    kalloc::free_pages_bulk(&pfns[..got]);
+                }
                 if held.len() < 48 && (rng.below(2) == 0 || held.is_empty()) {
                     let order = match rng.below(16) { 0 => 10, 1 => 9, 2..=4 => rng.below(9), _ => rng.below(4) };
                     if let Some(pfn) = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, order) {

@@ -90,16 +90,24 @@ impl PcpuBacking for Backing<'_> {
     }
 
     fn depopulate(&mut self, id: ChunkId, pages: Range<usize>) {
+        // Linux pcpu_depopulate_chunk: unmap, flush the TLB, and only then free the pages (a
+        // stale TLB entry would otherwise let a later write to the re-populated address land
+        // in a page already reused elsewhere).
         let base = self.base(id);
         let pt = kernel_pgtable();
+        let mut pfns: alloc::vec::Vec<u64> = alloc::vec::Vec::with_capacity(pages.len() * self.nr_units);
         for unit in 0..self.nr_units {
             for p in pages.clone() {
                 let va = base + (unit * PCPU_UNIT_SIZE + p * PAGE_SIZE) as u64;
                 if let Some(t) = pt.walk(&KernelPt, va) {
                     let _ = pt.unmap_range(&mut KernelPt, va, PAGE_SIZE as u64);
-                    kalloc::__free_page(t.pa >> PAGE_SHIFT);
+                    pfns.push(t.pa >> PAGE_SHIFT);
                 }
             }
+        }
+        flush_tlb_kernel_range(&mut HwTlb::new(), base, base + self.chunk_size());
+        for pfn in pfns {
+            kalloc::__free_page(pfn);
         }
     }
 
