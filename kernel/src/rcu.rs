@@ -171,8 +171,12 @@ pub fn synchronize_rcu() {
     while GP_DONE.load(Ordering::Acquire) < target {
         note_qs(cpu);
         smp::poll_mailbox();
-        if GP_DONE.load(Ordering::Acquire) >= target {
+        let done = GP_DONE.load(Ordering::Acquire);
+        if done >= target {
             break;
+        }
+        if done == GP_SEQ.load(Ordering::Acquire) {
+            request_gp();
         }
         arch::wfe();
     }
@@ -185,9 +189,16 @@ pub fn rcu_barrier() {
     loop {
         rcu_quiescent();
         smp::poll_mailbox();
-        if (0..NR_CPUS).all(|c| QUEUES[c].lock().ready.is_empty()) {
+        let pending = (0..NR_CPUS).filter(|&c| !QUEUES[c].lock().ready.is_empty()).count();
+        if pending == 0 {
             break;
         }
+        // Keep the machinery moving while waiting: a grace period must be running for the
+        // queued callbacks, and CPUs asleep in idle must look at their queues.
+        if GP_DONE.load(Ordering::Acquire) == GP_SEQ.load(Ordering::Acquire) {
+            request_gp();
+        }
+        arch::sev();
         arch::wfe();
     }
 }

@@ -70,8 +70,16 @@ pub fn nr_purges() -> u64 {
     NR_PURGES.load(Ordering::Relaxed)
 }
 
+/// Allocation-failure warnings, rate limited like Linux's warn_alloc (DEFAULT_RATELIMIT_BURST
+/// of 10; here per boot rather than per 5 s, so logs stay short).
 fn warn(args: core::fmt::Arguments) {
-    crate::println!("{}", args);
+    static WARNED: AtomicU64 = AtomicU64::new(0);
+    let n = WARNED.fetch_add(1, Ordering::Relaxed);
+    if n < 10 {
+        crate::println!("{}", args);
+    } else if n == 10 {
+        crate::println!("vmalloc: further warnings suppressed");
+    }
 }
 
 /// Reserves VA for an area (Linux: alloc_vmap_area). The node fast path (per-node size pools)
