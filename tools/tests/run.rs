@@ -308,7 +308,7 @@ fn shipped_plans_load_and_expand() {
     assert_eq!(cells[0].expect.rows.len(), 19);
     assert!(cells[0]
         .append
-        .contains("test_vmalloc.suite=seed test_vmalloc.loop_scale=0.01"));
+        .contains("test_vmalloc.suite=seed test_vmalloc.loop_scale=0.02"));
     let args = plan::qemu_args(&seed, "k.img", &cells[1]);
     let s = args.join(" ");
     assert!(s.starts_with("-M virt -cpu cortex-a72 -smp 1 -m 2G -nographic -no-reboot -semihosting -kernel k.img -append"), "{s}");
