@@ -177,6 +177,8 @@ pub fn synchronize_rcu() {
         }
         if done == GP_SEQ.load(Ordering::Acquire) {
             request_gp();
+            note_qs(cpu);
+            continue;
         }
         arch::wfe();
     }
@@ -187,17 +189,18 @@ pub fn synchronize_rcu() {
 pub fn rcu_barrier() {
     smp::on_each_cpu(&|| flush_bulk(arch::smp_processor_id()));
     loop {
-        rcu_quiescent();
-        smp::poll_mailbox();
+        // Keep the machinery moving while waiting: a grace period must be running for the
+        // queued callbacks (requested before this CPU reports its own quiescent state, so it
+        // never sleeps owing one), and CPUs asleep in idle must look at their queues.
         let pending = (0..NR_CPUS).filter(|&c| !QUEUES[c].lock().ready.is_empty()).count();
         if pending == 0 {
             break;
         }
-        // Keep the machinery moving while waiting: a grace period must be running for the
-        // queued callbacks, and CPUs asleep in idle must look at their queues.
         if GP_DONE.load(Ordering::Acquire) == GP_SEQ.load(Ordering::Acquire) {
             request_gp();
         }
+        rcu_quiescent();
+        smp::poll_mailbox();
         arch::sev();
         arch::wfe();
     }

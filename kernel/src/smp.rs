@@ -100,12 +100,12 @@ pub fn call_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) {
     let call = Call { f: fptr, done: AtomicBool::new(false) };
     let p = &call as *const Call as *mut Call;
     while MAILBOX[cpu].func.compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        poll_mailbox();
+        cond_resched();
         arch::wfe();
     }
     arch::sev();
     while !call.done.load(Ordering::Acquire) {
-        poll_mailbox();
+        cond_resched();
         arch::wfe();
     }
 }
@@ -121,7 +121,8 @@ pub fn on_each_cpu(f: &(dyn Fn() + Sync)) {
     f();
 }
 
-/// A reusable sense-reversing barrier for `n` CPUs that serves mailboxes while it waits.
+/// A reusable sense-reversing barrier for `n` CPUs. While waiting, a CPU serves its mailbox and
+/// reports RCU quiescent states (a CPU that sleeps owing one would stall every grace period).
 pub struct Barrier {
     n: usize,
     count: AtomicUsize,
@@ -140,7 +141,7 @@ impl Barrier {
             arch::sev();
         } else {
             while self.generation.load(Ordering::Acquire) == gen {
-                poll_mailbox();
+                cond_resched();
                 arch::wfe();
             }
         }
@@ -256,7 +257,7 @@ pub fn secondary_start(cpu: usize) -> ! {
 pub fn start_work(cpu: usize, f: Box<dyn Fn() + Send + Sync>) {
     let p = Box::into_raw(Box::new(f));
     while WORK[cpu].compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        poll_mailbox();
+        cond_resched();
     }
     arch::sev();
 }
@@ -296,7 +297,7 @@ crate::ktest!(barrier_and_work_on_all_cpus, {
         barrier.wait();
     }
     while done.load(Ordering::SeqCst) != n - 1 {
-        poll_mailbox();
+        cond_resched();
         arch::wfe();
     }
     Ok(())

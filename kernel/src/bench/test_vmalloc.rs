@@ -439,7 +439,7 @@ fn do_concurrent_test(p: &TvParams) -> usize {
         job(my_slot)();
     }
     while done.load(Ordering::SeqCst) < cpus_used {
-        smp::poll_mailbox();
+        smp::cond_resched();
         arch::wfe();
     }
     let results = results.lock();
