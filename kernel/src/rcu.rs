@@ -191,16 +191,18 @@ pub fn rcu_barrier() {
     loop {
         // Keep the machinery moving while waiting: a grace period must be running for the
         // queued callbacks (requested before this CPU reports its own quiescent state, so it
-        // never sleeps owing one), and CPUs asleep in idle must look at their queues.
-        let pending = (0..NR_CPUS).filter(|&c| !QUEUES[c].lock().ready.is_empty()).count();
-        if pending == 0 {
-            break;
-        }
-        if GP_DONE.load(Ordering::Acquire) == GP_SEQ.load(Ordering::Acquire) {
+        // never sleeps owing one), this CPU runs its ready callbacks, and only then is the
+        // condition checked (checking first and sleeping after running the last callbacks
+        // would wait for a wake-up nobody sends).
+        let busy = (0..NR_CPUS).any(|c| !QUEUES[c].lock().ready.is_empty());
+        if busy && GP_DONE.load(Ordering::Acquire) == GP_SEQ.load(Ordering::Acquire) {
             request_gp();
         }
         rcu_quiescent();
         smp::poll_mailbox();
+        if (0..NR_CPUS).all(|c| QUEUES[c].lock().ready.is_empty()) {
+            break;
+        }
         arch::sev();
         arch::wfe();
     }
