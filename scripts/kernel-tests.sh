@@ -43,6 +43,8 @@ check() {
 # In-kernel test suites.
 check ktest-virt-smp1 300 0 '^[0-9]+ passed, 0 failed' -- virt 1 2G -append "ktest"
 check ktest-virt-smp4 300 0 '^[0-9]+ passed, 0 failed' -- virt 4 2G -append "ktest"
+# The vfree switch changes which orders are freed (counters), in both positions.
+check vfree-single-counters 60 0 '^1 passed, 0 failed' -- virt 2 1G -append "ktest=vfree_switch mm.vfree=single"
 check ktest-rpi4 300 0 '^[0-9]+ passed, 0 failed' -- rpi4 -append "ktest"
 
 # make run's default boot (the seed suite, scaled down) reaches the banner, runs and exits 0

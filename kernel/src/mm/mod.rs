@@ -26,6 +26,8 @@ pub mod kva_glue;
 pub mod vmalloc;
 #[cfg(target_os = "none")]
 pub mod percpu;
+#[cfg(target_os = "none")]
+mod vmalloc_ktests;
 
 // Page-table walker and KVA allocator (issue 5).
 pub mod pgtable;

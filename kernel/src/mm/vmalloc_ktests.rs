@@ -1,0 +1,179 @@
+//! In-kernel tests of vmalloc and percpu on real page tables.
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::gfp::GfpFlags;
+use super::{kalloc, kmalloc, kva_glue, percpu, vmalloc as vm, PAGE_SIZE};
+use crate::{arch, kassert, kassert_eq, ktest, rcu, smp};
+
+/// Free pages (+ vmalloc page tables) and free VA after purging and shrinking caches.
+fn settled() -> (u64, u64) {
+    rcu::rcu_barrier();
+    vm::vm_unmap_aliases();
+    percpu::percpu_shrink();
+    vm::vm_unmap_aliases();
+    vm::vmap_node_shrink();
+    kmalloc::kmalloc_shrink();
+    kva_glue::shrink();
+    kalloc::drain_all_pages();
+    (kalloc::nr_free_pages() + super::setup::nr_pagetable_pages(), vm::free_vmalloc_bytes())
+}
+
+ktest!(vmalloc_write_read_free_sizes_and_alignments, {
+    let before = settled();
+    let mut rng = crate::bench::params::Rng::new(7);
+    for pages in [1usize, 2, 3, 15, 16, 17, 100, 255, 256, 511, 512, 513, 1000, 1024] {
+        for align_shift in [12u32, 16, 21, 22] {
+            let size = pages * PAGE_SIZE;
+            let p = vm::__vmalloc_node(size, 1 << align_shift, GfpFlags::GFP_KERNEL);
+            kassert!(!p.is_null(), "vmalloc of {} pages, align 2^{} failed", pages, align_shift);
+            kassert_eq!(p as usize % (1 << align_shift), 0);
+            let seed = rng.next_u32();
+            for i in 0..pages {
+                unsafe { (p.add(i * PAGE_SIZE) as *mut u32).write_volatile(seed ^ i as u32) };
+            }
+            for i in 0..pages {
+                let v = unsafe { (p.add(i * PAGE_SIZE) as *const u32).read_volatile() };
+                kassert_eq!(v, seed ^ i as u32);
+            }
+            vm::vfree(p);
+        }
+    }
+    kassert_eq!(settled(), before);
+    Ok(())
+});
+
+ktest!(vmalloc_huge_maps_pmd_blocks_and_cont_ptes, {
+    let before = settled();
+    let p = vm::vmalloc_huge(2 << 20, GfpFlags::GFP_KERNEL);
+    kassert!(!p.is_null());
+    let t = vm::walk(p as u64).ok_or("2 MiB huge area unmapped")?;
+    kassert!(t.level == 2 && t.block_size == 2 << 20, "2 MiB vmalloc_huge not a PMD block: level {} size {:#x}", t.level, t.block_size);
+    unsafe { p.add((2 << 20) - 1).write_volatile(1) };
+    vm::vfree(p);
+    for kib in [64usize, 128, 192] {
+        let p = vm::vmalloc_huge(kib << 10, GfpFlags::GFP_KERNEL);
+        kassert!(!p.is_null());
+        for off in (0..(kib << 10)).step_by(PAGE_SIZE) {
+            let t = vm::walk(p as u64 + off as u64).ok_or("huge area page unmapped")?;
+            kassert!(t.level == 3 && t.cont, "{} KiB vmalloc_huge: page at +{:#x} not a contiguous PTE", kib, off);
+        }
+        vm::vfree(p);
+    }
+    // Without the huge flag: plain PTEs.
+    let p = vm::vmalloc(64 << 10);
+    let t = vm::walk(p as u64).ok_or("unmapped")?;
+    kassert!(t.level == 3 && !t.cont, "plain vmalloc used a contiguous mapping");
+    vm::vfree(p);
+    kassert_eq!(settled(), before);
+    Ok(())
+});
+
+ktest!(vmalloc_guard_page_and_use_after_free_fault, {
+    let p = vm::vmalloc(3 * PAGE_SIZE);
+    kassert!(!p.is_null());
+    let mut report = String::new();
+    let faulted = arch::exception::probe_write(unsafe { p.add(3 * PAGE_SIZE) }, 1, &mut report);
+    kassert!(faulted, "a write one byte past a vmalloc area did not fault");
+    kassert!(report.contains("guard page"), "report does not name the guard page: {}", report);
+    crate::println!("    (expected) {report}");
+    vm::vfree(p);
+    let mut report = String::new();
+    let v = arch::exception::probe_read(p, &mut report);
+    kassert!(v.is_none(), "read after vfree did not fault");
+    kassert!(report.contains("vfree") || report.contains("no area"), "{}", report);
+    crate::println!("    (expected) {report}");
+    Ok(())
+});
+
+ktest!(vmalloc_concurrent_on_every_cpu, {
+    use alloc::sync::Arc;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    let before = settled();
+    let cpus: Vec<usize> = smp::online_cpus().collect();
+    let errors = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let work = |errors: Arc<AtomicUsize>, done: Arc<AtomicUsize>| {
+        move || {
+            let me = arch::smp_processor_id() as u32;
+            let mut rng = crate::bench::params::Rng::new(99 + me as u64);
+            let mut held: Vec<(*mut u8, usize)> = Vec::new();
+            for i in 0..3000u32 {
+                if held.len() < 32 && rng.below(2) == 0 {
+                    let pages = rng.below(64) as usize + 1;
+                    let p = if rng.below(4) == 0 { vm::vmalloc_huge(pages * PAGE_SIZE, GfpFlags::GFP_KERNEL) } else { vm::vmalloc(pages * PAGE_SIZE) };
+                    if p.is_null() {
+                        errors.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    for k in 0..pages {
+                        unsafe { (p.add(k * PAGE_SIZE) as *mut u32).write_volatile(me << 24 | i) };
+                    }
+                    held.push((p, pages));
+                } else if let Some((p, pages)) = held.pop() {
+                    let tag = unsafe { (p as *const u32).read_volatile() };
+                    for k in 0..pages {
+                        if unsafe { (p.add(k * PAGE_SIZE) as *const u32).read_volatile() } != tag || tag >> 24 != me {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    vm::vfree(p);
+                }
+                smp::cond_resched();
+            }
+            for (p, _) in held {
+                vm::vfree(p);
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+            arch::sev();
+        }
+    };
+    let me = arch::smp_processor_id();
+    for &c in cpus.iter().filter(|&&c| c != me) {
+        smp::start_work(c, alloc::boxed::Box::new(work(errors.clone(), done.clone())));
+    }
+    work(errors.clone(), done.clone())();
+    while done.load(Ordering::SeqCst) < cpus.len() {
+        smp::cond_resched();
+        arch::wfe();
+    }
+    kassert_eq!(errors.load(Ordering::SeqCst), 0);
+    kassert_eq!(settled(), before);
+    Ok(())
+});
+
+ktest!(vfree_switch_changes_the_free_orders, {
+    // The counters tell the two vfree paths apart: free_pages_bulk frees an order-3 block of an
+    // 8-page area as one chunk, the baseline as 8 order-0 frees.
+    let a = kalloc::allocator();
+    let sum = |o: u32| -> u64 { (0..arch::NR_CPUS).map(|c| a.events(c).get(super::stat::VmEvent::pgfree_order(o))).sum() };
+    let (o0, o3) = (sum(0), sum(3));
+    let p = vm::vmalloc(8 * PAGE_SIZE);
+    kassert!(!p.is_null());
+    vm::vfree(p);
+    let (d0, d3) = (sum(0) - o0, sum(3) - o3);
+    match crate::config::get().vfree {
+        crate::config::VfreeMode::Bulk => kassert!(d3 >= 1, "bulk vfree freed no order-3 chunk (order-0 frees {})", d0),
+        crate::config::VfreeMode::Single => kassert!(d0 >= 8 && d3 == 0, "single vfree: order-0 frees {}, order-3 {}", d0, d3),
+    }
+    Ok(())
+});
+
+ktest!(percpu_values_written_on_each_cpu_read_from_another, {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    let before = settled();
+    let p = percpu::alloc_percpu(8, 8);
+    kassert!(p != 0);
+    smp::on_each_cpu(&|| {
+        let cpu = arch::smp_processor_id();
+        let slot = percpu::per_cpu_ptr(p, cpu) as *const AtomicU64;
+        unsafe { (*slot).store(0xc0de_0000 + cpu as u64, Ordering::SeqCst) };
+    });
+    for cpu in smp::online_cpus() {
+        let v = unsafe { (*(percpu::per_cpu_ptr(p, cpu) as *const AtomicU64)).load(Ordering::SeqCst) };
+        kassert_eq!(v, 0xc0de_0000 + cpu as u64);
+    }
+    percpu::free_percpu(p);
+    kassert_eq!(settled(), before);
+    Ok(())
+});
