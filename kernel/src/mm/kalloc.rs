@@ -144,9 +144,23 @@ pub fn nr_vmalloc_pages() -> i64 {
     allocator().node_page_state(NodeStatItem::NrVmalloc)
 }
 
-/// `__GFP_ZERO` hook: zeroes through the linear map.
+/// `__GFP_ZERO` hook: zeroes through the linear map with `dc zva` (Linux arm64 clear_page),
+/// one cache-line-sized block per instruction; a byte loop only if DCZID_EL0 prohibits it.
 pub fn zero_pages(pfn: u64, nr: usize) {
-    unsafe { core::ptr::write_bytes(pfn_to_virt(pfn), 0, nr * PAGE_SIZE) };
+    let dczid: u64;
+    unsafe { core::arch::asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
+    let va = pfn_to_virt(pfn);
+    if dczid & (1 << 4) != 0 {
+        unsafe { core::ptr::write_bytes(va, 0, nr * PAGE_SIZE) };
+        return;
+    }
+    let block = 4usize << (dczid & 0xf);
+    let mut p = va as usize;
+    let end = p + nr * PAGE_SIZE;
+    while p < end {
+        unsafe { core::arch::asm!("dc zva, {}", in(reg) p, options(nostack, preserves_flags)) };
+        p += block;
+    }
 }
 
 /// Allocation-failure warning hook (Linux: warn_alloc).
