@@ -52,7 +52,7 @@ ktest!(page_alloc_zeroes_with_gfp_zero, {
     Ok(())
 });
 
-/// Each misuse is reported with the pfn and what was wrong, and leaves the allocator intact.
+// Each misuse is reported with the pfn and what was wrong, and leaves the allocator intact.
 ktest!(page_alloc_reports_misuse, {
     let before = settled_free();
     let pfn = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).ok_or("alloc")?;
@@ -127,8 +127,8 @@ ktest!(stack_guard_pages_fault, {
     Ok(())
 });
 
-/// All CPUs allocate and free mixed orders concurrently, tagging each page with its owner and
-/// checking the tag before freeing: no page is handed out twice; afterwards counts are back.
+// All CPUs allocate and free mixed orders concurrently, tagging each page with its owner and
+// checking the tag before freeing: no page is handed out twice; afterwards counts are back.
 ktest!(smp_concurrent_alloc_free_mixed_orders, {
     use alloc::sync::Arc;
     use core::sync::atomic::{AtomicUsize, Ordering};

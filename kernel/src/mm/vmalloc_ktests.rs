@@ -3,20 +3,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::gfp::GfpFlags;
-use super::{kalloc, kmalloc, kva_glue, percpu, vmalloc as vm, PAGE_SIZE};
-use crate::{arch, kassert, kassert_eq, ktest, rcu, smp};
+use super::{kalloc, percpu, vmalloc as vm, PAGE_SIZE};
+use crate::{arch, kassert, kassert_eq, ktest, smp};
 
-/// Free pages (+ vmalloc page tables) and free VA after purging and shrinking caches.
+/// Free pages (+ vmalloc page tables) and free VA after purging and shrinking caches: the
+/// figures test_vmalloc's leak lines compare.
 fn settled() -> (u64, u64) {
-    rcu::rcu_barrier();
-    vm::vm_unmap_aliases();
-    percpu::percpu_shrink();
-    vm::vm_unmap_aliases();
-    vm::vmap_node_shrink();
-    kmalloc::kmalloc_shrink();
-    kva_glue::shrink();
-    kalloc::drain_all_pages();
-    (kalloc::nr_free_pages() + super::setup::nr_pagetable_pages(), vm::free_vmalloc_bytes())
+    crate::bench::test_vmalloc::settle_and_measure()
 }
 
 ktest!(vmalloc_write_read_free_sizes_and_alignments, {
