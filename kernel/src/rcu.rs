@@ -10,7 +10,7 @@
 //! vfree'd. The one-argument form falls back to synchronize_rcu() + vfree when no block page can
 //! be had; the two-argument form falls back to call_rcu() on the embedded rcu_head.
 use alloc::collections::VecDeque;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::{self, NR_CPUS};
 use crate::smp;
@@ -20,6 +20,12 @@ use crate::smp;
 pub struct RcuHead {
     next: *mut RcuHead,
     func: Option<unsafe fn(*mut RcuHead)>,
+}
+
+impl RcuHead {
+    pub const fn new() -> Self {
+        RcuHead { next: core::ptr::null_mut(), func: None }
+    }
 }
 
 /// Latest grace period started / completed (Linux: rcu_state.gp_seq).
@@ -56,6 +62,21 @@ struct CpuQueue {
 unsafe impl Send for CpuQueue {}
 
 static QUEUES: [spin::Mutex<CpuQueue>; NR_CPUS] = [const { spin::Mutex::new(CpuQueue { ready: VecDeque::new(), bulk: core::ptr::null_mut() }) }; NR_CPUS];
+/// Callbacks queued or running, per CPU. A callback leaves its queue before it runs (outside
+/// the queue lock), so an empty queue does not mean its callbacks are done: rcu_barrier waits
+/// for these counts (Linux gets the same guarantee by entraining a callback behind the rest).
+static PENDING: [AtomicUsize; NR_CPUS] = [const { AtomicUsize::new(0) }; NR_CPUS];
+
+/// Callbacks queued or running on all CPUs (leak reports).
+pub fn nr_pending() -> usize {
+    PENDING.iter().map(|p| p.load(Ordering::Acquire)).sum()
+}
+
+fn enqueue(cpu: usize, target: u64, cb: Callback) {
+    let mut q = QUEUES[cpu].lock();
+    PENDING[cpu].fetch_add(1, Ordering::AcqRel);
+    q.ready.push_back((target, cb));
+}
 
 /// Marks the start of a read-side critical section on this CPU.
 pub fn rcu_read_lock() {
@@ -141,6 +162,7 @@ pub fn rcu_quiescent() {
             Some(Callback::Bulk(b)) => unsafe { free_bulk_block(b) },
             None => break,
         }
+        PENDING[cpu].fetch_sub(1, Ordering::AcqRel);
         ran = true;
     }
     IN_CALLBACKS[cpu].store(false, Ordering::Release);
@@ -160,7 +182,7 @@ pub unsafe fn call_rcu(head: *mut RcuHead, func: unsafe fn(*mut RcuHead)) {
         (*head).next = core::ptr::null_mut();
     }
     let target = request_gp();
-    QUEUES[arch::smp_processor_id()].lock().ready.push_back((target, Callback::Head(head)));
+    enqueue(arch::smp_processor_id(), target, Callback::Head(head));
 }
 
 /// Waits for a full grace period (Linux: synchronize_rcu). Must not be called inside a
@@ -200,7 +222,7 @@ pub fn rcu_barrier() {
         }
         rcu_quiescent();
         smp::poll_mailbox();
-        if (0..NR_CPUS).all(|c| QUEUES[c].lock().ready.is_empty()) {
+        if PENDING.iter().all(|p| p.load(Ordering::Acquire) == 0) {
             break;
         }
         arch::sev();
@@ -235,7 +257,7 @@ fn flush_bulk(cpu: usize) {
     drop(q);
     if !b.is_null() {
         let target = request_gp();
-        QUEUES[cpu].lock().ready.push_back((target, Callback::Bulk(b)));
+        enqueue(cpu, target, Callback::Bulk(b));
     }
 }
 
@@ -259,7 +281,7 @@ fn add_ptr_to_bulk(ptr: *mut u8) -> bool {
             q.bulk = core::ptr::null_mut();
             drop(q);
             let target = request_gp();
-            QUEUES[cpu].lock().ready.push_back((target, Callback::Bulk(b)));
+            enqueue(cpu, target, Callback::Bulk(b));
         }
     }
     true
@@ -348,5 +370,40 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     while state.load(Ordering::SeqCst) != 3 {
         arch::wfe();
     }
+    Ok(())
+});
+
+// rcu_barrier must wait for callbacks that already left their queue but are still running on
+// another CPU (a kvfree_rcu block vfrees hundreds of areas): a slow callback queued on another
+// CPU has finished by the time rcu_barrier returns.
+crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
+    use alloc::boxed::Box;
+    use core::sync::atomic::AtomicUsize;
+    static DONE: AtomicUsize = AtomicUsize::new(0);
+    static mut HEAD: RcuHead = RcuHead::new();
+    unsafe fn slow(_h: *mut RcuHead) {
+        let t0 = arch::cycles();
+        while arch::cycles_to_us(arch::cycles() - t0) < 2000 {
+            core::hint::spin_loop();
+        }
+        DONE.store(1, Ordering::SeqCst);
+    }
+    let Some(other) = smp::online_cpus().find(|&c| c != arch::smp_processor_id()) else {
+        return Ok(()); // one CPU: nothing runs elsewhere
+    };
+    DONE.store(0, Ordering::SeqCst);
+    let queued = alloc::sync::Arc::new(AtomicUsize::new(0));
+    let q = queued.clone();
+    smp::start_work(other, Box::new(move || {
+        unsafe { call_rcu(&raw mut HEAD, slow) };
+        q.store(1, Ordering::SeqCst);
+        arch::sev();
+    }));
+    while queued.load(Ordering::SeqCst) == 0 {
+        smp::cond_resched();
+        arch::wfe();
+    }
+    rcu_barrier();
+    crate::kassert!(DONE.load(Ordering::SeqCst) == 1, "rcu_barrier returned while a callback was still running");
     Ok(())
 });

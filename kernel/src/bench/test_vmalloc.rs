@@ -359,6 +359,15 @@ pub fn settle_and_measure() -> (u64, u64) {
     (kalloc::nr_free_pages() + crate::mm::setup::nr_pagetable_pages(), vm::free_vmalloc_bytes())
 }
 
+/// What still holds memory after a LOST leak line, so a failing CI log says where to look.
+fn leak_report() {
+    let (busy, busy_bytes, lazy, lazy_bytes) = crate::mm::kva_glue::usage();
+    println!(
+        "mm: state after LOST: busy vmap areas {} ({} KiB), lazy areas {} ({} KiB), rcu callbacks pending {}, free pages {}, page-table pages {}",
+        busy, busy_bytes >> 10, lazy, lazy_bytes >> 10, rcu::nr_pending(), kalloc::nr_free_pages(), crate::mm::setup::nr_pagetable_pages()
+    );
+}
+
 /// Runs the selected tests of one worker in its (shuffled) order; returns the results.
 fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize) -> Worker {
     let mut rng = Rng::new(p.seed ^ ((id as u64 + 1) * 0x9e37_79b9_7f4a_7c15));
@@ -384,13 +393,14 @@ fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize)
         if let Some((pages0, va0)) = before {
             let (pages1, va1) = settle_and_measure();
             let ok = pages1 >= pages0 && va1 >= va0;
-            if !ok {
-                failures.fetch_add(1, Ordering::SeqCst);
-            }
             println!(
                 "test_vmalloc: leak {} free_pages {}->{} free_va {:#x}->{:#x} {}",
                 TESTS[i].0, pages0, pages1, va0, va1, if ok { "ok" } else { "LOST" }
             );
+            if !ok {
+                failures.fetch_add(1, Ordering::SeqCst);
+                leak_report();
+            }
         }
     }
     w.stop = arch::cycles();
@@ -462,10 +472,11 @@ fn do_concurrent_test(p: &TvParams) -> usize {
     if let Some((pages0, va0)) = before {
         let (pages1, va1) = settle_and_measure();
         let ok = pages1 >= pages0 && va1 >= va0;
+        println!("test_vmalloc: leak all free_pages {}->{} free_va {:#x}->{:#x} {}", pages0, pages1, va0, va1, if ok { "ok" } else { "LOST" });
         if !ok {
             failures.fetch_add(1, Ordering::SeqCst);
+            leak_report();
         }
-        println!("test_vmalloc: leak all free_pages {}->{} free_va {:#x}->{:#x} {}", pages0, pages1, va0, va1, if ok { "ok" } else { "LOST" });
     }
     failures.load(Ordering::SeqCst)
 }

@@ -212,6 +212,22 @@ pub fn free_bytes() -> u64 {
     FREE.lock().free_bytes() + pools
 }
 
+/// Busy and lazily freed areas over all nodes: (busy count, busy bytes, lazy count, lazy
+/// bytes), for the leak report.
+pub fn usage() -> (usize, u64, usize, u64) {
+    let mut u = (0, 0, 0, 0);
+    for node in NODES.iter().take(nr_vmap_nodes()) {
+        let b = node.busy.lock();
+        u.0 += b.len();
+        u.1 += b.bytes();
+        drop(b);
+        let l = node.lazy.lock();
+        u.2 += l.len();
+        u.3 += l.bytes();
+    }
+    u
+}
+
 /// Returns wholly free slab pages of every structure to the page allocator.
 pub fn shrink() -> usize {
     let mut n = FREE.lock().shrink();
