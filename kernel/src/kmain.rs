@@ -159,10 +159,17 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     let possible = info.cpus.len().min(cfg.maxcpus.unwrap_or(arch::NR_CPUS)).clamp(1, arch::NR_CPUS);
     let kimage = kernel_image_range(kimage_pa);
     match crate::mm::setup::mm_init(&info, kimage, possible, cfg.pcp) {
-        Ok(s) => println!(
-            "mm: mem_map {} KiB for {} pages ({} bytes per struct page), {} early page tables",
-            s.mem_map_bytes >> 10, s.nr_pages, core::mem::size_of::<crate::mm::Page>(), s.early_tables
-        ),
+        Ok(s) => {
+            println!(
+                "mm: mem_map {} KiB for {} pages ({} bytes per struct page), {} early page tables",
+                s.mem_map_bytes >> 10, s.nr_pages, core::mem::size_of::<crate::mm::Page>(), s.early_tables
+            );
+            let p = &s.percpu;
+            println!(
+                "percpu: Embedded {} pages/cpu s{} d{} u{} x {} units at {:#x} (static section, first chunk, zone pcps)",
+                p.unit_size / crate::mm::PAGE_SIZE, p.static_size, p.dyn_size, p.unit_size, p.nr_units, p.base_pa
+            );
+        }
         Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("mm_init: {e}")),
     }
     crate::mm::setup::show_mem(&mut crate::console::Console);
@@ -188,7 +195,7 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     println!();
     crate::smp::on_each_cpu(&crate::mm::setup::cpu_drop_idmap);
     crate::mm::vmalloc::vmalloc_init();
-    crate::mm::percpu::percpu_init(possible);
+    crate::mm::percpu::percpu_init();
     crate::smp::set_quiescent_hook(crate::rcu::rcu_quiescent);
 
     if cfg.ktest_fault.is_some() {

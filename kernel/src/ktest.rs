@@ -70,11 +70,11 @@ pub fn registry() -> &'static [KTest] {
     }
 }
 
-/// Runs every registered test whose name contains `filter` (all when empty). Returns
-/// (passed, failed).
+/// Runs every registered test whose name contains `filter` (comma-separated alternatives; all
+/// when empty). Returns (passed, failed).
 #[cfg(target_os = "none")]
 pub fn run(filter: &str) -> (usize, usize) {
-    let tests: alloc::vec::Vec<&KTest> = registry().iter().filter(|t| filter.is_empty() || t.name.contains(filter)).collect();
+    let tests: alloc::vec::Vec<&KTest> = registry().iter().filter(|t| filter.is_empty() || filter.split(',').any(|f| !f.is_empty() && t.name.contains(f))).collect();
     crate::println!("running {} tests", tests.len());
     let (mut passed, mut failed) = (0, 0);
     for t in tests {

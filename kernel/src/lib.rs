@@ -23,6 +23,8 @@ mod kmain;
 #[cfg(target_os = "none")]
 pub mod smp;
 #[cfg(target_os = "none")]
+pub mod percpu_defs;
+#[cfg(target_os = "none")]
 pub mod rcu;
 
 #[cfg(target_os = "none")]

@@ -36,11 +36,16 @@ static QS_MASK: AtomicU64 = AtomicU64::new(0);
 /// A grace period was requested while one was running: start another when it ends.
 static NEED_GP: AtomicBool = AtomicBool::new(false);
 static GP_LOCK: spin::Mutex<()> = spin::Mutex::new(());
-static NESTING: [AtomicU32; NR_CPUS] = [const { AtomicU32::new(0) }; NR_CPUS];
-/// Set while a CPU runs its callbacks: a callback that reaches cond_resched() (vfree does, per
-/// page, in the baseline) must not start on the next batch in a nested frame (Linux runs them
-/// in their own context, so there is no nesting).
-static IN_CALLBACKS: [AtomicBool; NR_CPUS] = [const { AtomicBool::new(false) }; NR_CPUS];
+crate::define_per_cpu! {
+    /// rcu_read_lock nesting of this CPU (per-CPU, like Linux's rcu_data).
+    static NESTING: AtomicU32 = AtomicU32::new(0);
+}
+crate::define_per_cpu! {
+    /// Set while a CPU runs its callbacks: a callback that reaches cond_resched() (vfree does,
+    /// per page, in the baseline) must not start on the next batch in a nested frame (Linux
+    /// runs them in their own context, so there is no nesting).
+    static IN_CALLBACKS: AtomicBool = AtomicBool::new(false);
+}
 
 /// Grace periods completed since boot (for tests and statistics).
 pub fn completed() -> u64 {
@@ -80,11 +85,11 @@ fn enqueue(cpu: usize, target: u64, cb: Callback) {
 
 /// Marks the start of a read-side critical section on this CPU.
 pub fn rcu_read_lock() {
-    NESTING[arch::smp_processor_id()].fetch_add(1, Ordering::Acquire);
+    NESTING.this_cpu().fetch_add(1, Ordering::Acquire);
 }
 
 pub fn rcu_read_unlock() {
-    NESTING[arch::smp_processor_id()].fetch_sub(1, Ordering::Release);
+    NESTING.this_cpu().fetch_sub(1, Ordering::Release);
 }
 
 fn online_mask() -> u64 {
@@ -109,9 +114,10 @@ fn request_gp() -> u64 {
     }
 }
 
-/// Reports a quiescent state for `cpu` if it is outside any read-side section.
+/// Reports a quiescent state for this CPU (`cpu`) if it is outside any read-side section.
 fn note_qs(cpu: usize) {
-    if NESTING[cpu].load(Ordering::Acquire) != 0 {
+    debug_assert_eq!(cpu, arch::smp_processor_id());
+    if NESTING.this_cpu().load(Ordering::Acquire) != 0 {
         return;
     }
     let bit = 1u64 << cpu;
@@ -137,10 +143,10 @@ fn note_qs(cpu: usize) {
 pub fn rcu_quiescent() {
     let cpu = arch::smp_processor_id();
     note_qs(cpu);
-    if NESTING[cpu].load(Ordering::Relaxed) != 0 {
+    if NESTING.this_cpu().load(Ordering::Relaxed) != 0 {
         return;
     }
-    if IN_CALLBACKS[cpu].swap(true, Ordering::Acquire) {
+    if IN_CALLBACKS.this_cpu().swap(true, Ordering::Acquire) {
         return;
     }
     let done = GP_DONE.load(Ordering::Acquire);
@@ -165,7 +171,7 @@ pub fn rcu_quiescent() {
         PENDING[cpu].fetch_sub(1, Ordering::AcqRel);
         ran = true;
     }
-    IN_CALLBACKS[cpu].store(false, Ordering::Release);
+    IN_CALLBACKS.this_cpu().store(false, Ordering::Release);
     if ran {
         // rcu_barrier() may be waiting for this queue to drain.
         arch::sev();

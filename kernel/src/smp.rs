@@ -242,7 +242,8 @@ fn boot_secondary(cpu: usize, mpidr: u64, method: &EnableMethod) -> Result<(), a
 
 /// First Rust code of a secondary CPU, with the MMU on and its own stack.
 pub fn secondary_start(cpu: usize) -> ! {
-    unsafe { core::arch::asm!("msr tpidr_el1, {}", in(reg) cpu as u64) };
+    // Before anything reads smp_processor_id (a per-CPU variable).
+    unsafe { arch::set_my_cpu_offset(crate::percpu_defs::per_cpu_offset(cpu)) };
     arch::exception::install_vectors();
     if arch::gic::wfi_enabled() && !arch::gic::cpu_init() {
         arch::gic::disable_wfi();

@@ -1076,3 +1076,50 @@ fn four_cpus_concurrently() {
     let ev = pa.all_vm_events();
     assert!(ev[VmEvent::PcpRefill as usize] > 0 && ev[VmEvent::PcpDrain as usize] > 0);
 }
+
+#[test]
+fn pcp_moves_from_boot_pagesets_into_per_cpu_areas() {
+    // Linux setup_per_cpu_pageset, with the pcps already holding pages: four "per-CPU units"
+    // 4 KiB apart in one buffer, the pcp at offset 256 of each (a percpu pointer is the unit-0
+    // address minus a delta; CPU n's copy at ptr + offsets[n]).
+    let m = Machine::new(&[(0x4000_0000, 64 << 20)], &[]);
+    let mut pa = m.pa(cfg(4, None));
+    let order = |i: usize| if i < 40 { 0 } else { (i % 3) as u32 };
+    let pages: Vec<(usize, u64)> = (0..400).map(|i| (i % 4, pa.alloc_pages(i % 4, G::GFP_KERNEL, order(i)).unwrap())).collect();
+    for &(cpu, p) in &pages[..40] {
+        pa.__free_pages(cpu, p, 0).unwrap();
+    }
+    let before: Vec<_> = (0..4).map(|c| pa.pcp_snapshot(c, ZONE_DMA)).collect();
+    assert!(before.iter().all(|s| s.count > 0), "every CPU's pcp holds pages before the move: {before:?}");
+    #[repr(C, align(4096))]
+    struct Unit([u8; 4096]);
+    let mut units: Vec<Unit> = (0..4).map(|_| Unit([0xa5; 4096])).collect();
+    let base = units.as_mut_ptr() as usize;
+    let delta = 0x1000_0000usize;
+    let offsets: [usize; NR_CPUS] = core::array::from_fn(|c| if c < 4 { delta + c * 4096 } else { 0 });
+    let mut next = 256usize;
+    pa.setup_per_cpu_pageset(4, &offsets, |size, align| {
+        let off = next.next_multiple_of(align);
+        next = off + size;
+        assert!(next <= 4096);
+        Some((base + off).wrapping_sub(delta))
+    })
+    .unwrap();
+    for c in 0..4 {
+        let a = pa.zone_pcp_slot_addr(ZONE_DMA, c);
+        assert!(a >= base + c * 4096 && a < base + (c + 1) * 4096, "cpu {c}'s pcp at {a:#x} is outside its unit");
+        let s = pa.pcp_snapshot(c, ZONE_DMA);
+        assert_eq!((s.count, s.high, s.batch), (before[c].count, before[c].high, before[c].batch));
+    }
+    check(&pa, (40..400).map(|i| 1u64 << order(i)).sum::<u64>());
+    for (i, &(cpu, p)) in pages.iter().enumerate().skip(40) {
+        pa.__free_pages(cpu, p, order(i)).unwrap();
+    }
+    for c in 0..4 {
+        pa.drain_all_pages(c);
+    }
+    let rep = check(&pa, 0);
+    assert_eq!(rep.nr_free[0][MAX_PAGE_ORDER], 16);
+    drop(pa);
+    drop(units);
+}

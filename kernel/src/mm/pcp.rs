@@ -102,6 +102,104 @@ impl Default for PcpSlot {
     }
 }
 
+/// `zone->per_cpu_pageset`, Linux's `struct per_cpu_pages __percpu *`: CPU n's pcp is at
+/// `ptr + offsets[n]` (per_cpu_ptr with `__per_cpu_offset`). A zone starts on boot pagesets
+/// (Linux `boot_pageset`; here a heap array, `ptr` 0 and `offsets` the slots' addresses) and
+/// moves into per-CPU memory with [`PageAllocator::setup_per_cpu_pageset`].
+pub struct PerCpuPageset {
+    ptr: usize,
+    offsets: [usize; NR_CPUS],
+    /// CPUs that have a pcp (possible CPUs).
+    nr: usize,
+    boot: Option<alloc::boxed::Box<[PcpSlot; NR_CPUS]>>,
+}
+
+// The slots are PcpSlots (Sync); the pointers only locate them.
+unsafe impl Send for PerCpuPageset {}
+unsafe impl Sync for PerCpuPageset {}
+
+impl PerCpuPageset {
+    /// Boot pagesets for all NR_CPUS CPUs.
+    pub fn new_boot() -> Self {
+        let boot = alloc::boxed::Box::new(core::array::from_fn::<PcpSlot, NR_CPUS, _>(|_| PcpSlot::new()));
+        let offsets = core::array::from_fn(|cpu| &boot[cpu] as *const PcpSlot as usize);
+        PerCpuPageset { ptr: 0, offsets, nr: NR_CPUS, boot: Some(boot) }
+    }
+
+    /// CPU `cpu`'s pcp (`per_cpu_ptr(zone->per_cpu_pageset, cpu)`).
+    #[inline(always)]
+    pub fn get(&self, cpu: usize) -> &PcpSlot {
+        debug_assert!(cpu < self.nr);
+        unsafe { &*(self.ptr.wrapping_add(self.offsets[cpu]) as *const PcpSlot) }
+    }
+
+    /// Every CPU's pcp.
+    pub fn iter(&self) -> impl Iterator<Item = &PcpSlot> {
+        (0..self.nr).map(move |cpu| self.get(cpu))
+    }
+
+    /// Address of `cpu`'s pcp (tests: it must lie in that CPU's per-CPU area).
+    pub fn slot_addr(&self, cpu: usize) -> usize {
+        self.get(cpu) as *const PcpSlot as usize
+    }
+
+    /// Still on the boot pagesets?
+    pub fn is_boot(&self) -> bool {
+        self.boot.is_some()
+    }
+
+    /// Moves every CPU's pcp, lists and all (they link pages by PFN, not by address), to the
+    /// percpu pointer `ptr`; `offsets[..nr]` are the per-CPU offsets. Fails if a CPU without a
+    /// per-CPU area still holds pages on its boot pageset.
+    fn move_to(&mut self, ptr: usize, offsets: &[usize; NR_CPUS], nr: usize) -> Result<(), &'static str> {
+        let old_nr = self.nr;
+        for cpu in nr..old_nr {
+            if self.get(cpu).0.lock().count != 0 {
+                return Err("pages on the boot pageset of a CPU without a per-CPU area");
+            }
+        }
+        for cpu in 0..nr {
+            let dst = ptr.wrapping_add(offsets[cpu]) as *mut PcpSlot;
+            let v = if cpu < old_nr { core::mem::take(&mut *self.get(cpu).0.lock()) } else { PerCpuPages::new() };
+            unsafe { dst.write(PcpSlot(SpinMutex::new(v))) };
+        }
+        self.ptr = ptr;
+        self.offsets = *offsets;
+        self.nr = nr;
+        self.boot = None;
+        Ok(())
+    }
+}
+
+impl core::ops::Index<usize> for PerCpuPageset {
+    type Output = PcpSlot;
+    #[inline(always)]
+    fn index(&self, cpu: usize) -> &PcpSlot {
+        self.get(cpu)
+    }
+}
+
+impl PageAllocator<'_> {
+    /// Linux `setup_per_cpu_pageset`: every zone's pcps leave the boot pagesets for per-CPU
+    /// memory. `alloc(size, align)` is `__alloc_percpu` (returns a percpu pointer),
+    /// `offsets[..nr_cpus]` are `__per_cpu_offset`. Unlike Linux, the boot pagesets may already
+    /// hold pages and tuned high/batch values: they move along unchanged. Call before other
+    /// CPUs use the allocator (`&mut self` makes sure nobody else holds it).
+    pub fn setup_per_cpu_pageset(
+        &mut self,
+        nr_cpus: usize,
+        offsets: &[usize; NR_CPUS],
+        mut alloc: impl FnMut(usize, usize) -> Option<usize>,
+    ) -> Result<(), &'static str> {
+        let nr_cpus = nr_cpus.clamp(1, NR_CPUS);
+        for zone in self.zones.iter_mut() {
+            let ptr = alloc(core::mem::size_of::<PcpSlot>(), core::mem::align_of::<PcpSlot>()).ok_or("no percpu memory for the pagesets")?;
+            zone.per_cpu_pageset.move_to(ptr, offsets, nr_cpus)?;
+        }
+        Ok(())
+    }
+}
+
 /// Linux `order_to_pindex` (one migratetype).
 #[inline]
 pub const fn order_to_pindex(order: u32) -> usize {
@@ -532,6 +630,11 @@ impl<'m> PageAllocator<'m> {
     }
 
     /// Snapshot of `cpu`'s pcp for `zone_idx` (count, high, high_min, high_max, batch, ...).
+    /// Where `cpu`'s pcp of zone `zone_idx` lives.
+    pub fn zone_pcp_slot_addr(&self, zone_idx: usize, cpu: usize) -> usize {
+        self.zones[zone_idx].per_cpu_pageset.slot_addr(cpu)
+    }
+
     pub fn pcp_snapshot(&self, cpu: usize, zone_idx: usize) -> PcpSnapshot {
         let pcp = self.zones[zone_idx].per_cpu_pageset[cpu].0.lock();
         PcpSnapshot {

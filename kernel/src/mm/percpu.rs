@@ -1,12 +1,15 @@
-//! The dynamic percpu allocator (Linux mm/percpu.c): chunks of one unit per possible CPU in
-//! vmalloc space, reserved top-down (pcpu_get_vm_areas), pages populated on demand, empty chunks
-//! released by the balance work. The chunk-internal bitmap allocator and the chunk lists are
-//! `percpu_alloc` (host-tested); this file supplies the memory (`PcpuBacking`).
+//! The percpu allocator (Linux mm/percpu.c): the embedded first chunk, which holds every CPU's
+//! copy of the static per-CPU section (`percpu_defs`) plus a dynamic area, then chunks of one
+//! unit per possible CPU in vmalloc space, reserved top-down (pcpu_get_vm_areas), pages
+//! populated on demand, empty chunks released by the balance work. The chunk-internal bitmap
+//! allocator and the chunk lists are `percpu_alloc` (host-tested); this file supplies the
+//! memory (`PcpuBacking`).
 //!
-//! A percpu pointer is the address of its copy in unit 0; CPU n's copy is `ptr + n *
-//! unit_size` (per_cpu_ptr). Differences from Linux: there is no embedded first chunk (the
-//! static per-CPU data of this kernel is arrays indexed by CPU id), so every chunk is a
-//! vmalloc chunk; the pool lock doubles as pcpu_alloc_mutex.
+//! Pointers follow Linux: a percpu pointer is its unit-0 address minus the first chunk's
+//! distance from the static template (`pcpu_base_addr - __per_cpu_start`), so CPU n's copy is
+//! `ptr + __per_cpu_offset[n]` for static and dynamic variables alike, and `this_cpu_ptr` is
+//! `ptr + TPIDR_EL1`. Units are PCPU_UNIT_SIZE apart in every chunk (one group, as Linux's
+//! embed allocator lays out a single-node machine). The pool lock doubles as pcpu_alloc_mutex.
 use alloc::collections::BTreeMap;
 use core::ops::Range;
 
@@ -16,10 +19,14 @@ use super::percpu_alloc::{ChunkId, PcpuBacking, PcpuChunk, PcpuPool};
 use super::pgtable::{flush_tlb_kernel_range, HwTlb, MapFlags, PageProt};
 use super::setup::{kernel_pgtable, KernelPt};
 use super::{kalloc, PAGE_SHIFT, PAGE_SIZE};
-use crate::arch::{VMALLOC_END, VMALLOC_START};
+use super::Memblock;
+use crate::arch::{self, NR_CPUS, PAGE_OFFSET, VMALLOC_END, VMALLOC_START};
+use crate::percpu_defs;
 
 /// Unit size: 32 pages per CPU, what Linux arm64 embeds on QEMU virt ("Embedded 32 pages/cpu").
 pub const PCPU_UNIT_SIZE: usize = 32 * PAGE_SIZE;
+/// Linux PCPU_MIN_ALLOC_SIZE: the static area is rounded to it.
+const PCPU_MIN_ALLOC_SIZE: usize = 4;
 
 struct State {
     pool: PcpuPool,
@@ -27,18 +34,75 @@ struct State {
     by_base: BTreeMap<u64, ChunkId>,
     base_of: alloc::vec::Vec<u64>,
     nr_units: usize,
+    /// Linux `pcpu_base_addr - __per_cpu_start`: percpu pointer = unit-0 address - delta.
+    delta: u64,
+    /// vmalloc chunks may be created (after vmalloc_init; before, only the first chunk serves).
+    vm_chunks: bool,
 }
 
 static PCPU: spin::Mutex<Option<State>> = spin::Mutex::new(None);
 
-pub fn percpu_init(nr_units: usize) {
-    *PCPU.lock() = Some(State { pool: PcpuPool::new(PCPU_UNIT_SIZE), by_base: BTreeMap::new(), base_of: alloc::vec::Vec::new(), nr_units });
+/// What setup_per_cpu_areas laid out, for the banner.
+pub struct FirstChunk {
+    pub base_pa: u64,
+    pub static_size: usize,
+    pub dyn_size: usize,
+    pub unit_size: usize,
+    pub nr_units: usize,
+}
+
+/// Linux setup_per_cpu_areas (pcpu_embed_first_chunk + pcpu_setup_first_chunk): one unit per
+/// possible CPU, all in one memblock allocation in the linear map; each unit starts with a copy
+/// of the static per-CPU section, the rest of the unit is the first chunk's dynamic area.
+/// Records __per_cpu_offset[], writes each CPU's cpu_number and points this CPU's TPIDR_EL1 at
+/// unit 0. Runs on the boot CPU before the page allocator takes over memblock and before any
+/// secondary starts.
+pub fn setup_per_cpu_areas(mb: &mut Memblock, nr_units: usize) -> Result<FirstChunk, alloc::string::String> {
+    let nr_units = nr_units.clamp(1, NR_CPUS);
+    let (start, end) = percpu_defs::per_cpu_section();
+    let static_size = (end - start).next_multiple_of(PCPU_MIN_ALLOC_SIZE);
+    if static_size + PAGE_SIZE > PCPU_UNIT_SIZE {
+        return Err(alloc::format!("percpu: static section of {static_size} bytes does not fit a {PCPU_UNIT_SIZE}-byte unit"));
+    }
+    let bytes = (nr_units * PCPU_UNIT_SIZE) as u64;
+    let pa = mb.alloc(bytes, PAGE_SIZE as u64).ok_or_else(|| alloc::format!("percpu: memblock has no {bytes} bytes for the first chunk"))?;
+    let base = PAGE_OFFSET + pa;
+    for unit in 0..nr_units {
+        let u = base as usize + unit * PCPU_UNIT_SIZE;
+        unsafe {
+            core::ptr::write_bytes(u as *mut u8, 0, PCPU_UNIT_SIZE);
+            core::ptr::copy_nonoverlapping(start as *const u8, u as *mut u8, end - start);
+        }
+        percpu_defs::set_per_cpu_offset(unit, u.wrapping_sub(start));
+        unsafe { *percpu_defs::CPU_NUMBER.per_cpu_ptr(unit) = unit };
+    }
+    let delta = base.wrapping_sub(start as u64);
+    let dyn_size = (PCPU_UNIT_SIZE - static_size) & !(PCPU_MIN_ALLOC_SIZE - 1);
+    let mut pool = PcpuPool::new(PCPU_UNIT_SIZE);
+    let id = pool.add_chunk(PcpuChunk::new_first_chunk(static_size, dyn_size), true);
+    let mut by_base = BTreeMap::new();
+    by_base.insert(base, id);
+    let mut base_of = alloc::vec::Vec::new();
+    base_of.resize(id + 1, 0);
+    base_of[id] = base;
+    *PCPU.lock() = Some(State { pool, by_base, base_of, nr_units, delta, vm_chunks: false });
+    // Linux smp_prepare_boot_cpu: set_my_cpu_offset(per_cpu_offset(smp_processor_id())).
+    unsafe { arch::set_my_cpu_offset(percpu_defs::per_cpu_offset(0)) };
+    Ok(FirstChunk { base_pa: pa, static_size: end - start, dyn_size, unit_size: PCPU_UNIT_SIZE, nr_units })
+}
+
+/// Once vmalloc works: chunks beyond the first may be created in vmalloc space.
+pub fn percpu_init() {
+    if let Some(st) = PCPU.lock().as_mut() {
+        st.vm_chunks = true;
+    }
 }
 
 struct Backing<'a> {
     by_base: &'a mut BTreeMap<u64, ChunkId>,
     base_of: &'a mut alloc::vec::Vec<u64>,
     nr_units: usize,
+    vm_chunks: bool,
 }
 
 impl Backing<'_> {
@@ -52,6 +116,9 @@ impl Backing<'_> {
 
 impl PcpuBacking for Backing<'_> {
     fn create_chunk(&mut self, id: ChunkId) -> Option<PcpuChunk> {
+        if !self.vm_chunks {
+            return None;
+        }
         let size = self.chunk_size();
         let base = kva::alloc_top_down(size, PCPU_UNIT_SIZE as u64, VMALLOC_START, VMALLOC_END)?;
         if self.base_of.len() <= id {
@@ -117,20 +184,27 @@ impl PcpuBacking for Backing<'_> {
     }
 }
 
-/// __alloc_percpu(size, align): zeroed in every unit. Returns the unit-0 address, 0 on failure.
+macro_rules! backing {
+    ($st:expr) => {
+        Backing { by_base: &mut $st.by_base, base_of: &mut $st.base_of, nr_units: $st.nr_units, vm_chunks: $st.vm_chunks }
+    };
+}
+
+/// __alloc_percpu(size, align): zeroed in every unit. Returns the percpu pointer (see the module
+/// comment), 0 on failure.
 pub fn alloc_percpu(size: usize, align: usize) -> usize {
     let mut g = PCPU.lock();
     let Some(st) = g.as_mut() else { return 0 };
-    let mut bk = Backing { by_base: &mut st.by_base, base_of: &mut st.base_of, nr_units: st.nr_units };
+    let mut bk = backing!(st);
     let Some(area) = st.pool.alloc(size, align, false, &mut bk) else { return 0 };
     let base = bk.base(area.chunk) + area.offset as u64;
     for unit in 0..st.nr_units {
         unsafe { core::ptr::write_bytes((base + (unit * PCPU_UNIT_SIZE) as u64) as *mut u8, 0, size) };
     }
-    if st.pool.below_low_watermark() {
+    if st.vm_chunks && st.pool.below_low_watermark() {
         st.pool.balance_work(&mut bk);
     }
-    base as usize
+    base.wrapping_sub(st.delta) as usize
 }
 
 /// free_percpu(ptr).
@@ -140,15 +214,15 @@ pub fn free_percpu(ptr: usize) {
     }
     let mut g = PCPU.lock();
     let Some(st) = g.as_mut() else { return };
-    let addr = ptr as u64;
+    let addr = (ptr as u64).wrapping_add(st.delta);
     let Some((&base, &id)) = st.by_base.range(..=addr).next_back() else {
         crate::println!("WARNING: free_percpu({:#x}): not a percpu address", addr);
         return;
     };
     match st.pool.free(id, (addr - base) as usize) {
         Ok((_, need_balance)) => {
-            if need_balance {
-                let mut bk = Backing { by_base: &mut st.by_base, base_of: &mut st.base_of, nr_units: st.nr_units };
+            if need_balance && st.vm_chunks {
+                let mut bk = backing!(st);
                 st.pool.balance_work(&mut bk);
             }
         }
@@ -156,17 +230,32 @@ pub fn free_percpu(ptr: usize) {
     }
 }
 
-/// per_cpu_ptr(ptr, cpu).
+/// Linux per_cpu_ptr(ptr, cpu).
+#[inline]
 pub fn per_cpu_ptr(ptr: usize, cpu: usize) -> *mut u8 {
-    (ptr + cpu * PCPU_UNIT_SIZE) as *mut u8
+    ptr.wrapping_add(percpu_defs::per_cpu_offset(cpu)) as *mut u8
 }
 
-/// Releases every fully free chunk (for leak checks; Linux keeps one spare).
+/// Linux this_cpu_ptr(ptr): TPIDR_EL1-relative.
+#[inline]
+pub fn this_cpu_ptr(ptr: usize) -> *mut u8 {
+    ptr.wrapping_add(arch::my_cpu_offset()) as *mut u8
+}
+
+/// The first chunk's unit for `cpu` as [start, end) linear addresses (tests).
+pub fn first_chunk_unit(cpu: usize) -> (usize, usize) {
+    let start = percpu_defs::per_cpu_section().0.wrapping_add(percpu_defs::per_cpu_offset(cpu));
+    (start, start + PCPU_UNIT_SIZE)
+}
+
+/// Releases every fully free vmalloc chunk (for leak checks; Linux keeps one spare). The first
+/// chunk is part of the image's memory map and never goes away.
 pub fn percpu_shrink() {
     let mut g = PCPU.lock();
     let Some(st) = g.as_mut() else { return };
-    let ids: alloc::vec::Vec<ChunkId> = st.pool.chunk_ids().filter(|&id| st.pool.chunk(id).is_some_and(|c| c.is_empty())).collect();
-    let mut bk = Backing { by_base: &mut st.by_base, base_of: &mut st.base_of, nr_units: st.nr_units };
+    let ids: alloc::vec::Vec<ChunkId> =
+        st.pool.chunk_ids().filter(|&id| st.pool.chunk(id).is_some_and(|c| c.is_empty() && !c.immutable())).collect();
+    let mut bk = backing!(st);
     for id in ids {
         let ranges: alloc::vec::Vec<Range<usize>> = st.pool.chunk(id).unwrap().populated_ranges().collect();
         for r in ranges {

@@ -67,6 +67,7 @@ pub struct MmSummary {
     pub mem_map_bytes: u64,
     pub nr_pages: u64,
     pub early_tables: usize,
+    pub percpu: super::percpu::FirstChunk,
 }
 
 /// memblock -> linear map -> mem_map -> zones and buddy. `kimage` is the image's [start, end).
@@ -88,6 +89,10 @@ pub fn mm_init(info: &BootInfo, kimage: (u64, u64), nr_cpus: usize, pcp: bool) -
             .map_err(|e| format!("linear map of [{:#x}, {:#x}): {:?}", m.base, m.base + m.size, e))?;
     }
 
+    // Per-CPU areas before anything else takes memblock memory (Linux: setup_per_cpu_areas
+    // runs before mm_core_init); from here on smp_processor_id reads unit 0.
+    let percpu = super::percpu::setup_per_cpu_areas(&mut mb, nr_cpus)?;
+
     // mem_map: one struct page per PFN from the first to the last byte of RAM (holes included).
     let min_pfn = mb.start_of_dram() >> PAGE_SHIFT;
     let max_pfn = mb.end_of_dram().div_ceil(PAGE_SIZE as u64);
@@ -108,9 +113,14 @@ pub fn mm_init(info: &BootInfo, kimage: (u64, u64), nr_cpus: usize, pcp: bool) -
         hooks: PageAllocHooks { zero: kalloc::zero_pages, warn: kalloc::warn },
         ..PageAllocConfig::default()
     };
-    let pa_ = PageAllocator::new(mem_map, min_pfn, &mb, &cfg).map_err(|e| format!("{e}"))?;
+    let mut pa_ = PageAllocator::new(mem_map, min_pfn, &mb, &cfg).map_err(|e| format!("{e}"))?;
+    // The zones' pcps move from their boot pagesets into the per-CPU areas.
+    pa_.setup_per_cpu_pageset(percpu.nr_units, &crate::percpu_defs::per_cpu_offsets(), |size, align| {
+        Some(super::percpu::alloc_percpu(size, align)).filter(|&p| p != 0)
+    })
+    .map_err(|e| format!("setup_per_cpu_pageset: {e}"))?;
     kalloc::init(pa_);
-    Ok(MmSummary { mem_map_bytes: bytes, nr_pages: n as u64, early_tables: mmu::early_pool_used() })
+    Ok(MmSummary { mem_map_bytes: bytes, nr_pages: n as u64, early_tables: mmu::early_pool_used(), percpu })
 }
 
 /// The meminfo-style dump (zones, buddyinfo, watermarks, pcp, struct page footprint).

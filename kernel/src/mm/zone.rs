@@ -9,7 +9,7 @@
 //! reserves (always 0), NR_FREE_PAGES per-CPU deltas (we keep one exact atomic counter).
 use super::gfp::{AllocFlags, ALLOC_MIN_RESERVE, ALLOC_NON_BLOCK, ALLOC_OOM, ALLOC_RESERVES, MAX_NR_ZONES};
 use super::page::ListHead;
-use super::pcp::{PcpSlot, NR_CPUS};
+use super::pcp::PerCpuPageset;
 use super::{MAX_PAGE_ORDER, PAGE_SHIFT};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use spin::mutex::SpinMutex;
@@ -68,7 +68,7 @@ pub struct Zone {
     pub(super) pageset_high_max: AtomicU32,
     pub(super) pageset_batch: AtomicU32,
     /// zone->per_cpu_pageset.
-    pub(super) per_cpu_pageset: [PcpSlot; NR_CPUS],
+    pub(super) per_cpu_pageset: PerCpuPageset,
 }
 
 impl Zone {
@@ -89,7 +89,7 @@ impl Zone {
             pageset_high_min: AtomicU32::new(0),
             pageset_high_max: AtomicU32::new(0),
             pageset_batch: AtomicU32::new(1),
-            per_cpu_pageset: core::array::from_fn(|_| PcpSlot::new()),
+            per_cpu_pageset: PerCpuPageset::new_boot(),
         }
     }
 

@@ -2,12 +2,24 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Logical id of the running CPU (TPIDR_EL1 holds it until per-CPU areas exist).
+/// Logical id of the running CPU: its per-CPU `cpu_number` (Linux arm64 does the same).
+pub use crate::percpu_defs::smp_processor_id;
+
+/// This CPU's per-CPU offset (Linux arm64 `__my_cpu_offset`: TPIDR_EL1).
 #[inline(always)]
-pub fn smp_processor_id() -> usize {
+pub fn my_cpu_offset() -> usize {
     let v: u64;
     unsafe { asm!("mrs {}, tpidr_el1", out(reg) v, options(nomem, nostack, preserves_flags)) };
     v as usize
+}
+
+/// Linux `set_my_cpu_offset`: every CPU does this before its first per-CPU access.
+///
+/// # Safety
+/// `off` must be this CPU's `__per_cpu_offset` (or 0 before the per-CPU areas exist).
+#[inline]
+pub unsafe fn set_my_cpu_offset(off: usize) {
+    unsafe { asm!("msr tpidr_el1, {}", "isb", in(reg) off as u64, options(nostack, preserves_flags)) };
 }
 
 /// MPIDR_EL1 affinity bits (Aff3..Aff0), as device trees write CPU `reg` values.

@@ -1,0 +1,173 @@
+//! Static per-CPU variables (Linux include/linux/percpu-defs.h, arm64 asm/percpu.h).
+//!
+//! `define_per_cpu!` places a variable in the `.data..percpu` section of the image. That section
+//! is only a template: `mm::percpu::setup_per_cpu_areas` copies it into one unit per possible
+//! CPU (the first chunk of the percpu allocator, in the linear map) and records each CPU's
+//! distance from the template in `__per_cpu_offset[cpu]`. Every CPU keeps its own offset in
+//! TPIDR_EL1, so `this_cpu` access is one `mrs` plus an add, and CPU n's copy of a variable is
+//! `&VAR + __per_cpu_offset[n]` (per_cpu_ptr). Dynamic percpu pointers from `alloc_percpu` use
+//! the same arithmetic.
+//!
+//! ```text
+//!   image:  __per_cpu_start [ CPU_NUMBER | ... statics ... ] __per_cpu_end      (template)
+//!   first chunk (linear map), one unit (PCPU_UNIT_SIZE) per CPU:
+//!     unit 0: [ statics | dynamic area ........ ]  <- template + __per_cpu_offset[0]
+//!     unit 1: [ statics | dynamic area ........ ]  <- template + __per_cpu_offset[1]
+//! ```
+//!
+//! Before the areas exist TPIDR_EL1 is 0 (head.S), so the boot CPU uses the template itself.
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::arch::{self, NR_CPUS};
+
+/// Linux `__per_cpu_offset[]`: written once by setup_per_cpu_areas, before secondaries start.
+static PER_CPU_OFFSET: [AtomicUsize; NR_CPUS] = [const { AtomicUsize::new(0) }; NR_CPUS];
+
+/// Linux `per_cpu_offset(cpu)`.
+#[inline]
+pub fn per_cpu_offset(cpu: usize) -> usize {
+    PER_CPU_OFFSET[cpu].load(Ordering::Relaxed)
+}
+
+/// All CPUs' offsets (zone pcp pointers keep a copy).
+pub fn per_cpu_offsets() -> [usize; NR_CPUS] {
+    core::array::from_fn(per_cpu_offset)
+}
+
+/// Records CPU `cpu`'s offset (setup_per_cpu_areas only).
+pub fn set_per_cpu_offset(cpu: usize, off: usize) {
+    PER_CPU_OFFSET[cpu].store(off, Ordering::Release);
+}
+
+/// [start, end) of the template section.
+pub fn per_cpu_section() -> (usize, usize) {
+    unsafe extern "C" {
+        static __per_cpu_start: u8;
+        static __per_cpu_end: u8;
+    }
+    unsafe { ((&raw const __per_cpu_start) as usize, (&raw const __per_cpu_end) as usize) }
+}
+
+/// A static per-CPU variable. Declare with [`define_per_cpu!`], never directly: the value only
+/// works as a template in `.data..percpu`.
+#[repr(transparent)]
+pub struct PerCpu<T>(UnsafeCell<T>);
+
+// Each CPU touches its own copy; cross-CPU access goes through raw pointers (unsafe).
+unsafe impl<T> Sync for PerCpu<T> {}
+
+impl<T> PerCpu<T> {
+    pub const fn new(v: T) -> Self {
+        PerCpu(UnsafeCell::new(v))
+    }
+
+    /// Linux `per_cpu_ptr(&var, cpu)`.
+    #[inline]
+    pub fn per_cpu_ptr(&'static self, cpu: usize) -> *mut T {
+        (self.0.get() as usize).wrapping_add(per_cpu_offset(cpu)) as *mut T
+    }
+
+    /// Linux `this_cpu_ptr(&var)`: TPIDR_EL1-relative. Stable for the caller's lifetime because
+    /// nothing here migrates between CPUs (work is pinned; there is no preemption).
+    #[inline(always)]
+    pub fn this_cpu_ptr(&'static self) -> *mut T {
+        (self.0.get() as usize).wrapping_add(arch::my_cpu_offset()) as *mut T
+    }
+
+    /// `this_cpu` access with interrupts off (Linux: this_cpu ops / local_irq_save around a
+    /// per-CPU update), so an exception handler on this CPU never sees a half-done update.
+    /// `f` must not call `with` on the same variable (that would alias the `&mut`).
+    #[inline]
+    pub fn with<R>(&'static self, f: impl FnOnce(&mut T) -> R) -> R {
+        let _irq = arch::IrqGuard::new();
+        f(unsafe { &mut *self.this_cpu_ptr() })
+    }
+}
+
+impl<T: Sync> PerCpu<T> {
+    /// This CPU's copy by shared reference, for per-CPU atomics and locks (Linux:
+    /// `this_cpu_ptr` dereferenced). Other CPUs reach it only through `per_cpu_ptr`.
+    #[inline(always)]
+    pub fn this_cpu(&'static self) -> &'static T {
+        unsafe { &*self.this_cpu_ptr() }
+    }
+}
+
+impl<T: Copy> PerCpu<T> {
+    /// Linux `this_cpu_read`: one load, no guard needed for a naturally aligned word.
+    #[inline(always)]
+    pub fn read(&'static self) -> T {
+        unsafe { core::ptr::read_volatile(self.this_cpu_ptr()) }
+    }
+}
+
+/// `define_per_cpu!(pub static NAME: T = init;)`: Linux DEFINE_PER_CPU.
+#[macro_export]
+macro_rules! define_per_cpu {
+    ($(#[$m:meta])* $vis:vis static $name:ident : $t:ty = $init:expr;) => {
+        $(#[$m])*
+        #[unsafe(link_section = ".data..percpu")]
+        $vis static $name: $crate::percpu_defs::PerCpu<$t> = $crate::percpu_defs::PerCpu::new($init);
+    };
+}
+
+define_per_cpu! {
+    /// Linux arm64 `cpu_number`: what smp_processor_id() reads.
+    pub static CPU_NUMBER: usize = 0;
+}
+
+/// Linux `raw_smp_processor_id()` on arm64: this CPU's `cpu_number`.
+#[inline(always)]
+pub fn smp_processor_id() -> usize {
+    CPU_NUMBER.read()
+}
+
+define_per_cpu! {
+    static KTEST_VALUE: u64 = 0x1111;
+}
+
+// Every CPU finds its own area through TPIDR_EL1: cpu_number, a static per-CPU variable written
+// with this_cpu access and read back from another CPU, a dynamic percpu variable, and the
+// zone pcps, which must sit inside their CPU's unit of the first chunk.
+crate::ktest!(per_cpu_areas_hold_each_cpus_statics_dynamics_and_pcp_lists, {
+    use crate::mm::percpu;
+    use core::sync::atomic::AtomicUsize;
+    let bad = AtomicUsize::new(0);
+    let dynamic = percpu::alloc_percpu(8, 8);
+    crate::kassert!(dynamic != 0);
+    crate::smp::on_each_cpu(&|| {
+        let cpu = arch::smp_processor_id();
+        let (lo, hi) = percpu::first_chunk_unit(cpu);
+        let mine = KTEST_VALUE.this_cpu_ptr() as usize;
+        let ok = arch::my_cpu_offset() == per_cpu_offset(cpu)
+            && CPU_NUMBER.read() == cpu
+            && mine == KTEST_VALUE.per_cpu_ptr(cpu) as usize
+            && (lo..hi).contains(&mine)
+            && percpu::this_cpu_ptr(dynamic) == percpu::per_cpu_ptr(dynamic, cpu);
+        if !ok {
+            bad.fetch_or(1 << cpu, Ordering::SeqCst);
+        }
+        KTEST_VALUE.with(|v| *v = 1000 * cpu as u64 + 7);
+        unsafe { *(percpu::this_cpu_ptr(dynamic) as *mut u64) = 2000 + cpu as u64 };
+    });
+    crate::kassert!(bad.load(Ordering::SeqCst) == 0, "CPUs with a wrong per-CPU offset: mask {:#x}", bad.load(Ordering::SeqCst));
+    for cpu in crate::smp::online_cpus() {
+        let v = unsafe { *KTEST_VALUE.per_cpu_ptr(cpu) };
+        crate::kassert_eq!(v, 1000 * cpu as u64 + 7);
+        let d = unsafe { *(percpu::per_cpu_ptr(dynamic, cpu) as *const u64) };
+        crate::kassert_eq!(d, 2000 + cpu as u64);
+        let (lo, hi) = percpu::first_chunk_unit(cpu);
+        let pa = crate::mm::kalloc::allocator();
+        for (z, zone) in pa.zones().iter().enumerate() {
+            if zone.populated() {
+                let a = pa.zone_pcp_slot_addr(z, cpu);
+                crate::kassert!((lo..hi).contains(&a), "cpu {} zone {} pcp at {:#x}, outside its unit [{:#x}, {:#x})", cpu, z, a, lo, hi);
+            }
+        }
+    }
+    // The template itself was never written after the copy.
+    crate::kassert_eq!(unsafe { *KTEST_VALUE.0.get() }, 0x1111);
+    percpu::free_percpu(dynamic);
+    Ok(())
+});
