@@ -69,6 +69,9 @@ check bad-tv-param 10 2 'FATAL: .*test_vmalloc.nr_threads' -- virt 1 512M -appen
 
 # Bad input: a clear error and a non-zero exit, never a hang.
 check null-pointer 10 3 'EXCEPTION on CPU 0.*data abort.*' -- virt 1 512M -append "ktest.fault=null"
+# Unbounded recursion: the exception entry sees the frame would not fit, switches to the per-CPU
+# overflow stack and names the overflow (instead of writing below the guard page).
+check stack-overflow 10 3 'kernel stack overflow on CPU 0: SP 0x[0-9a-f]+ below the task stack' -- virt 1 512M -append "ktest.fault=stack"
 check bad-param 10 2 'FATAL: .*mm.vfree' -- virt 1 512M -append "mm.vfree=sometimes"
 check unknown-param 10 2 'FATAL: unknown boot parameter mm.bogus' -- virt 1 512M -append "mm.bogus=1"
 

@@ -208,6 +208,7 @@ secondary_switched:
     ldr     x1, [x9, #16]                     // stack top (VA)
     mov     sp, x1
     ldr     x0, [x9, #24]                     // logical CPU id
+    msr     tpidr_el1, xzr                    // the per-CPU template until secondary_start
     bl      secondary_main
     b       park
     .ltorg

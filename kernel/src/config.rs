@@ -29,7 +29,8 @@ pub struct Config {
     pub maxcpus: Option<usize>,
     /// `ktest` (all) or `ktest=FILTER`: run the in-kernel tests instead of the benchmark.
     pub ktest: Option<String>,
-    /// `ktest.fault=null`: a deliberate NULL read after boot (checks the exception report).
+    /// `ktest.fault=null|stack`: a deliberate NULL read or unbounded recursion after boot
+    /// (checks the exception report and the overflow stack).
     pub ktest_fault: Option<String>,
     /// `bench=pagealloc`: the page-allocator micro-benchmark instead of test_vmalloc.
     pub bench: Option<String>,
@@ -95,8 +96,8 @@ impl Config {
                 "ktest" => c.ktest = Some(v.unwrap_or("").to_string()),
                 "ktest.fault" => {
                     let s = need(&key, v)?;
-                    if s != "null" {
-                        return Err(format!("bad value \"{s}\" for boot parameter ktest.fault: expected null"));
+                    if s != "null" && s != "stack" {
+                        return Err(format!("bad value \"{s}\" for boot parameter ktest.fault: expected null or stack"));
                     }
                     c.ktest_fault = Some(s.to_string());
                 }

@@ -111,7 +111,16 @@ fn boot_stack_guard() -> u64 {
     unsafe extern "C" {
         static __boot_stack_guard: u8;
     }
-    unsafe { (&raw const __boot_stack_guard) as u64 }
+    (&raw const __boot_stack_guard) as u64
+}
+
+/// [bottom, top) of the boot CPU's stack (linker.ld).
+fn boot_stack() -> (u64, u64) {
+    unsafe extern "C" {
+        static __boot_stack_bottom: u8;
+        static __boot_stack_top: u8;
+    }
+    ((&raw const __boot_stack_bottom) as u64, (&raw const __boot_stack_top) as u64)
 }
 
 /// [start, end) physical range of the loaded image including bss, tables and the boot stack.
@@ -120,7 +129,7 @@ pub fn kernel_image_range(kimage_pa: u64) -> (u64, u64) {
         static _text: u8;
         static _end: u8;
     }
-    let size = unsafe { (&raw const _end) as u64 - (&raw const _text) as u64 };
+    let size = (&raw const _end) as u64 - (&raw const _text) as u64;
     (kimage_pa, kimage_pa + size)
 }
 
@@ -172,6 +181,9 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         }
         Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("mm_init: {e}")),
     }
+    // Per-CPU areas exist now: exception entries check the boot stack's bounds.
+    let (lo, hi) = boot_stack();
+    arch::exception::set_kernel_stack(lo, hi);
     crate::mm::setup::show_mem(&mut crate::console::Console);
     // Guard pages below the boot stack and every per-CPU stack stay unmapped.
     let mut guards = alloc::vec![boot_stack_guard()];
@@ -198,11 +210,20 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     crate::mm::percpu::percpu_init();
     crate::smp::set_quiescent_hook(crate::rcu::rcu_quiescent);
 
-    if cfg.ktest_fault.is_some() {
-        println!("ktest.fault=null: reading address 0");
-        let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
-        println!("read {v:#x}: no fault?!");
-        arch::exit(crate::EXIT_TEST_FAILED);
+    match cfg.ktest_fault.as_deref() {
+        Some("null") => {
+            println!("ktest.fault=null: reading address 0");
+            let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
+            println!("read {v:#x}: no fault?!");
+            arch::exit(crate::EXIT_TEST_FAILED);
+        }
+        Some(_) => {
+            println!("ktest.fault=stack: recursing until the stack runs out");
+            let d = recurse(0);
+            println!("recursion returned {d}: no fault?!");
+            arch::exit(crate::EXIT_TEST_FAILED);
+        }
+        None => {}
     }
 
     if let Some(filter) = cfg.ktest.as_deref() {
@@ -221,6 +242,16 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         }
         Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("{e}")),
     }
+}
+
+/// Unbounded recursion with a 512-byte frame (ktest.fault=stack).
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let mut buf = [0u8; 512];
+    buf[depth as usize % 512] = depth as u8;
+    let buf = core::hint::black_box(buf);
+    recurse(depth + 1) + buf[(depth as usize + 1) % 512] as u64
 }
 
 /// Entry from head.S on a secondary CPU.

@@ -58,6 +58,8 @@ macro_rules! kassert_eq {
 
 #[cfg(target_os = "none")]
 pub fn registry() -> &'static [KTest] {
+    // Linker symbols: only their addresses are used (never passed to or from C).
+    #[allow(improper_ctypes)]
     unsafe extern "C" {
         static __ktest_start: KTest;
         static __ktest_end: KTest;

@@ -46,7 +46,7 @@ pub fn per_cpu_section() -> (usize, usize) {
         static __per_cpu_start: u8;
         static __per_cpu_end: u8;
     }
-    unsafe { ((&raw const __per_cpu_start) as usize, (&raw const __per_cpu_end) as usize) }
+    ((&raw const __per_cpu_start) as usize, (&raw const __per_cpu_end) as usize)
 }
 
 /// A static per-CPU variable. Declare with [`define_per_cpu!`], never directly: the value only

@@ -212,7 +212,7 @@ fn boot_secondary(cpu: usize, mpidr: u64, method: &EnableMethod) -> Result<(), a
         arch::dcache_clean_inval_poc(pp as u64, 8);
     }
     MPIDR[cpu].store(mpidr, Ordering::Relaxed);
-    let entry_pa = arch::mmu::kimage_va_to_pa(secondary_entry as usize as u64);
+    let entry_pa = arch::mmu::kimage_va_to_pa(secondary_entry as *const () as usize as u64);
     match method {
         EnableMethod::Psci => {
             let r = arch::psci::call(arch::psci::CPU_ON_64, mpidr, entry_pa, 0).ok_or("enable-method psci but no /psci conduit")?;
@@ -245,6 +245,8 @@ pub fn secondary_start(cpu: usize) -> ! {
     // Before anything reads smp_processor_id (a per-CPU variable).
     unsafe { arch::set_my_cpu_offset(crate::percpu_defs::per_cpu_offset(cpu)) };
     arch::exception::install_vectors();
+    let (_, lo, hi) = stack_range(cpu);
+    arch::exception::set_kernel_stack(lo, hi);
     if arch::gic::wfi_enabled() && !arch::gic::cpu_init() {
         arch::gic::disable_wfi();
     }

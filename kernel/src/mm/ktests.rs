@@ -103,12 +103,12 @@ ktest!(kernel_image_is_mapped_w_xor_x, {
         static __bss_start: u8;
     }
     let pt = kernel_pgtable();
-    let text = pt.walk(&KernelPt, unsafe { (&raw const _text) as u64 }).ok_or("text unmapped")?;
+    let text = pt.walk(&KernelPt, (&raw const _text) as u64).ok_or("text unmapped")?;
     let f = text.flags();
     kassert!(f.contains(PteFlags::RDONLY) && !f.contains(PteFlags::PXN), "text not RX: {:?}", f);
-    let ro = pt.walk(&KernelPt, unsafe { (&raw const _erodata) as u64 } - 8).ok_or("rodata unmapped")?;
+    let ro = pt.walk(&KernelPt, ((&raw const _erodata) as u64) - 8).ok_or("rodata unmapped")?;
     kassert!(ro.flags().contains(PteFlags::RDONLY) && ro.flags().contains(PteFlags::PXN), "rodata not R: {:?}", ro.flags());
-    let bss = pt.walk(&KernelPt, unsafe { (&raw const __bss_start) as u64 }).ok_or("bss unmapped")?;
+    let bss = pt.walk(&KernelPt, (&raw const __bss_start) as u64).ok_or("bss unmapped")?;
     kassert!(!bss.flags().contains(PteFlags::RDONLY) && bss.flags().contains(PteFlags::PXN), "data not RW+XN: {:?}", bss.flags());
     // The linear map uses blocks where RAM is aligned.
     let lin = pt.walk(&KernelPt, arch::PAGE_OFFSET + (arch::mmu::kimage_pa() & !0x3fff_ffff)).ok_or("linear map")?;

@@ -173,7 +173,7 @@ pub fn cpu_replace_ttbr1() {
     if new == 0 || mmu::ttbr1() == new {
         return;
     }
-    let pa = mmu::kimage_va_to_pa(replace_ttbr1_phys as usize as u64);
+    let pa = mmu::kimage_va_to_pa(replace_ttbr1_phys as *const () as usize as u64);
     let f: extern "C" fn(u64, u64) = unsafe { core::mem::transmute(pa as usize) };
     f(new, zero);
 }
@@ -197,9 +197,8 @@ pub fn paging_init(info: &BootInfo, guards: &[u64]) -> Result<(), String> {
         static _erodata: u8;
         static _end: u8;
     }
-    let (text, etext, erodata, end) = unsafe {
-        ((&raw const _text) as u64, (&raw const _etext) as u64, (&raw const _erodata) as u64, (&raw const _end) as u64)
-    };
+    let (text, etext, erodata, end) =
+        ((&raw const _text) as u64, (&raw const _etext) as u64, (&raw const _erodata) as u64, (&raw const _end) as u64);
     let mut mem = KernelPt;
     let zero = mem.alloc_table().ok_or("paging_init: out of memory")?;
     let root = PageTable::new(&mut mem).ok_or("paging_init: out of memory")?;

@@ -2,12 +2,29 @@
 // esr, far, q0-q31) into a frame on the current stack and calls handle_exception(frame, kind).
 // Handlers that resume (the semihosting probe, expected-fault fixups) return here; the frame is
 // restored, including any ELR/x0 the handler changed.
+//
+// Stack overflow (Linux arm64 kernel_ventry + __bad_stack): before saving anything the entry
+// checks that the frame fits above this CPU's per-CPU `kernel_stack_lo` (0 = unchecked), using
+// TPIDRRO_EL0/TPIDR_EL0 as scratch (no EL0 here). If it does not, the frame goes on the CPU's
+// per-CPU overflow stack instead of into the guard page and below it.
 
     .equ    FRAME_SIZE, 800
+    .equ    KIND_BAD_STACK, 16
+    .equ    OVERFLOW_STACK_SIZE, 8192         // exception.rs asserts the same value
 
 .macro ventry kind
     .balign 0x80
     sub     sp, sp, #FRAME_SIZE
+    msr     tpidrro_el0, x0
+    msr     tpidr_el0, x1
+    adrp    x0, __kernel_stack_lo
+    add     x0, x0, :lo12:__kernel_stack_lo
+    mrs     x1, tpidr_el1
+    ldr     x0, [x0, x1]                      // this CPU's kernel_stack_lo
+    cmp     sp, x0
+    mrs     x0, tpidrro_el0
+    mrs     x1, tpidr_el0
+    b.lo    __bad_stack
     stp     x0, x1, [sp, #0]
     mov     x0, #\kind
     b       exception_common
@@ -33,6 +50,26 @@ exception_vectors:
     ventry 13
     ventry 14
     ventry 15
+
+// The frame did not fit on the kernel stack: switch to the top of this CPU's overflow stack
+// and report from there (never returns). The overflowed SP is left in TPIDR_EL0 for the report.
+// A second overflow while already on the overflow stack restarts at its top.
+__bad_stack:
+    msr     tpidrro_el0, x0
+    mov     x0, sp
+    add     x0, x0, #FRAME_SIZE               // SP at the exception
+    msr     tpidr_el0, x0
+    adrp    x0, __overflow_stack
+    add     x0, x0, :lo12:__overflow_stack
+    mov     sp, x0                            // (sp is free to use as scratch now)
+    mrs     x0, tpidr_el1
+    add     sp, sp, x0
+    add     sp, sp, #OVERFLOW_STACK_SIZE
+    sub     sp, sp, #FRAME_SIZE
+    mrs     x0, tpidrro_el0
+    stp     x0, x1, [sp, #0]
+    mov     x0, #KIND_BAD_STACK
+    b       exception_common
 
 exception_common:
     stp     x2, x3, [sp, #16]

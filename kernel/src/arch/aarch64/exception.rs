@@ -19,6 +19,41 @@ pub struct Frame {
 }
 const _: () = assert!(core::mem::size_of::<Frame>() == 800);
 
+/// The `kind` exception.S passes when the frame did not fit on the kernel stack.
+const KIND_BAD_STACK: u64 = 16;
+/// Per-CPU overflow stack (Linux: OVERFLOW_STACK_SIZE is 4 KiB; the report's formatting needs
+/// a little more here). Same value as in exception.S.
+pub const OVERFLOW_STACK_SIZE: usize = 8192;
+
+#[repr(C, align(16))]
+pub struct OverflowStack([u8; OVERFLOW_STACK_SIZE]);
+
+crate::define_per_cpu! {
+    /// Lowest SP of this CPU's kernel stack, compared against by every exception entry
+    /// (0: unchecked, before the CPU called `set_kernel_stack`).
+    #[unsafe(export_name = "__kernel_stack_lo")]
+    pub static KERNEL_STACK_LO: u64 = 0;
+}
+crate::define_per_cpu! {
+    /// Linux `overflow_stack`: where an exception whose frame would not fit goes.
+    #[unsafe(export_name = "__overflow_stack")]
+    pub static OVERFLOW_STACK: OverflowStack = OverflowStack([0; OVERFLOW_STACK_SIZE]);
+}
+crate::define_per_cpu! {
+    static KERNEL_STACK_HI: u64 = 0;
+}
+crate::define_per_cpu! {
+    /// Set while this CPU reports an overflow (an overflow of the report itself exits at once).
+    static IN_BAD_STACK: bool = false;
+}
+
+/// Records this CPU's kernel stack [lo, hi) for the overflow check. Call once the per-CPU
+/// offset is set (the values live in this CPU's per-CPU area).
+pub fn set_kernel_stack(lo: u64, hi: u64) {
+    KERNEL_STACK_HI.with(|v| *v = hi);
+    KERNEL_STACK_LO.with(|v| *v = lo);
+}
+
 const KIND_NAMES: [&str; 16] = [
     "synchronous (EL1t)", "IRQ (EL1t)", "FIQ (EL1t)", "SError (EL1t)",
     "synchronous", "IRQ", "FIQ", "SError",
@@ -158,6 +193,9 @@ pub fn probe_write(addr: *mut u8, val: u8, report: &mut alloc::string::String) -
 
 #[unsafe(no_mangle)]
 extern "C" fn handle_exception(frame: &mut Frame, kind: u64) {
+    if kind == KIND_BAD_STACK {
+        handle_bad_stack(frame);
+    }
     let ec = frame.esr >> 26;
     // The semihosting probe: an undefined `hlt #0xf000` means no semihosting. Skip it.
     if kind == 4 && ec == 0 && super::semihosting::PROBING.load(Ordering::SeqCst) == 1 {
@@ -185,6 +223,30 @@ extern "C" fn handle_exception(frame: &mut Frame, kind: u64) {
     }
     report(frame, kind);
     crate::arch::exit(crate::EXIT_EXCEPTION);
+}
+
+/// Linux handle_bad_stack: name the overflow and the stack, then the usual report (running on
+/// the overflow stack), then exit.
+fn handle_bad_stack(frame: &mut Frame) -> ! {
+    use core::fmt::Write;
+    let mut w = crate::console::EmergencyWriter;
+    if IN_BAD_STACK.read() {
+        let _ = writeln!(w, "\n*** kernel stack overflow while reporting a kernel stack overflow");
+        crate::arch::exit(crate::EXIT_EXCEPTION);
+    }
+    IN_BAD_STACK.with(|v| *v = true);
+    let sp: u64;
+    unsafe { core::arch::asm!("mrs {}, tpidr_el0", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    frame.sp = sp;
+    let (lo, hi) = (KERNEL_STACK_LO.read(), KERNEL_STACK_HI.read());
+    let ovf = OVERFLOW_STACK.this_cpu_ptr() as u64;
+    let _ = writeln!(
+        w,
+        "\n*** kernel stack overflow on CPU {}: SP {:#x} below the task stack [{:#x}-{:#x}) (guard page {:#x}); overflow stack [{:#x}-{:#x})",
+        crate::arch::smp_processor_id(), sp, lo, hi, lo - 4096, ovf, ovf + OVERFLOW_STACK_SIZE as u64
+    );
+    report(frame, 4);
+    crate::arch::exit(crate::EXIT_EXCEPTION)
 }
 
 fn report(frame: &Frame, kind: u64) {

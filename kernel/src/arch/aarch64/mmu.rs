@@ -58,7 +58,7 @@ pub fn early_pool_used() -> usize {
 
 /// Range of the early pool, for memblock reservations (it lies inside the image anyway).
 pub fn early_pool_range() -> (u64, u64) {
-    let va = unsafe { (&raw const EARLY_POOL) as u64 };
+    let va = (&raw const EARLY_POOL) as u64;
     (kimage_va_to_pa(va), (EARLY_POOL_PAGES * 4096) as u64)
 }
 
@@ -77,7 +77,7 @@ pub fn table_va(pa: u64) -> u64 {
         static _end: u8;
     }
     let base = kimage_pa();
-    let end = base + unsafe { (&raw const _end) as u64 - (&raw const _text) as u64 };
+    let end = base + ((&raw const _end) as u64 - (&raw const _text) as u64);
     if pa >= base && pa < end { pa - base + KIMAGE_VADDR } else { phys_to_virt(pa) }
 }
 
@@ -85,7 +85,6 @@ const DESC_VALID: u64 = 1;
 const DESC_TABLE: u64 = 3;
 const PTE_PAGE: u64 = 3;
 const PTE_AF: u64 = 1 << 10;
-const PTE_SH_INNER: u64 = 3 << 8;
 const PTE_PXN: u64 = 1 << 53;
 const PTE_UXN: u64 = 1 << 54;
 const ATTR_DEVICE_NGNRE: u64 = 4 << 2;
