@@ -13,6 +13,7 @@ pub mod config;
 pub mod ktest;
 pub mod mm;
 pub mod params;
+pub mod ratelimit;
 
 #[cfg(target_os = "none")]
 pub mod arch;

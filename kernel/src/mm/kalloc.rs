@@ -163,7 +163,18 @@ pub fn zero_pages(pfn: u64, nr: usize) {
     }
 }
 
-/// Allocation-failure warning hook (Linux: warn_alloc).
+/// Linux warn_alloc's `nopage_rs`: one allocation-failure warning per 10 s (timer time, so
+/// deterministic under -icount), shared by the page allocator and vmalloc as in Linux.
+static NOPAGE_RS: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit::new(10 * 62_500_000, 1);
+
+/// Allocation-failure warning (Linux: warn_alloc), rate limited. The interval is in counter
+/// ticks at QEMU's 62.5 MHz; other counter rates scale it (a Pi 4's 54 MHz: 11.6 s).
 pub fn warn(args: core::fmt::Arguments<'_>) {
-    crate::println!("{}", args);
+    let v = NOPAGE_RS.check(arch::cycles());
+    if v.suppressed != 0 {
+        crate::println!("warn_alloc: {} callbacks suppressed", v.suppressed);
+    }
+    if v.allow {
+        crate::println!("{}", args);
+    }
 }

@@ -6,21 +6,121 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::gfp::GfpFlags;
 use super::kalloc;
-use super::kva::{BusyArea, BusyTree, KvaAllocator, PageSource, VaPool, MAX_VA_SIZE_PAGES};
+use super::kva::{BusyArea, BusyTree, KvaAllocator, KvaError, PageSource, VaPool, MAX_VA_SIZE_PAGES, OBJS_PER_PAGE};
 use super::PAGE_SIZE;
 use crate::arch::NR_CPUS;
 
 /// Slab pages for tree nodes, from the page allocator (GFP_NOWAIT: called under locks).
+///
+/// Freeing VA must not fail. In Linux a `vmap_area` is itself the tree node and just moves
+/// from the busy tree to the lazy and free trees, so the memory a free needs was paid for at
+/// allocation. Our trees keep separate nodes, so a free may need a node page just when memory
+/// has run out. Allocation pays in advance instead: every range taken from the free tree keeps
+/// the reserve at one node page per OBJS_PER_PAGE live ranges (plus slack for the partly used
+/// pages of each tree), topping it up or failing cleanly; node pages come from the buddy
+/// allocator first and from the reserve only when that fails (a mempool).
 pub struct KPages;
+
+/// Pages beyond the per-range share: each tree's partly used slab page, and headroom.
+const RESERVE_SLACK: usize = 32;
+
+/// Reserve pages, linked through their first word.
+struct Reserve {
+    head: usize,
+    nr: usize,
+}
+
+static RESERVE: spin::Mutex<Reserve> = spin::Mutex::new(Reserve { head: 0, nr: 0 });
+/// Mirror of `RESERVE.nr` for the lock-free check on the allocation path.
+static RESERVE_NR: AtomicUsize = AtomicUsize::new(0);
+/// Ranges taken from the free tree and not yet given back (busy, lazy or pooled).
+static LIVE_RANGES: AtomicUsize = AtomicUsize::new(0);
+
+fn reserve_target() -> usize {
+    LIVE_RANGES.load(Ordering::Relaxed).div_ceil(OBJS_PER_PAGE) + RESERVE_SLACK
+}
+
+impl Reserve {
+    fn push(&mut self, p: *mut u8) {
+        unsafe { (p as *mut usize).write(self.head) };
+        self.head = p as usize;
+        self.nr += 1;
+        RESERVE_NR.store(self.nr, Ordering::Relaxed);
+    }
+    fn pop(&mut self) -> Option<*mut u8> {
+        if self.nr == 0 {
+            return None;
+        }
+        let p = self.head as *mut u8;
+        self.head = unsafe { (p as *const usize).read() };
+        self.nr -= 1;
+        RESERVE_NR.store(self.nr, Ordering::Relaxed);
+        Some(p)
+    }
+}
 
 impl PageSource for KPages {
     fn alloc_page(&mut self) -> Option<*mut u8> {
         let p = kalloc::alloc_page_va(GfpFlags::GFP_NOWAIT | GfpFlags::__GFP_NOWARN);
-        if p.is_null() { None } else { Some(p) }
+        if !p.is_null() {
+            return Some(p);
+        }
+        RESERVE.lock().pop()
     }
     fn free_page(&mut self, p: *mut u8) {
+        let mut r = RESERVE.lock();
+        if r.nr < reserve_target() {
+            r.push(p);
+            return;
+        }
+        drop(r);
         kalloc::free_page_va(p);
     }
+}
+
+/// Brings the reserve to its target (true) or as close as the page allocator allows (false).
+fn reserve_top_up() -> bool {
+    if RESERVE_NR.load(Ordering::Relaxed) >= reserve_target() {
+        return true;
+    }
+    let mut r = RESERVE.lock();
+    while r.nr < reserve_target() {
+        let p = kalloc::alloc_page_va(GfpFlags::GFP_NOWAIT | GfpFlags::__GFP_NOWARN);
+        if p.is_null() {
+            return false;
+        }
+        r.push(p);
+    }
+    true
+}
+
+/// Gives reserve pages above the target back to the page allocator.
+fn reserve_trim() {
+    let mut r = RESERVE.lock();
+    while r.nr > reserve_target() {
+        let p = r.pop().unwrap();
+        kalloc::free_page_va(p);
+    }
+}
+
+/// Counts one more live range and pays its share of the reserve; false (nothing counted) when
+/// the page allocator cannot provide it.
+fn range_get() -> bool {
+    LIVE_RANGES.fetch_add(1, Ordering::Relaxed);
+    if reserve_top_up() {
+        return true;
+    }
+    LIVE_RANGES.fetch_sub(1, Ordering::Relaxed);
+    false
+}
+
+fn range_put() {
+    LIVE_RANGES.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// (reserve pages, live ranges), for reports.
+pub fn reserve_state() -> (usize, usize) {
+    (RESERVE_NR.load(Ordering::Relaxed), LIVE_RANGES.load(Ordering::Relaxed))
 }
 
 pub const NO_NODE: usize = usize::MAX;
@@ -44,6 +144,7 @@ static NODES: [VmapNode; NR_CPUS] = [const {
 static NR_NODES: AtomicUsize = AtomicUsize::new(1);
 
 pub fn init(vstart: u64, vend: u64, nr_nodes: usize) {
+    reserve_top_up();
     FREE.lock().init(vstart, vend).expect("vmalloc range");
     NR_NODES.store(nr_nodes.clamp(1, NR_CPUS), Ordering::Release);
 }
@@ -76,26 +177,51 @@ fn decode(v: u64) -> (u64, usize) {
     (val, if n == 0 { NO_NODE } else { n - 1 })
 }
 
-/// Lowest-address first fit in the global free tree.
-pub fn alloc(size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
-    FREE.lock().alloc(size, align, vstart, vend).ok()
+/// Lowest-address first fit in the global free tree. `NoMemory` when the node reserve could
+/// not be paid (or a node was needed and none could be had), `NoSpace` when no range fits.
+pub fn alloc(size: u64, align: u64, vstart: u64, vend: u64) -> Result<u64, KvaError> {
+    if !range_get() {
+        return Err(KvaError::NoMemory);
+    }
+    let r = FREE.lock().alloc(size, align, vstart, vend);
+    if r.is_err() {
+        range_put();
+    }
+    r
 }
 
 /// Highest-address fit (percpu chunks, Linux pcpu_get_vm_areas).
 pub fn alloc_top_down(size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
-    FREE.lock().alloc_top_down(size, align, vstart, vend).ok()
+    if !range_get() {
+        return None;
+    }
+    let r = FREE.lock().alloc_top_down(size, align, vstart, vend).ok();
+    if r.is_none() {
+        range_put();
+    }
+    r
 }
 
-/// Returns a range that was never mapped straight to the free tree.
+/// Returns a range with no live mapping (never mapped, or unmapped and flushed) to the free
+/// tree. Cannot fail unless the reserve is exhausted too (then the range is lost and said so).
 pub fn free_now(start: u64, end: u64) {
     if let Err(e) = FREE.lock().free(start, end) {
-        crate::println!("vmalloc bug: freeing [{start:#x}, {end:#x}): {e:?}");
+        crate::println!("vmalloc bug: freeing [{start:#x}, {end:#x}): {e:?} (range lost)");
     }
+    range_put();
 }
 
-pub fn busy_insert(start: u64, end: u64, val: u64, node: usize) {
-    if let Err(e) = NODES[addr_to_node(start)].busy.lock().insert(start, end, encode(val, node)) {
-        crate::println!("vmalloc bug: busy insert [{start:#x}, {end:#x}): {e:?}");
+/// Links an area into its busy tree. False when no tree node could be allocated (the caller
+/// fails the allocation and gives the range back).
+#[must_use]
+pub fn busy_insert(start: u64, end: u64, val: u64, node: usize) -> bool {
+    match NODES[addr_to_node(start)].busy.lock().insert(start, end, encode(val, node)) {
+        Ok(()) => true,
+        Err(KvaError::NoMemory) => false,
+        Err(e) => {
+            crate::println!("vmalloc bug: busy insert [{start:#x}, {end:#x}): {e:?}");
+            false
+        }
     }
 }
 
@@ -121,11 +247,18 @@ pub fn busy_find(addr: u64) -> Option<(u64, u64, u64, usize)> {
     None
 }
 
-/// Queues an unmapped area on the lazy tree of its node.
-pub fn lazy_add(start: u64, end: u64, node: usize) {
+/// Queues an unmapped area on the lazy tree of its node. False when not even the reserve had a
+/// node page: the caller must flush and free the range at once.
+#[must_use]
+pub fn lazy_add(start: u64, end: u64, node: usize) -> bool {
     let n = if node == NO_NODE { addr_to_node(start) } else { node };
-    if let Err(e) = NODES[n].lazy.lock().insert(start, end, encode(0, node)) {
-        crate::println!("vmalloc bug: lazy insert [{start:#x}, {end:#x}): {e:?}");
+    match NODES[n].lazy.lock().insert(start, end, encode(0, node)) {
+        Ok(()) => true,
+        Err(KvaError::NoMemory) => false,
+        Err(e) => {
+            crate::println!("vmalloc bug: lazy insert [{start:#x}, {end:#x}): {e:?}");
+            false
+        }
     }
 }
 
@@ -228,11 +361,14 @@ pub fn usage() -> (usize, u64, usize, u64) {
     u
 }
 
-/// Returns wholly free slab pages of every structure to the page allocator.
+/// Returns wholly free slab pages of every structure to the page allocator; the reserve ends
+/// at exactly its target (when memory allows), so leak checks see the same figure each time.
 pub fn shrink() -> usize {
     let mut n = FREE.lock().shrink();
     for node in NODES.iter() {
         n += node.busy.lock().shrink() + node.lazy.lock().shrink() + node.pool.lock().shrink();
     }
+    reserve_trim();
+    reserve_top_up();
     n
 }

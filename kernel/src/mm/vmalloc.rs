@@ -8,6 +8,7 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::gfp::GfpFlags;
+use super::kva::KvaError;
 use super::kva_glue as kva;
 use super::pgtable::{flush_tlb_kernel_range, HwTlb, MapFlags, PageProt};
 use super::setup::{kernel_pgtable, KernelPt};
@@ -70,16 +71,14 @@ pub fn nr_purges() -> u64 {
     NR_PURGES.load(Ordering::Relaxed)
 }
 
-/// Allocation-failure warnings, rate limited like Linux's warn_alloc (DEFAULT_RATELIMIT_BURST
-/// of 10; here per boot rather than per 5 s, so logs stay short).
+/// Allocation-failure warnings go through warn_alloc's rate limit, as in Linux.
 fn warn(args: core::fmt::Arguments) {
-    static WARNED: AtomicU64 = AtomicU64::new(0);
-    let n = WARNED.fetch_add(1, Ordering::Relaxed);
-    if n < 10 {
-        crate::println!("{}", args);
-    } else if n == 10 {
-        crate::println!("vmalloc: further warnings suppressed");
-    }
+    kalloc::warn(args);
+}
+
+/// Misuse and internal errors (Linux: WARN / pr_err): always printed.
+fn warn_misuse(args: core::fmt::Arguments) {
+    crate::println!("{}", args);
 }
 
 /// Reserves VA for an area (Linux: alloc_vmap_area). The node fast path (per-node size pools)
@@ -96,12 +95,19 @@ fn alloc_vmap_area(size: u64, align: u64, vstart: u64, vend: u64, gfp: GfpFlags)
     let mut purged = false;
     loop {
         match kva::alloc(size, align, vstart, vend) {
-            Some(start) => return Some((start, node)),
-            None if !purged => {
+            Ok(start) => return Some((start, node)),
+            Err(KvaError::NoMemory) => {
+                // Linux: alloc_vmap_area's -ENOMEM (no vmap_area), reported by its caller.
+                if !gfp.contains(GfpFlags::__GFP_NOWARN) {
+                    warn(format_args!("vmalloc error: size {}, vm_struct allocation failed", size));
+                }
+                return None;
+            }
+            Err(_) if !purged => {
                 purge_vmap_area_lazy();
                 purged = true;
             }
-            None => {
+            Err(_) => {
                 if !gfp.contains(GfpFlags::__GFP_NOWARN) {
                     warn(format_args!("vmalloc_node_range for size {} failed: Address range restricted to {:#x} - {:#x}", size, vstart, vend));
                 }
@@ -115,7 +121,12 @@ fn alloc_vmap_area(size: u64, align: u64, vstart: u64, vend: u64, gfp: GfpFlags)
 /// free_vmap_area_noflush). Purges when more than lazy_max_pages are pending.
 fn free_vmap_area_noflush(start: u64, end: u64, node: usize) {
     let pages = ((end - start) >> PAGE_SHIFT) as usize;
-    kva::lazy_add(start, end, node);
+    if !kva::lazy_add(start, end, node) {
+        // No memory for the lazy tree: flush this range now and free it at once.
+        flush_tlb_kernel_range(&mut HwTlb::new(), start, end);
+        kva::free_now(start, end);
+        return;
+    }
     let nr = VMAP_LAZY_NR.fetch_add(pages, Ordering::AcqRel) + pages;
     if nr > lazy_max_pages() {
         purge_vmap_area_lazy();
@@ -151,7 +162,7 @@ fn vmap_pages_range(va: u64, pages: &[Pfn], page_shift: u32) -> bool {
 fn vunmap_range_noflush(va: u64, size: u64) {
     let r = kernel_pgtable().unmap_range(&mut KernelPt, va, size);
     if let Err(e) = r {
-        warn(format_args!("vunmap [{:#x}, {:#x}): {:?}", va, va + size, e));
+        warn_misuse(format_args!("vunmap [{:#x}, {:#x}): {:?}", va, va + size, e));
     }
 }
 
@@ -325,6 +336,15 @@ fn vmalloc_once(size: usize, align: usize, shift: u32, vstart: u64, vend: u64, g
             requested_size: size,
         };
     }
+    // Before anything was mapped: pages (if any) back, the range straight to the free tree.
+    // The pages array was sized for nr_pages; nr_pages in the vm_struct says how many were got.
+    let free_area_struct = |vm: *mut VmStruct| unsafe {
+        if !(*vm).pages.is_null() {
+            kmalloc::kfree((*vm).pages as *mut u8, nr_pages * 8);
+            (*vm).pages = null_mut();
+        }
+        free_vm_struct(vm);
+    };
     let fail = |vm: *mut VmStruct| {
         unsafe {
             if (*vm).nr_pages > 0 {
@@ -332,7 +352,7 @@ fn vmalloc_once(size: usize, align: usize, shift: u32, vstart: u64, vend: u64, g
             }
         }
         kva::free_now(start, start + va_size);
-        free_vm_struct(vm);
+        free_area_struct(vm);
         Err(())
     };
     if pages.is_null() {
@@ -347,11 +367,23 @@ fn vmalloc_once(size: usize, align: usize, shift: u32, vstart: u64, vend: u64, g
         }
         return fail(vm);
     }
+    // After mapping (possibly in part): unmap, and the range goes the lazy way (its TLB entries
+    // are flushed before reuse), as Linux's vfree of a half-built area does.
+    let fail_mapped = |vm: *mut VmStruct| {
+        vunmap_range_noflush(start, size_aligned as u64);
+        free_vmap_area_noflush(start, start + va_size, node);
+        unsafe { vm_free_pages(&*vm) };
+        free_area_struct(vm);
+        Err(())
+    };
     if !vmap_pages_range(start, slice, shift) {
         warn(format_args!("vmalloc error: size {}, failed to map pages", size));
-        return fail(vm);
+        return fail_mapped(vm);
     }
-    kva::busy_insert(start, start + va_size, vm as u64, node);
+    if !kva::busy_insert(start, start + va_size, vm as u64, node) {
+        warn(format_args!("vmalloc error: size {}, no memory for the vmap area", size));
+        return fail_mapped(vm);
+    }
     Ok(start as *mut u8)
 }
 
@@ -380,8 +412,9 @@ pub fn vmalloc_huge(size: usize, gfp: GfpFlags) -> *mut u8 {
 fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
     let (start, end, val, node) = kva::busy_remove(addr)?;
     if val & TAG_MASK != 0 || val == 0 {
-        // Not a vmalloc area (vm_map_ram / block): put it back and refuse.
-        kva::busy_insert(start, end, val, node);
+        // Not a vmalloc area (vm_map_ram / block): put it back (its node was just freed, so
+        // the insert finds one) and refuse.
+        let _ = kva::busy_insert(start, end, val, node);
         return None;
     }
     let vm = val as *mut VmStruct;
@@ -397,7 +430,7 @@ pub fn vfree(addr: *mut u8) {
         return;
     }
     let Some(vm) = remove_vm_area(addr as u64 & !(PAGE_SIZE as u64 - 1)) else {
-        warn(format_args!("WARNING: Trying to vfree() nonexistent vm area ({:p})", addr));
+        warn_misuse(format_args!("WARNING: Trying to vfree() nonexistent vm area ({:p})", addr));
         return;
     };
     unsafe { vm_free_pages(&*vm) };
@@ -414,7 +447,7 @@ pub fn vrealloc(p: *mut u8, size: usize, gfp: GfpFlags) -> *mut u8 {
         return null_mut();
     }
     let Some((_, _, val, _)) = kva::busy_find(p as u64) else {
-        warn(format_args!("WARNING: Trying to vrealloc() nonexistent vm area ({:p})", p));
+        warn_misuse(format_args!("WARNING: Trying to vrealloc() nonexistent vm area ({:p})", p));
         return null_mut();
     };
     if val & TAG_MASK != 0 {
@@ -454,12 +487,12 @@ pub fn vmap(pages: &[Pfn]) -> *mut u8 {
     unsafe {
         *vm = VmStruct { addr: start, size, flags: VM_MAP, page_order: 0, nr_pages: pages.len(), pages: null_mut(), requested_size: pages.len() << PAGE_SHIFT };
     }
-    if !vmap_pages_range(start, pages, PAGE_SHIFT) {
-        kva::free_now(start, start + size);
+    if !vmap_pages_range(start, pages, PAGE_SHIFT) || !kva::busy_insert(start, start + size, vm as u64, node) {
+        vunmap_range_noflush(start, size - PAGE_SIZE as u64);
+        free_vmap_area_noflush(start, start + size, node);
         kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
         return null_mut();
     }
-    kva::busy_insert(start, start + size, vm as u64, node);
     start as *mut u8
 }
 
@@ -540,7 +573,11 @@ fn vb_alloc(count: usize) -> Option<u64> {
     unsafe {
         *vb = VmapBlock { va_start: start, node, free: VMAP_BBMAP_BITS - need, dirty: 0, dirty_min: VMAP_BBMAP_BITS, dirty_max: 0, next: null_mut(), on_free_list: false };
     }
-    kva::busy_insert(start, start + VMAP_BLOCK_SIZE, vb as u64 | VMAP_BLOCK, node);
+    if !kva::busy_insert(start, start + VMAP_BLOCK_SIZE, vb as u64 | VMAP_BLOCK, node) {
+        kmalloc::kfree(vb as *mut u8, core::mem::size_of::<VmapBlock>());
+        kva::free_now(start, start + VMAP_BLOCK_SIZE);
+        return None;
+    }
     let mut q = VBQ[cpu].lock();
     unsafe {
         (*vb).next = q.head;
@@ -614,7 +651,10 @@ pub fn vm_map_ram(pages: &[Pfn]) -> *mut u8 {
         let Some((start, node)) = alloc_vmap_area(size, PAGE_SIZE as u64, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL) else {
             return null_mut();
         };
-        kva::busy_insert(start, start + size, VMAP_RAM, node);
+        if !kva::busy_insert(start, start + size, VMAP_RAM, node) {
+            kva::free_now(start, start + size);
+            return null_mut();
+        }
         start
     };
     if !vmap_pages_range(addr, pages, PAGE_SHIFT) {
@@ -629,17 +669,17 @@ pub fn vm_unmap_ram(mem: *mut u8, count: usize) {
     let addr = mem as u64;
     if count <= VMAP_MAX_ALLOC {
         if !vb_free(addr, count) {
-            warn(format_args!("WARNING: vm_unmap_ram of {:#x}: not a vmap block address", addr));
+            warn_misuse(format_args!("WARNING: vm_unmap_ram of {:#x}: not a vmap block address", addr));
         }
         return;
     }
     let Some((start, end, val, node)) = kva::busy_remove(addr) else {
-        warn(format_args!("WARNING: vm_unmap_ram of {:#x}: no such area", addr));
+        warn_misuse(format_args!("WARNING: vm_unmap_ram of {:#x}: no such area", addr));
         return;
     };
     if val != VMAP_RAM {
-        kva::busy_insert(start, end, val, node);
-        warn(format_args!("WARNING: vm_unmap_ram of {:#x}: not a vm_map_ram area", addr));
+        let _ = kva::busy_insert(start, end, val, node);
+        warn_misuse(format_args!("WARNING: vm_unmap_ram of {:#x}: not a vm_map_ram area", addr));
         return;
     }
     vunmap_range_noflush(start, end - start);

@@ -170,3 +170,43 @@ ktest!(percpu_values_written_on_each_cpu_read_from_another, {
     kassert_eq!(settled(), before);
     Ok(())
 });
+
+// Memory runs out under vmalloc: it returns null (no panic, no lost range), the KVA trees still
+// find nodes for the free paths (their reserve), and every page and byte of VA comes back.
+ktest!(vmalloc_until_oom_then_free_everything, {
+    let before = settled();
+    // Hold almost everything in 2 MiB blocks so the vmalloc part stays short, then give 8 MiB
+    // back for vmalloc to exhaust.
+    let nowarn = GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN;
+    let mut held: Vec<u64> = Vec::new();
+    while let Some(pfn) = kalloc::alloc_pages(nowarn, 9) {
+        held.push(pfn);
+    }
+    for _ in 0..4 {
+        if let Some(pfn) = held.pop() {
+            kalloc::__free_pages(pfn, 9);
+        }
+    }
+    let mut areas: Vec<*mut u8> = Vec::new();
+    loop {
+        let p = vm::__vmalloc(4 * PAGE_SIZE, nowarn);
+        if p.is_null() {
+            break;
+        }
+        unsafe { p.write_volatile(areas.len() as u8) };
+        areas.push(p);
+        kassert!(areas.len() < 100_000, "vmalloc never failed");
+    }
+    kassert!(areas.len() >= 100, "only {} areas of 4 pages from 8 MiB", areas.len());
+    for (i, &p) in areas.iter().enumerate() {
+        kassert_eq!(unsafe { p.read_volatile() }, i as u8);
+    }
+    for p in areas {
+        vm::vfree(p);
+    }
+    for pfn in held {
+        kalloc::__free_pages(pfn, 9);
+    }
+    kassert_eq!(settled(), before);
+    Ok(())
+});
