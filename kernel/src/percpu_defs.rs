@@ -40,6 +40,17 @@ pub fn set_per_cpu_offset(cpu: usize, off: usize) {
     PER_CPU_OFFSET[cpu].store(off, Ordering::Release);
 }
 
+/// CPUs with a per-CPU area (Linux nr_cpu_ids); 1 until setup_per_cpu_areas (the template).
+static NR_CPU_IDS: AtomicUsize = AtomicUsize::new(1);
+
+pub fn nr_cpu_ids() -> usize {
+    NR_CPU_IDS.load(Ordering::Relaxed)
+}
+
+pub fn set_nr_cpu_ids(n: usize) {
+    NR_CPU_IDS.store(n, Ordering::Release);
+}
+
 /// [start, end) of the template section.
 pub fn per_cpu_section() -> (usize, usize) {
     unsafe extern "C" {
@@ -87,10 +98,23 @@ impl<T> PerCpu<T> {
 
 impl<T: Sync> PerCpu<T> {
     /// This CPU's copy by shared reference, for per-CPU atomics and locks (Linux:
-    /// `this_cpu_ptr` dereferenced). Other CPUs reach it only through `per_cpu_ptr`.
+    /// `this_cpu_ptr` dereferenced).
     #[inline(always)]
     pub fn this_cpu(&'static self) -> &'static T {
         unsafe { &*self.this_cpu_ptr() }
+    }
+
+    /// CPU `cpu`'s copy by shared reference (`per_cpu(var, cpu)`): sound for `Sync` contents
+    /// (locks, atomics), which is what remote access needs.
+    #[inline]
+    pub fn on(&'static self, cpu: usize) -> &'static T {
+        assert!(cpu < nr_cpu_ids(), "per_cpu access for cpu {cpu} without a per-CPU area");
+        unsafe { &*self.per_cpu_ptr(cpu) }
+    }
+
+    /// Every CPU's copy (`for_each_possible_cpu`).
+    pub fn iter(&'static self) -> impl Iterator<Item = &'static T> {
+        (0..nr_cpu_ids()).map(move |c| self.on(c))
     }
 }
 

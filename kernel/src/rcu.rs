@@ -12,7 +12,7 @@
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::arch::{self, NR_CPUS};
+use crate::arch;
 use crate::smp;
 
 /// Linux's struct rcu_head: embedded in an object, queued by call_rcu.
@@ -66,11 +66,17 @@ struct CpuQueue {
 }
 unsafe impl Send for CpuQueue {}
 
-static QUEUES: [spin::Mutex<CpuQueue>; NR_CPUS] = [const { spin::Mutex::new(CpuQueue { ready: VecDeque::new(), bulk: core::ptr::null_mut() }) }; NR_CPUS];
-/// Callbacks queued or running, per CPU. A callback leaves its queue before it runs (outside
-/// the queue lock), so an empty queue does not mean its callbacks are done: rcu_barrier waits
-/// for these counts (Linux gets the same guarantee by entraining a callback behind the rest).
-static PENDING: [AtomicUsize; NR_CPUS] = [const { AtomicUsize::new(0) }; NR_CPUS];
+crate::define_per_cpu! {
+    /// Callbacks of this CPU (Linux: rcu_data's segmented callback list and krc's blocks).
+    static QUEUES: spin::Mutex<CpuQueue> = spin::Mutex::new(CpuQueue { ready: VecDeque::new(), bulk: core::ptr::null_mut() });
+}
+crate::define_per_cpu! {
+    /// Callbacks queued or running, per CPU. A callback leaves its queue before it runs (outside
+    /// the queue lock), so an empty queue does not mean its callbacks are done: rcu_barrier
+    /// waits for these counts (Linux gets the same guarantee by entraining a callback behind the
+    /// rest).
+    static PENDING: AtomicUsize = AtomicUsize::new(0);
+}
 
 /// Callbacks queued or running on all CPUs (leak reports).
 pub fn nr_pending() -> usize {
@@ -78,8 +84,8 @@ pub fn nr_pending() -> usize {
 }
 
 fn enqueue(cpu: usize, target: u64, cb: Callback) {
-    let mut q = QUEUES[cpu].lock();
-    PENDING[cpu].fetch_add(1, Ordering::AcqRel);
+    let mut q = QUEUES.on(cpu).lock();
+    PENDING.on(cpu).fetch_add(1, Ordering::AcqRel);
     q.ready.push_back((target, cb));
 }
 
@@ -153,7 +159,7 @@ pub fn rcu_quiescent() {
     let mut ran = false;
     loop {
         let cb = {
-            let mut q = QUEUES[cpu].lock();
+            let mut q = QUEUES.on(cpu).lock();
             match q.ready.front() {
                 Some((target, _)) if *target <= done => q.ready.pop_front().map(|(_, cb)| cb),
                 _ => None,
@@ -168,7 +174,7 @@ pub fn rcu_quiescent() {
             Some(Callback::Bulk(b)) => unsafe { free_bulk_block(b) },
             None => break,
         }
-        PENDING[cpu].fetch_sub(1, Ordering::AcqRel);
+        PENDING.on(cpu).fetch_sub(1, Ordering::AcqRel);
         ran = true;
     }
     IN_CALLBACKS.this_cpu().store(false, Ordering::Release);
@@ -222,7 +228,7 @@ pub fn rcu_barrier() {
         // never sleeps owing one), this CPU runs its ready callbacks, and only then is the
         // condition checked (checking first and sleeping after running the last callbacks
         // would wait for a wake-up nobody sends).
-        let busy = (0..NR_CPUS).any(|c| !QUEUES[c].lock().ready.is_empty());
+        let busy = QUEUES.iter().any(|q| !q.lock().ready.is_empty());
         if busy && GP_DONE.load(Ordering::Acquire) == GP_SEQ.load(Ordering::Acquire) {
             request_gp();
         }
@@ -258,7 +264,7 @@ unsafe fn free_bulk_block(b: *mut BulkBlock) {
 
 /// Queues this CPU's partly filled block behind a grace period.
 fn flush_bulk(cpu: usize) {
-    let mut q = QUEUES[cpu].lock();
+    let mut q = QUEUES.on(cpu).lock();
     let b = core::mem::replace(&mut q.bulk, core::ptr::null_mut());
     drop(q);
     if !b.is_null() {
@@ -270,7 +276,7 @@ fn flush_bulk(cpu: usize) {
 /// Adds `ptr` to this CPU's block; false when no block page could be had.
 fn add_ptr_to_bulk(ptr: *mut u8) -> bool {
     let cpu = arch::smp_processor_id();
-    let mut q = QUEUES[cpu].lock();
+    let mut q = QUEUES.on(cpu).lock();
     if q.bulk.is_null() {
         let page = crate::mm::kalloc::alloc_page_va(crate::mm::gfp::GfpFlags::GFP_NOWAIT | crate::mm::gfp::GfpFlags::__GFP_NOWARN);
         if page.is_null() {
@@ -367,12 +373,12 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     let mut report = alloc::string::String::new();
     let v = arch::exception::probe_read(obj, &mut report);
     crate::kassert!(v == Some(0x5a), "object freed while a reader was inside: {:?} {}", v, report);
-    crate::kassert!(!QUEUES[arch::smp_processor_id()].lock().ready.is_empty(), "callback ran before the reader left");
+    crate::kassert!(!QUEUES.this_cpu().lock().ready.is_empty(), "callback ran before the reader left");
     state.store(2, Ordering::SeqCst);
     arch::sev();
     rcu_barrier();
     crate::kassert!(completed() > freed_before);
-    crate::kassert!(QUEUES[arch::smp_processor_id()].lock().ready.is_empty());
+    crate::kassert!(QUEUES.this_cpu().lock().ready.is_empty());
     while state.load(Ordering::SeqCst) != 3 {
         arch::wfe();
     }

@@ -76,6 +76,7 @@ pub fn setup_per_cpu_areas(mb: &mut Memblock, nr_units: usize) -> Result<FirstCh
         percpu_defs::set_per_cpu_offset(unit, u.wrapping_sub(start));
         unsafe { *percpu_defs::CPU_NUMBER.per_cpu_ptr(unit) = unit };
     }
+    percpu_defs::set_nr_cpu_ids(nr_units);
     let delta = base.wrapping_sub(start as u64);
     let dyn_size = (PCPU_UNIT_SIZE - static_size) & !(PCPU_MIN_ALLOC_SIZE - 1);
     let mut pool = PcpuPool::new(PCPU_UNIT_SIZE);

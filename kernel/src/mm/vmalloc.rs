@@ -529,8 +529,10 @@ struct VbqList {
     head: *mut VmapBlock,
 }
 unsafe impl Send for VbqList {}
-/// Per-CPU lists of blocks with free space (Linux: vmap_block_queue).
-static VBQ: [spin::Mutex<VbqList>; arch::NR_CPUS] = [const { spin::Mutex::new(VbqList { head: null_mut() }) }; arch::NR_CPUS];
+crate::define_per_cpu! {
+    /// Per-CPU lists of blocks with free space (Linux: vmap_block_queue).
+    static VBQ: spin::Mutex<VbqList> = spin::Mutex::new(VbqList { head: null_mut() });
+}
 /// All blocks, for the fragmented-block purge (protected by its own lock).
 static VB_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
@@ -542,7 +544,7 @@ fn vb_alloc(count: usize) -> Option<u64> {
     let order = get_order(count);
     let need = 1usize << order;
     let cpu = arch::smp_processor_id();
-    let mut q = VBQ[cpu].lock();
+    let mut q = VBQ.on(cpu).lock();
     let mut prev: *mut VmapBlock = null_mut();
     let mut b = q.head;
     while !b.is_null() {
@@ -578,7 +580,7 @@ fn vb_alloc(count: usize) -> Option<u64> {
         kva::free_now(start, start + VMAP_BLOCK_SIZE);
         return None;
     }
-    let mut q = VBQ[cpu].lock();
+    let mut q = VBQ.on(cpu).lock();
     unsafe {
         (*vb).next = q.head;
         (*vb).on_free_list = true;

@@ -102,14 +102,15 @@ pub fn fsc_name(fsc: u64) -> &'static str {
     }
 }
 
-/// Expected-fault section of the running CPU: (fixup PC, recorded FAR). One per CPU.
+/// Expected-fault section of the running CPU: (fixup PC, recorded FAR and ESR).
 struct Fixup {
     pc: AtomicU64,
     far: AtomicU64,
     esr: AtomicU64,
 }
-const NO_FIXUP: Fixup = Fixup { pc: AtomicU64::new(0), far: AtomicU64::new(0), esr: AtomicU64::new(0) };
-static FIXUPS: [Fixup; crate::arch::NR_CPUS] = [NO_FIXUP; crate::arch::NR_CPUS];
+crate::define_per_cpu! {
+    static FIXUP: Fixup = Fixup { pc: AtomicU64::new(0), far: AtomicU64::new(0), esr: AtomicU64::new(0) };
+}
 
 /// Hook that names what a faulting address belongs to (vmalloc area, guard page, stack guard).
 static FAULT_DESCRIBER: spin::Once<fn(u64, &mut dyn core::fmt::Write)> = spin::Once::new();
@@ -121,7 +122,6 @@ pub fn set_fault_describer(f: fn(u64, &mut dyn core::fmt::Write)) {
 /// Reads `*addr` and reports whether it faulted, with the fault's report text captured in
 /// `report` (in-kernel tests of guard pages and use-after-free). Nothing else may fault inside.
 pub fn probe_read(addr: *const u8, report: &mut alloc::string::String) -> Option<u8> {
-    let cpu = crate::arch::smp_processor_id();
     let val: u64;
     let faulted: u64;
     unsafe {
@@ -135,7 +135,7 @@ pub fn probe_read(addr: *const u8, report: &mut alloc::string::String) -> Option
             "mov {val}, #0",
             "3: str xzr, [{slot}]",
             tmp = out(reg) _,
-            slot = in(reg) &FIXUPS[cpu].pc as *const AtomicU64 as u64,
+            slot = in(reg) &FIXUP.this_cpu().pc as *const AtomicU64 as u64,
             faulted = out(reg) faulted,
             val = out(reg) val,
             addr = in(reg) addr,
@@ -143,8 +143,8 @@ pub fn probe_read(addr: *const u8, report: &mut alloc::string::String) -> Option
         );
     }
     if faulted != 0 {
-        let far = FIXUPS[cpu].far.load(Ordering::Relaxed);
-        let esr = FIXUPS[cpu].esr.load(Ordering::Relaxed);
+        let far = FIXUP.this_cpu().far.load(Ordering::Relaxed);
+        let esr = FIXUP.this_cpu().esr.load(Ordering::Relaxed);
         use core::fmt::Write;
         let _ = write!(report, "{} at {:#x}: {}", ec_name(esr >> 26), far, fsc_name(esr & 0x3f));
         if let Some(d) = FAULT_DESCRIBER.get() {
@@ -159,7 +159,6 @@ pub fn probe_read(addr: *const u8, report: &mut alloc::string::String) -> Option
 
 /// Writes `val` to `*addr`; true if it faulted (see probe_read).
 pub fn probe_write(addr: *mut u8, val: u8, report: &mut alloc::string::String) -> bool {
-    let cpu = crate::arch::smp_processor_id();
     let faulted: u64;
     unsafe {
         core::arch::asm!(
@@ -171,7 +170,7 @@ pub fn probe_write(addr: *mut u8, val: u8, report: &mut alloc::string::String) -
             "2: mov {faulted}, #1",
             "3: str xzr, [{slot}]",
             tmp = out(reg) _,
-            slot = in(reg) &FIXUPS[cpu].pc as *const AtomicU64 as u64,
+            slot = in(reg) &FIXUP.this_cpu().pc as *const AtomicU64 as u64,
             faulted = out(reg) faulted,
             val = in(reg) val as u64,
             addr = in(reg) addr,
@@ -179,8 +178,8 @@ pub fn probe_write(addr: *mut u8, val: u8, report: &mut alloc::string::String) -
         );
     }
     if faulted != 0 {
-        let far = FIXUPS[cpu].far.load(Ordering::Relaxed);
-        let esr = FIXUPS[cpu].esr.load(Ordering::Relaxed);
+        let far = FIXUP.this_cpu().far.load(Ordering::Relaxed);
+        let esr = FIXUP.this_cpu().esr.load(Ordering::Relaxed);
         use core::fmt::Write;
         let _ = write!(report, "{} at {:#x}: {}", ec_name(esr >> 26), far, fsc_name(esr & 0x3f));
         if let Some(d) = FAULT_DESCRIBER.get() {
@@ -209,16 +208,14 @@ extern "C" fn handle_exception(frame: &mut Frame, kind: u64) {
     }
     // An expected fault (probe_read/probe_write): record it and resume at the fixup.
     if kind == 4 && (ec == 0x25 || ec == 0x21) {
-        let cpu = crate::arch::smp_processor_id();
-        if cpu < crate::arch::NR_CPUS {
-            let fix = FIXUPS[cpu].pc.load(Ordering::Relaxed);
-            if fix != 0 {
-                FIXUPS[cpu].far.store(frame.far, Ordering::Relaxed);
-                FIXUPS[cpu].esr.store(frame.esr, Ordering::Relaxed);
-                FIXUPS[cpu].pc.store(0, Ordering::Relaxed);
-                frame.elr = fix;
-                return;
-            }
+        let fixup = FIXUP.this_cpu();
+        let fix = fixup.pc.load(Ordering::Relaxed);
+        if fix != 0 {
+            fixup.far.store(frame.far, Ordering::Relaxed);
+            fixup.esr.store(frame.esr, Ordering::Relaxed);
+            fixup.pc.store(0, Ordering::Relaxed);
+            frame.elr = fix;
+            return;
         }
     }
     report(frame, kind);
