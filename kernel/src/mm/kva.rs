@@ -196,56 +196,127 @@ struct FreeObj {
     next: *mut FreeObj,
 }
 
-#[derive(Clone, Copy)]
-struct PageList {
-    head: *mut SlabPage,
-    tail: *mut SlabPage,
+/// The two links an intrusive doubly linked list threads through its elements.
+trait DLinks {
+    unsafe fn next(p: *mut Self) -> *mut Self;
+    unsafe fn prev(p: *mut Self) -> *mut Self;
+    unsafe fn set_next(p: *mut Self, n: *mut Self);
+    unsafe fn set_prev(p: *mut Self, n: *mut Self);
+}
+
+/// An intrusive doubly linked list (Linux `list_head` usage): slab pages on a cache's
+/// partial/full lists, pooled areas on a pool's size lists.
+struct DList<T> {
+    head: *mut T,
+    tail: *mut T,
     len: usize,
 }
 
-impl PageList {
-    const EMPTY: PageList = PageList { head: null_mut(), tail: null_mut(), len: 0 };
+impl<T> Clone for DList<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for DList<T> {}
 
-    unsafe fn push_front(&mut self, p: *mut SlabPage) {
-        (*p).prev = null_mut();
-        (*p).next = self.head;
+impl<T: DLinks> DList<T> {
+    const EMPTY: DList<T> = DList { head: null_mut(), tail: null_mut(), len: 0 };
+
+    unsafe fn push_front(&mut self, p: *mut T) {
+        T::set_prev(p, null_mut());
+        T::set_next(p, self.head);
         if self.head.is_null() {
             self.tail = p;
         } else {
-            (*self.head).prev = p;
+            T::set_prev(self.head, p);
         }
         self.head = p;
         self.len += 1;
     }
 
-    unsafe fn push_back(&mut self, p: *mut SlabPage) {
-        (*p).next = null_mut();
-        (*p).prev = self.tail;
+    unsafe fn push_back(&mut self, p: *mut T) {
+        T::set_next(p, null_mut());
+        T::set_prev(p, self.tail);
         if self.tail.is_null() {
             self.head = p;
         } else {
-            (*self.tail).next = p;
+            T::set_next(self.tail, p);
         }
         self.tail = p;
         self.len += 1;
     }
 
-    unsafe fn remove(&mut self, p: *mut SlabPage) {
-        let (prev, next) = ((*p).prev, (*p).next);
+    unsafe fn remove(&mut self, p: *mut T) {
+        let (prev, next) = (T::prev(p), T::next(p));
         if prev.is_null() {
             self.head = next;
         } else {
-            (*prev).next = next;
+            T::set_next(prev, next);
         }
         if next.is_null() {
             self.tail = prev;
         } else {
-            (*next).prev = prev;
+            T::set_prev(next, prev);
         }
-        (*p).next = null_mut();
-        (*p).prev = null_mut();
+        T::set_next(p, null_mut());
+        T::set_prev(p, null_mut());
         self.len -= 1;
     }
+
+    /// Unlinks and returns the head (null when empty).
+    unsafe fn pop_front(&mut self) -> *mut T {
+        let p = self.head;
+        if !p.is_null() {
+            self.remove(p);
+        }
+        p
+    }
+}
+
+/// `impl DLinks for $t` over its fields `$next` and `$prev`.
+macro_rules! dlinks {
+    ($t:ty, $next:ident, $prev:ident) => {
+        impl DLinks for $t {
+            unsafe fn next(p: *mut Self) -> *mut Self {
+                (*p).$next
+            }
+            unsafe fn prev(p: *mut Self) -> *mut Self {
+                (*p).$prev
+            }
+            unsafe fn set_next(p: *mut Self, n: *mut Self) {
+                (*p).$next = n;
+            }
+            unsafe fn set_prev(p: *mut Self, n: *mut Self) {
+                (*p).$prev = n;
+            }
+        }
+    };
+}
+
+dlinks!(SlabPage, next, prev);
+
+type PageList = DList<SlabPage>;
+
+/// The node-cache accessors every KVA structure has: `shrink` (wholly free node pages back to
+/// the page source; returns how many), `slab_stats`, `page_source`, `page_source_mut`.
+macro_rules! node_cache_accessors {
+    () => {
+        pub fn shrink(&mut self) -> usize {
+            self.cache.shrink()
+        }
+
+        pub fn slab_stats(&self) -> SlabStats {
+            self.cache.stats()
+        }
+
+        pub fn page_source(&self) -> &P {
+            self.cache.page_source()
+        }
+
+        pub fn page_source_mut(&mut self) -> &mut P {
+            self.cache.page_source_mut()
+        }
+    };
 }
 
 /// A fixed-size-object slab for tree/list nodes (Linux: `kmem_cache` `vmap_area_cachep`).
@@ -1091,22 +1162,7 @@ impl<P: PageSource> KvaAllocator<P> {
         FreeIter { node: unsafe { leftmost(self.tree.root) }, _m: PhantomData }
     }
 
-    /// Returns wholly free node pages to the page source; returns how many.
-    pub fn shrink(&mut self) -> usize {
-        self.cache.shrink()
-    }
-
-    pub fn slab_stats(&self) -> SlabStats {
-        self.cache.stats()
-    }
-
-    pub fn page_source(&self) -> &P {
-        self.cache.page_source()
-    }
-
-    pub fn page_source_mut(&mut self) -> &mut P {
-        self.cache.page_source_mut()
-    }
+    node_cache_accessors!();
 
     /// Debug check: tree invariants (order, balance, heights, subtree_max_size), no two free
     /// blocks adjacent (they would have been merged), blocks inside the span, and the counters.
@@ -1330,21 +1386,7 @@ impl<P: PageSource> BusyTree<P> {
         self.bytes
     }
 
-    pub fn shrink(&mut self) -> usize {
-        self.cache.shrink()
-    }
-
-    pub fn slab_stats(&self) -> SlabStats {
-        self.cache.stats()
-    }
-
-    pub fn page_source(&self) -> &P {
-        self.cache.page_source()
-    }
-
-    pub fn page_source_mut(&mut self) -> &mut P {
-        self.cache.page_source_mut()
-    }
+    node_cache_accessors!();
 
     /// Debug check of the tree invariants and counters. O(n).
     pub fn check(&self) -> Result<(), &'static str> {
@@ -1388,57 +1430,10 @@ impl Iterator for BusyIter<'_> {
 // Size-segregated pools (Linux: struct vmap_pool pool[MAX_VA_SIZE_PAGES] of a vmap node)
 // ------------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy)]
-struct PoolList {
-    head: *mut VaNode,
-    tail: *mut VaNode,
-    len: usize,
-}
+// A pooled area's node links through its tree pointers: left = next, right = prev.
+dlinks!(VaNode, left, right);
 
-impl PoolList {
-    const EMPTY: PoolList = PoolList { head: null_mut(), tail: null_mut(), len: 0 };
-
-    // Links: node.left = next, node.right = prev.
-    unsafe fn push_front(&mut self, n: *mut VaNode) {
-        (*n).right = null_mut();
-        (*n).left = self.head;
-        if self.head.is_null() {
-            self.tail = n;
-        } else {
-            (*self.head).right = n;
-        }
-        self.head = n;
-        self.len += 1;
-    }
-
-    unsafe fn push_back(&mut self, n: *mut VaNode) {
-        (*n).left = null_mut();
-        (*n).right = self.tail;
-        if self.tail.is_null() {
-            self.head = n;
-        } else {
-            (*self.tail).left = n;
-        }
-        self.tail = n;
-        self.len += 1;
-    }
-
-    unsafe fn pop_front(&mut self) -> *mut VaNode {
-        let n = self.head;
-        if n.is_null() {
-            return n;
-        }
-        self.head = (*n).left;
-        if self.head.is_null() {
-            self.tail = null_mut();
-        } else {
-            (*self.head).right = null_mut();
-        }
-        (*n).left = null_mut();
-        self.len -= 1;
-        n
-    }
-}
+type PoolList = DList<VaNode>;
 
 /// One vmap node's size-segregated pools: list `i` holds freed areas of exactly `i + 1` pages,
 /// most recently added first. O(1) put/get; decay is O(areas returned + 256).
@@ -1572,21 +1567,7 @@ impl<P: PageSource> VaPool<P> {
         self.nr_areas == 0
     }
 
-    pub fn shrink(&mut self) -> usize {
-        self.cache.shrink()
-    }
-
-    pub fn slab_stats(&self) -> SlabStats {
-        self.cache.stats()
-    }
-
-    pub fn page_source(&self) -> &P {
-        self.cache.page_source()
-    }
-
-    pub fn page_source_mut(&mut self) -> &mut P {
-        self.cache.page_source_mut()
-    }
+    node_cache_accessors!();
 
     /// Debug check: list links, sizes per list, counters. O(areas).
     pub fn check(&self) -> Result<(), &'static str> {
