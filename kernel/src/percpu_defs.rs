@@ -88,7 +88,9 @@ impl<T> PerCpu<T> {
 
     /// `this_cpu` access with interrupts off (Linux: this_cpu ops / local_irq_save around a
     /// per-CPU update), so an exception handler on this CPU never sees a half-done update.
-    /// `f` must not call `with` on the same variable (that would alias the `&mut`).
+    /// For variables only their own CPU touches: `f` must not call `with` on the same variable,
+    /// and no other CPU may hold `on(cpu)` of it meanwhile (either would alias the `&mut`);
+    /// shared per-CPU state uses `Sync` contents through `this_cpu`/`on` instead.
     #[inline]
     pub fn with<R>(&'static self, f: impl FnOnce(&mut T) -> R) -> R {
         let _irq = arch::IrqGuard::new();
