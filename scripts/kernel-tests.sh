@@ -64,9 +64,16 @@ grep -q 'mmkernel .* on RaspberryPi4' "$LOGS/boot-rpi4.log" || { echo "check ban
 # test_vmalloc.sh's stress preset (nr_threads = CPUs, repeat 20, every test), loops cut down.
 check stress-virt-smp4 400 0 '^52 passed, 0 failed' -- virt 4 2G -append "test_vmalloc.suite=stress test_vmalloc.test_loop_count=100 test_vmalloc.nr_pcpu_objects=500"
 # Memory runs out: full_fit's junk areas at -smp 8 need 2 GiB of a 1 GiB machine. vmalloc fails
-# cleanly (a rate-limited warning), the KVA trees' free paths still get their nodes, nothing is lost.
-check oom-full-fit-smp8 120 0 '^8 passed, 0 failed' -- virt 8 1G -append "test_vmalloc.run_test_mask=2 test_vmalloc.test_loop_count=10 test_vmalloc.nr_threads=8"
-grep -q 'leak all .* ok' "$LOGS/oom-full-fit-smp8.log" && ! grep -q 'vmalloc bug' "$LOGS/oom-full-fit-smp8.log" || { echo "check oom-no-loss ... FAILED"; fail=$((fail+1)); }
+# cleanly (a rate-limited warning), the KVA trees' free paths still get their nodes, nothing is
+# lost. Whether a worker's own test then fails depends on who got memory first (as in Linux), so
+# exit 1 (a failed test) is accepted; a loss, a "vmalloc bug", a hang or a crash are not.
+oom_full_fit() {
+  virt 8 1G -append "test_vmalloc.run_test_mask=2 test_vmalloc.test_loop_count=10 test_vmalloc.nr_threads=8"
+  local rc=$?; [ "$rc" -le 1 ] && return 0; return "$rc"
+}
+export -f oom_full_fit
+check oom-full-fit-smp8 120 0 'test_vmalloc: leak all .* ok' -- oom_full_fit
+{ grep -qE 'vmalloc error|page allocation failure' "$LOGS/oom-full-fit-smp8.log" && ! grep -q 'vmalloc bug' "$LOGS/oom-full-fit-smp8.log"; } || { echo "check oom-no-loss ... FAILED"; fail=$((fail+1)); }
 # One test selected: only it runs. A bad test_vmalloc parameter: error naming it.
 check mask-one-test 60 0 '^1 passed, 0 failed' -- virt 1 1G -append "test_vmalloc.run_test_mask=1024 test_vmalloc.test_loop_count=100"
 check bad-tv-param 10 2 'FATAL: .*test_vmalloc.nr_threads' -- virt 1 512M -append "test_vmalloc.nr_threads=lots"
