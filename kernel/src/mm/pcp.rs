@@ -143,11 +143,6 @@ impl PerCpuPageset {
         self.get(cpu) as *const PcpSlot as usize
     }
 
-    /// Still on the boot pagesets?
-    pub fn is_boot(&self) -> bool {
-        self.boot.is_some()
-    }
-
     /// Moves every CPU's pcp, lists and all (they link pages by PFN, not by address), to the
     /// percpu pointer `ptr`; `offsets[..nr]` are the per-CPU offsets. Fails if a CPU without a
     /// per-CPU area still holds pages on its boot pageset.
