@@ -83,9 +83,10 @@ pub fn nr_pending() -> usize {
     PENDING.iter().map(|p| p.load(Ordering::Acquire)).sum()
 }
 
-fn enqueue(cpu: usize, target: u64, cb: Callback) {
-    let mut q = QUEUES.on(cpu).lock();
-    PENDING.on(cpu).fetch_add(1, Ordering::AcqRel);
+/// Queues `cb` on this CPU behind grace period `target`.
+fn enqueue(target: u64, cb: Callback) {
+    let mut q = QUEUES.this_cpu().lock();
+    PENDING.this_cpu().fetch_add(1, Ordering::AcqRel);
     q.ready.push_back((target, cb));
 }
 
@@ -159,7 +160,7 @@ pub fn rcu_quiescent() {
     let mut ran = false;
     loop {
         let cb = {
-            let mut q = QUEUES.on(cpu).lock();
+            let mut q = QUEUES.this_cpu().lock();
             match q.ready.front() {
                 Some((target, _)) if *target <= done => q.ready.pop_front().map(|(_, cb)| cb),
                 _ => None,
@@ -174,7 +175,7 @@ pub fn rcu_quiescent() {
             Some(Callback::Bulk(b)) => unsafe { free_bulk_block(b) },
             None => break,
         }
-        PENDING.on(cpu).fetch_sub(1, Ordering::AcqRel);
+        PENDING.this_cpu().fetch_sub(1, Ordering::AcqRel);
         ran = true;
     }
     IN_CALLBACKS.this_cpu().store(false, Ordering::Release);
@@ -194,7 +195,7 @@ pub unsafe fn call_rcu(head: *mut RcuHead, func: unsafe fn(*mut RcuHead)) {
         (*head).next = core::ptr::null_mut();
     }
     let target = request_gp();
-    enqueue(arch::smp_processor_id(), target, Callback::Head(head));
+    enqueue(target, Callback::Head(head));
 }
 
 /// Waits for a full grace period (Linux: synchronize_rcu). Must not be called inside a
@@ -221,7 +222,7 @@ pub fn synchronize_rcu() {
 /// Waits until every callback queued so far (and every kvfree_rcu pointer) has been run
 /// (Linux: rcu_barrier + kvfree_rcu_barrier).
 pub fn rcu_barrier() {
-    smp::on_each_cpu(&|| flush_bulk(arch::smp_processor_id()));
+    smp::on_each_cpu(&flush_bulk);
     loop {
         // Keep the machinery moving while waiting: a grace period must be running for the
         // queued callbacks (requested before this CPU reports its own quiescent state, so it
@@ -263,20 +264,19 @@ unsafe fn free_bulk_block(b: *mut BulkBlock) {
 }
 
 /// Queues this CPU's partly filled block behind a grace period.
-fn flush_bulk(cpu: usize) {
-    let mut q = QUEUES.on(cpu).lock();
+fn flush_bulk() {
+    let mut q = QUEUES.this_cpu().lock();
     let b = core::mem::replace(&mut q.bulk, core::ptr::null_mut());
     drop(q);
     if !b.is_null() {
         let target = request_gp();
-        enqueue(cpu, target, Callback::Bulk(b));
+        enqueue(target, Callback::Bulk(b));
     }
 }
 
 /// Adds `ptr` to this CPU's block; false when no block page could be had.
 fn add_ptr_to_bulk(ptr: *mut u8) -> bool {
-    let cpu = arch::smp_processor_id();
-    let mut q = QUEUES.on(cpu).lock();
+    let mut q = QUEUES.this_cpu().lock();
     if q.bulk.is_null() {
         let page = crate::mm::kalloc::alloc_page_va(crate::mm::gfp::GfpFlags::GFP_NOWAIT | crate::mm::gfp::GfpFlags::__GFP_NOWARN);
         if page.is_null() {
@@ -293,7 +293,7 @@ fn add_ptr_to_bulk(ptr: *mut u8) -> bool {
             q.bulk = core::ptr::null_mut();
             drop(q);
             let target = request_gp();
-            enqueue(cpu, target, Callback::Bulk(b));
+            enqueue(target, Callback::Bulk(b));
         }
     }
     true
@@ -364,7 +364,7 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     unsafe { *obj = 0x5a };
     let freed_before = completed();
     kvfree_rcu_mightsleep(obj);
-    flush_bulk(arch::smp_processor_id());
+    flush_bulk();
     // Give the grace-period machinery plenty of quiescent points: it must not end.
     for _ in 0..1000 {
         rcu_quiescent();

@@ -543,8 +543,7 @@ fn get_order(pages: usize) -> u32 {
 fn vb_alloc(count: usize) -> Option<u64> {
     let order = get_order(count);
     let need = 1usize << order;
-    let cpu = arch::smp_processor_id();
-    let mut q = VBQ.on(cpu).lock();
+    let mut q = VBQ.this_cpu().lock();
     let mut prev: *mut VmapBlock = null_mut();
     let mut b = q.head;
     while !b.is_null() {
@@ -580,7 +579,7 @@ fn vb_alloc(count: usize) -> Option<u64> {
         kva::free_now(start, start + VMAP_BLOCK_SIZE);
         return None;
     }
-    let mut q = VBQ.on(cpu).lock();
+    let mut q = VBQ.this_cpu().lock();
     unsafe {
         (*vb).next = q.head;
         (*vb).on_free_list = true;
