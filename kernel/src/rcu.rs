@@ -7,8 +7,12 @@
 //!
 //! kvfree_rcu batches pointers per CPU in page-sized blocks (Linux: kvfree_rcu_bulk_data, about
 //! 500 pointers per page); a full block is queued behind a grace period and then each pointer is
-//! vfree'd. The one-argument form falls back to synchronize_rcu() + vfree when no block page can
-//! be had; the two-argument form falls back to call_rcu() on the embedded rcu_head.
+//! vfree'd; the block's page is then kept as a spare (up to rcu_min_cached_objs = 5 per CPU).
+//! A new block comes from the spares, else (one-argument form only: Linux's `can_alloc = !head`)
+//! from the page allocator. The one-argument form falls back to synchronize_rcu() + vfree when
+//! no block page can be had; the two-argument form, which may not allocate, falls back to
+//! call_rcu() on the embedded rcu_head and asks for the spares to be refilled at the CPU's next
+//! quiescent point (Linux: run_page_cache_worker).
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -63,12 +67,28 @@ struct CpuQueue {
     ready: VecDeque<(u64, Callback)>,
     /// kvfree_rcu block being filled.
     bulk: *mut BulkBlock,
+    /// Spare block pages (Linux: krcp->bkvcache, at most rcu_min_cached_objs): a freed block's
+    /// page goes here, and the two-argument kvfree_rcu, which may not allocate, takes from it.
+    cache: [*mut BulkBlock; RCU_MIN_CACHED_OBJS],
+    nr_cached: usize,
+    /// The cache ran dry for a kvfree_rcu that could not allocate: refill it at the next
+    /// quiescent point (Linux: run_page_cache_worker -> fill_page_cache_func).
+    refill: bool,
 }
 unsafe impl Send for CpuQueue {}
 
+/// Linux rcu_min_cached_objs: spare block pages kept per CPU.
+const RCU_MIN_CACHED_OBJS: usize = 5;
+
 crate::define_per_cpu! {
     /// Callbacks of this CPU (Linux: rcu_data's segmented callback list and krc's blocks).
-    static QUEUES: spin::Mutex<CpuQueue> = spin::Mutex::new(CpuQueue { ready: VecDeque::new(), bulk: core::ptr::null_mut() });
+    static QUEUES: spin::Mutex<CpuQueue> = spin::Mutex::new(CpuQueue {
+        ready: VecDeque::new(),
+        bulk: core::ptr::null_mut(),
+        cache: [core::ptr::null_mut(); RCU_MIN_CACHED_OBJS],
+        nr_cached: 0,
+        refill: false,
+    });
 }
 crate::define_per_cpu! {
     /// Callbacks queued or running, per CPU. A callback leaves its queue before it runs (outside
@@ -103,6 +123,27 @@ fn online_mask() -> u64 {
     smp::online_cpus().fold(0, |m, c| m | (1 << c))
 }
 
+/// A grace period started: every CPU in `mask` owes a quiescent state, so its next
+/// cond_resched() must take the slow path (Linux: the GP kthread and the tick set
+/// rcu_urgent_qs / need_resched on CPUs that hold up a grace period).
+fn gp_started(mask: u64) {
+    for cpu in 0..64 {
+        if mask & (1 << cpu) != 0 {
+            smp::set_need_resched(cpu);
+        }
+    }
+}
+
+/// A grace period ended: CPUs with callbacks run them at their next quiescent point (Linux:
+/// rcu_core raised from the tick once callbacks are ready).
+fn gp_ended() {
+    for cpu in smp::online_cpus() {
+        if PENDING.on(cpu).load(Ordering::Acquire) != 0 {
+            smp::set_need_resched(cpu);
+        }
+    }
+}
+
 /// Returns the grace period whose end guarantees that every reader running now has finished,
 /// starting one if none is running (Linux: get_state_synchronize_rcu + start_poll).
 fn request_gp() -> u64 {
@@ -110,9 +151,10 @@ fn request_gp() -> u64 {
     let seq = GP_SEQ.load(Ordering::Acquire);
     if GP_DONE.load(Ordering::Acquire) == seq {
         // Idle: start grace period seq+1 now.
-        QS_MASK.store(online_mask(), Ordering::Release);
+        let mask = online_mask();
+        QS_MASK.store(mask, Ordering::Release);
         GP_SEQ.store(seq + 1, Ordering::Release);
-        arch::sev();
+        gp_started(mask);
         seq + 1
     } else {
         // A grace period is running; readers may have started before it ended: need the next.
@@ -138,9 +180,12 @@ fn note_qs(cpu: usize) {
         let seq = GP_SEQ.load(Ordering::Acquire);
         GP_DONE.store(seq, Ordering::Release);
         if NEED_GP.swap(false, Ordering::AcqRel) {
-            QS_MASK.store(online_mask(), Ordering::Release);
+            let mask = online_mask();
+            QS_MASK.store(mask, Ordering::Release);
             GP_SEQ.store(seq + 1, Ordering::Release);
+            gp_started(mask);
         }
+        gp_ended();
         arch::sev();
     }
 }
@@ -151,6 +196,11 @@ pub fn rcu_quiescent() {
     let cpu = arch::smp_processor_id();
     note_qs(cpu);
     if NESTING.this_cpu().load(Ordering::Relaxed) != 0 {
+        // Inside a read-side section: the quiescent state is still owed; ask again at the
+        // next cond_resched (after rcu_read_unlock).
+        if QS_MASK.load(Ordering::Acquire) & (1 << cpu) != 0 {
+            smp::set_need_resched_local();
+        }
         return;
     }
     if IN_CALLBACKS.this_cpu().swap(true, Ordering::Acquire) {
@@ -179,6 +229,7 @@ pub fn rcu_quiescent() {
         ran = true;
     }
     IN_CALLBACKS.this_cpu().store(false, Ordering::Release);
+    fill_page_cache();
     if ran {
         // rcu_barrier() may be waiting for this queue to drain.
         arch::sev();
@@ -254,13 +305,83 @@ struct BulkBlock {
 }
 const _: () = assert!(core::mem::size_of::<BulkBlock>() == crate::mm::PAGE_SIZE);
 
+/// After its grace period: vfree every pointer of the block, then keep its page as a spare if
+/// the cache has room (Linux: kvfree_rcu_bulk + put_cached_bnode), else free it.
 unsafe fn free_bulk_block(b: *mut BulkBlock) {
     unsafe {
         for i in 0..(*b).nr {
             crate::mm::vmalloc::vfree((*b).ptrs[i]);
         }
-        crate::mm::kalloc::free_page_va(b as *mut u8);
     }
+    let mut q = QUEUES.this_cpu().lock();
+    if q.nr_cached < RCU_MIN_CACHED_OBJS {
+        let n = q.nr_cached;
+        q.cache[n] = b;
+        q.nr_cached += 1;
+        return;
+    }
+    drop(q);
+    crate::mm::kalloc::free_page_va(b as *mut u8);
+}
+
+/// Gfp of a block page (Linux: GFP_KERNEL | __GFP_NORETRY | __GFP_NOMEMALLOC | __GFP_NOWARN).
+fn bnode_gfp() -> crate::mm::gfp::GfpFlags {
+    use crate::mm::gfp::GfpFlags as G;
+    G::GFP_KERNEL | G::__GFP_NORETRY | G::__GFP_NOMEMALLOC | G::__GFP_NOWARN
+}
+
+/// Refills this CPU's spare-page cache if a kvfree_rcu asked for it (Linux:
+/// fill_page_cache_func, run from a work item; here from the CPU's next quiescent point).
+fn fill_page_cache() {
+    let q = QUEUES.this_cpu();
+    if !q.lock().refill {
+        return;
+    }
+    loop {
+        {
+            let mut g = q.lock();
+            if g.nr_cached >= RCU_MIN_CACHED_OBJS {
+                g.refill = false;
+                return;
+            }
+        }
+        let page = crate::mm::kalloc::alloc_page_va(bnode_gfp());
+        let mut g = q.lock();
+        if page.is_null() {
+            g.refill = false;
+            return;
+        }
+        let n = g.nr_cached;
+        if n >= RCU_MIN_CACHED_OBJS {
+            drop(g);
+            crate::mm::kalloc::free_page_va(page);
+            return;
+        }
+        g.cache[n] = page as *mut BulkBlock;
+        g.nr_cached += 1;
+    }
+}
+
+/// Frees every CPU's spare block pages (Linux: kfree_rcu_shrink_scan's drain_page_cache).
+/// Returns the number of pages freed.
+pub fn kvfree_rcu_shrink() -> usize {
+    let mut freed = 0;
+    for q in QUEUES.iter() {
+        loop {
+            let page = {
+                let mut g = q.lock();
+                if g.nr_cached == 0 {
+                    break;
+                }
+                g.nr_cached -= 1;
+                let n = g.nr_cached;
+                core::mem::replace(&mut g.cache[n], core::ptr::null_mut())
+            };
+            crate::mm::kalloc::free_page_va(page as *mut u8);
+            freed += 1;
+        }
+    }
+    freed
 }
 
 /// Queues this CPU's partly filled block behind a grace period.
@@ -274,11 +395,21 @@ fn flush_bulk() {
     }
 }
 
-/// Adds `ptr` to this CPU's block; false when no block page could be had.
-fn add_ptr_to_bulk(ptr: *mut u8) -> bool {
+/// Adds `ptr` to this CPU's block; false when no block page could be had (Linux:
+/// add_ptr_to_bulk_krc_lock). A new block comes from the spare-page cache, else, only when
+/// `can_alloc` (the one-argument form, which may sleep), from the page allocator.
+fn add_ptr_to_bulk(ptr: *mut u8, can_alloc: bool) -> bool {
     let mut q = QUEUES.this_cpu().lock();
     if q.bulk.is_null() {
-        let page = crate::mm::kalloc::alloc_page_va(crate::mm::gfp::GfpFlags::GFP_NOWAIT | crate::mm::gfp::GfpFlags::__GFP_NOWARN);
+        let page = if q.nr_cached > 0 {
+            q.nr_cached -= 1;
+            let n = q.nr_cached;
+            core::mem::replace(&mut q.cache[n], core::ptr::null_mut()) as *mut u8
+        } else if can_alloc {
+            crate::mm::kalloc::alloc_page_va(bnode_gfp())
+        } else {
+            core::ptr::null_mut()
+        };
         if page.is_null() {
             return false;
         }
@@ -304,7 +435,7 @@ pub fn kvfree_rcu_mightsleep(ptr: *mut u8) {
     if ptr.is_null() {
         return;
     }
-    if !add_ptr_to_bulk(ptr) {
+    if !add_ptr_to_bulk(ptr, true) {
         synchronize_rcu();
         crate::mm::vmalloc::vfree(ptr);
     }
@@ -324,7 +455,11 @@ pub unsafe fn kvfree_rcu(ptr: *mut u8, head: *mut RcuHead) {
     if ptr.is_null() {
         return;
     }
-    if !add_ptr_to_bulk(ptr) {
+    if !add_ptr_to_bulk(ptr, false) {
+        // Linux: run_page_cache_worker, then the object goes on krcp->head, freed after a
+        // grace period through its embedded rcu_head.
+        QUEUES.this_cpu().lock().refill = true;
+        smp::set_need_resched_local();
         unsafe { call_rcu(head, vfree_rcu_head) };
     }
 }
@@ -412,7 +547,7 @@ crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
         arch::sev();
     }));
     while queued.load(Ordering::SeqCst) == 0 {
-        smp::cond_resched();
+        smp::quiescent_point();
         arch::wfe();
     }
     rcu_barrier();

@@ -2,8 +2,8 @@
 //! with a guard page, cross-CPU calls through per-CPU mailboxes, and a barrier.
 //!
 //! There is no scheduler and no IPI: each CPU runs one flow of control and polls its mailbox at
-//! quiescent points (`cond_resched()`, every wait loop) and in its idle loop (`wfe`, woken by
-//! `sev`). TLB maintenance uses broadcast `tlbi ...is`, so nothing else needs an interrupt.
+//! quiescent points (`cond_resched()` when its per-CPU NEED_RESCHED flag is set, every wait loop)
+//! and in its idle loop (`wfe`, woken by `sev`). TLB maintenance uses broadcast `tlbi ...is`, so nothing else needs an interrupt.
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
@@ -56,6 +56,25 @@ struct Call {
 }
 static MAILBOX: [Mailbox; NR_CPUS] = [const { Mailbox { func: AtomicPtr::new(core::ptr::null_mut()) } }; NR_CPUS];
 
+crate::define_per_cpu! {
+    /// Work is due on this CPU at its next quiescent point: a cross-CPU call waits in its
+    /// mailbox, RCU wants a quiescent state from it, or its RCU callbacks are ready (Linux:
+    /// TIF_NEED_RESCHED set by the IPI/tick, and rcu_data.rcu_urgent_qs). Set by anyone with
+    /// [`set_need_resched`]; cleared only by its own CPU.
+    static NEED_RESCHED: AtomicBool = AtomicBool::new(false);
+}
+
+/// Marks work due on `cpu` (and wakes it if it sleeps in its idle loop).
+pub fn set_need_resched(cpu: usize) {
+    NEED_RESCHED.on(cpu).store(true, Ordering::Release);
+    arch::sev();
+}
+
+/// Marks work due on this CPU.
+pub fn set_need_resched_local() {
+    NEED_RESCHED.this_cpu().store(true, Ordering::Release);
+}
+
 /// Runs a pending request for this CPU, if any. Called at quiescent points and in idle.
 pub fn poll_mailbox() {
     let cpu = arch::smp_processor_id();
@@ -68,11 +87,28 @@ pub fn poll_mailbox() {
     }
 }
 
-/// Linux's cond_resched(): the point where a CPU between units of work serves cross-CPU calls
-/// (and, once RCU exists, reports a quiescent state).
+/// Linux's cond_resched() on a non-preemptible kernel: a test of one per-CPU flag, and the
+/// work only when the flag says some is due (serving a cross-CPU call, reporting an RCU
+/// quiescent state, running ready RCU callbacks). Linux's fast path is the same shape:
+/// `should_resched()` (a thread-flag test) and `rcu_all_qs()` (a per-CPU flag test). No lock
+/// and no atomic read-modify-write unless work is due.
+#[inline]
 pub fn cond_resched() {
-    poll_mailbox();
-    quiescent_hook();
+    if NEED_RESCHED.this_cpu().load(Ordering::Relaxed) {
+        cond_resched_slow();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cond_resched_slow() {
+    // An RMW (acquire) pairs with set_need_resched's release store: what the setter posted
+    // before setting the flag (a mailbox call, a grace-period start) is visible below. A flag
+    // set again after this point is seen at the next cond_resched.
+    if NEED_RESCHED.this_cpu().swap(false, Ordering::AcqRel) {
+        poll_mailbox();
+        quiescent_hook();
+    }
 }
 
 static QS_HOOK: spin::Once<fn()> = spin::Once::new();
@@ -88,6 +124,14 @@ fn quiescent_hook() {
     }
 }
 
+/// What a quiescent point does, unconditionally (idle loops, wait loops that must not sleep
+/// owing work): serve the mailbox and report to RCU.
+pub fn quiescent_point() {
+    NEED_RESCHED.this_cpu().store(false, Ordering::Relaxed);
+    poll_mailbox();
+    quiescent_hook();
+}
+
 /// Runs `f` on `cpu` and waits for it (Linux: smp_call_function_single(..., wait = 1)).
 pub fn call_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) {
     if cpu == arch::smp_processor_id() {
@@ -100,12 +144,12 @@ pub fn call_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) {
     let call = Call { f: fptr, done: AtomicBool::new(false) };
     let p = &call as *const Call as *mut Call;
     while MAILBOX[cpu].func.compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        cond_resched();
+        quiescent_point();
         arch::wfe();
     }
-    arch::sev();
+    set_need_resched(cpu);
     while !call.done.load(Ordering::Acquire) {
-        cond_resched();
+        quiescent_point();
         arch::wfe();
     }
 }
@@ -141,7 +185,7 @@ impl Barrier {
             arch::sev();
         } else {
             while self.generation.load(Ordering::Acquire) == gen {
-                cond_resched();
+                quiescent_point();
                 arch::wfe();
             }
         }
@@ -154,8 +198,7 @@ static WORK: [AtomicPtr<Box<dyn Fn() + Send + Sync>>; NR_CPUS] = [const { Atomic
 /// Idle loop of a CPU: serve mailboxes, sleep in wfe.
 pub fn idle() -> ! {
     loop {
-        poll_mailbox();
-        quiescent_hook();
+        quiescent_point();
         let cpu = arch::smp_processor_id();
         let w = WORK[cpu].swap(core::ptr::null_mut(), Ordering::AcqRel);
         if !w.is_null() {
@@ -260,7 +303,7 @@ pub fn secondary_start(cpu: usize) -> ! {
 pub fn start_work(cpu: usize, f: Box<dyn Fn() + Send + Sync>) {
     let p = Box::into_raw(Box::new(f));
     while WORK[cpu].compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        cond_resched();
+        quiescent_point();
     }
     arch::sev();
 }
@@ -300,7 +343,7 @@ crate::ktest!(barrier_and_work_on_all_cpus, {
         barrier.wait();
     }
     while done.load(Ordering::SeqCst) != n - 1 {
-        cond_resched();
+        quiescent_point();
         arch::wfe();
     }
     Ok(())

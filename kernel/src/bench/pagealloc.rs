@@ -33,6 +33,19 @@ pub fn run() {
         let per = pairs(order, n);
         println!("BENCH pagealloc {name} alloc+free ops={n} ns_per_op={per}");
     }
+    // One order-0 page freed through free_pages_bulk (vfree of a 1-page area with the patch).
+    let t0 = arch::cycles();
+    for _ in 0..n {
+        let p = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
+        kalloc::free_pages_bulk(&[p]);
+    }
+    println!("BENCH pagealloc order0_free_pages_bulk alloc+free ops={n} ns_per_op={}", ns(arch::cycles() - t0) / n);
+    let t0 = arch::cycles();
+    for _ in 0..n {
+        let p = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
+        kalloc::__free_contig_range(p, 1);
+    }
+    println!("BENCH pagealloc order0_free_contig_range alloc+free ops={n} ns_per_op={}", ns(arch::cycles() - t0) / n);
     // Bulk: 100 order-0 pages in one alloc_pages_bulk, freed one by one and through
     // free_pages_bulk (the seed patch's path; pages from a bulk allocation are mostly contiguous).
     let mut slots = vec![None; 100];
@@ -57,4 +70,19 @@ pub fn run() {
         }
         println!("BENCH pagealloc {name} ops={rounds} ns_per_op={} ns_per_page={}", ns(arch::cycles() - t0) / rounds, ns(arch::cycles() - t0) / (rounds * 100));
     }
+    // cond_resched(), called per page by the baseline vfree and per run by free_pages_bulk:
+    // the common path (nothing due: one per-CPU flag test) and the slow path (flag set: mailbox
+    // poll and RCU quiescent-state report, here with nothing pending). Per call, loop included.
+    let n = 100_000u64;
+    let t0 = arch::cycles();
+    for _ in 0..n {
+        crate::smp::cond_resched();
+    }
+    println!("BENCH pagealloc cond_resched_idle ops={n} ns_per_op={}", ns(arch::cycles() - t0) / n);
+    let t0 = arch::cycles();
+    for _ in 0..n {
+        crate::smp::set_need_resched_local();
+        crate::smp::cond_resched();
+    }
+    println!("BENCH pagealloc cond_resched_due ops={n} ns_per_op={}", ns(arch::cycles() - t0) / n);
 }

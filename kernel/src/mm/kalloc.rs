@@ -93,10 +93,20 @@ pub fn __free_contig_range(pfn: Pfn, nr: u64) {
     report(allocator().__free_contig_range(arch::smp_processor_id(), pfn, nr));
 }
 
-/// The patch's free_pages_bulk: PFN-contiguous runs of `pages` through __free_contig_range.
+/// The patch's free_pages_bulk: PFN-contiguous runs of `pages` through __free_contig_range,
+/// with a cond_resched() after each run (outside the interrupt-masked section), as Linux's.
 pub fn free_pages_bulk(pages: &[Pfn]) {
-    let _irq = IrqGuard::new();
-    report(allocator().free_pages_bulk(arch::smp_processor_id(), pages));
+    let cpu = arch::smp_processor_id();
+    let mut rest = pages;
+    while !rest.is_empty() {
+        let (nr, r) = {
+            let _irq = IrqGuard::new();
+            allocator().free_pages_bulk_run(cpu, rest)
+        };
+        report(r);
+        rest = &rest[nr..];
+        crate::smp::cond_resched();
+    }
 }
 
 pub fn alloc_pages_va(gfp: GfpFlags, order: u32) -> *mut u8 {

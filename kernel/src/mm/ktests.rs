@@ -213,7 +213,7 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
     }
     work(errors.clone(), done.clone())();
     while done.load(Ordering::SeqCst) < cpus.len() {
-        crate::smp::cond_resched();
+        crate::smp::quiescent_point();
         arch::wfe();
     }
     kassert_eq!(errors.load(Ordering::SeqCst), 0);

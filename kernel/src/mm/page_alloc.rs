@@ -795,6 +795,7 @@ impl<'m> PageAllocator<'m> {
 
     /// Linux `free_prepared_contig_range`: free `[pfn, pfn + nr_pages)`, already prepared,
     /// in naturally aligned power-of-two chunks through the normal free path.
+    #[inline]
     fn free_prepared_contig_range(&self, cpu: usize, mut pfn: u64, mut nr_pages: u64) {
         while nr_pages != 0 {
             let order = contig_chunk_order(pfn, nr_pages);
@@ -811,57 +812,80 @@ impl<'m> PageAllocator<'m> {
     /// is still referenced or fails the checks ends the current run and is skipped; the first
     /// error is returned after everything else was freed. Runs are also cut at zone
     /// boundaries (Linux cuts them at memory sections).
+    #[inline]
     pub fn __free_contig_range(&self, cpu: usize, pfn: u64, nr_pages: u64) -> Result<(), MmError> {
         let mut res = Ok(());
-        let mut start: Option<(u64, u8)> = None;
         let end = pfn.saturating_add(nr_pages);
-        for p in pfn..end {
-            let freeable = match self.free_pages_check(p, 0).and_then(|page| Ok((page, Self::put_page_testzero(page, p)?)))
-            {
-                Ok((page, true)) => {
-                    Self::free_pages_prepare(page);
-                    Some(page.zone_idx())
-                }
-                Ok((_, false)) => None,
+        // [run, p): prepared pages of zone `run_zone`, not yet freed.
+        let mut run = pfn;
+        let mut run_zone = u8::MAX;
+        let mut p = pfn;
+        while p < end {
+            let freeable = match self.free_pages_check(p, 0) {
+                Ok(page) => match Self::put_page_testzero(page, p) {
+                    Ok(true) => {
+                        Self::free_pages_prepare(page);
+                        Some(page.zone_idx())
+                    }
+                    Ok(false) => None,
+                    Err(e) => {
+                        res = res.and(Err(e));
+                        None
+                    }
+                },
                 Err(e) => {
                     res = res.and(Err(e));
                     None
                 }
             };
-            match (freeable, start) {
-                (None, Some((s, _))) => {
-                    self.free_prepared_contig_range(cpu, s, p - s);
-                    start = None;
+            match freeable {
+                Some(z) => {
+                    if z != run_zone {
+                        if p != run {
+                            self.free_prepared_contig_range(cpu, run, p - run);
+                            run = p;
+                        }
+                        run_zone = z;
+                    }
                 }
-                (None, None) => {}
-                (Some(z), Some((s, sz))) if z != sz => {
-                    self.free_prepared_contig_range(cpu, s, p - s);
-                    start = Some((p, z));
+                None => {
+                    if p != run {
+                        self.free_prepared_contig_range(cpu, run, p - run);
+                    }
+                    run = p + 1;
                 }
-                (Some(_), Some(_)) => {}
-                (Some(z), None) => start = Some((p, z)),
             }
+            p += 1;
         }
-        if let Some((s, _)) = start {
-            self.free_prepared_contig_range(cpu, s, end - s);
+        if run < end {
+            self.free_prepared_contig_range(cpu, run, end - run);
         }
         res
     }
 
     /// Linux `free_pages_bulk(page_array, nr_pages)` (patch 2/3, merged revision): frees an
-    /// array of order-0 pages, each run of consecutive PFNs with one `__free_contig_range`.
-    /// Ascending PFN order gives the longest runs. Returns the first error.
-    pub fn free_pages_bulk(&self, cpu: usize, pages: &[u64]) -> Result<(), MmError> {
+    /// array of order-0 pages, each run of consecutive PFNs with one `__free_contig_range`,
+    /// calling `resched` after each run (Linux: `cond_resched()`). Ascending PFN order gives
+    /// the longest runs. Returns the first error.
+    pub fn free_pages_bulk(&self, cpu: usize, pages: &[u64], mut resched: impl FnMut()) -> Result<(), MmError> {
         let mut res = Ok(());
         let mut rest = pages;
         while !rest.is_empty() {
-            let nr_contig = num_pages_contiguous(rest);
-            if let Err(e) = self.__free_contig_range(cpu, rest[0], nr_contig as u64) {
-                res = res.and(Err(e));
-            }
+            let (nr_contig, r) = self.free_pages_bulk_run(cpu, rest);
+            res = res.and(r);
             rest = &rest[nr_contig..];
+            resched();
         }
         res
+    }
+
+    /// One step of [`Self::free_pages_bulk`]: frees the leading PFN run of `pages` and returns
+    /// its length (the kernel's glue calls this with interrupts masked per run, so that the
+    /// `cond_resched()` between runs runs with them unmasked, as in Linux).
+    #[inline]
+    pub fn free_pages_bulk_run(&self, cpu: usize, pages: &[u64]) -> (usize, Result<(), MmError>) {
+        let nr_contig = num_pages_contiguous(pages);
+        (nr_contig, self.__free_contig_range(cpu, pages[0], nr_contig as u64))
     }
 
     // ---- consistency check -----------------------------------------------------------------
