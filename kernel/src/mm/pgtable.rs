@@ -591,13 +591,16 @@ pub struct UnmapResult {
     pub pud_blocks: u64,
 }
 
-/// An unmap failure. Nothing has been changed when one of these is returned.
+/// An unmap failure (see [`PageTable::unmap_range`] for what has been cleared).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnmapError {
-    /// Start or size not page aligned, size zero, or the range overflows.
+    /// Start or size not page aligned, size zero, or the range overflows. Nothing has been
+    /// changed.
     Invalid,
     /// The range starts or ends inside a block or contiguous run (splitting is not supported;
-    /// Linux WARNs and clears the whole block anyway).
+    /// Linux WARNs and clears the whole block anyway). That block/run is left intact. If it
+    /// holds the range start nothing has been changed; otherwise it holds the range end and
+    /// every other leaf of the range has been cleared.
     PartialBlock {
         /// Start of the block/run.
         va: u64,
@@ -696,6 +699,9 @@ fn tbl<M: PtMemory + ?Sized>(mem: &M, pa: u64) -> *mut u64 {
 #[inline(always)]
 unsafe fn get(t: *mut u64, i: usize) -> u64 {
     debug_assert!(i < PTRS_PER_TABLE);
+    // Host tests count descriptor reads (unmap is one walk); compiled out of the kernel.
+    #[cfg(test)]
+    tests::note_read(t as usize + i * core::mem::size_of::<u64>());
     // SAFETY: caller guarantees a valid table page and index.
     unsafe { ptr::read_volatile(t.add(i)) }
 }
@@ -841,8 +847,30 @@ impl PageTable {
     /// Clear every leaf in `[va, va + size)`: PTEs, contiguous runs and blocks (Linux
     /// `vunmap_range_noflush`). No TLB maintenance (the vmalloc layer flushes lazily with
     /// [`flush_tlb_kernel_range`] before the VA is reused) and no table page is freed (Linux
-    /// keeps kernel page tables). A block or contiguous run that straddles either end of the
-    /// range is an error and nothing is changed.
+    /// keeps kernel page tables).
+    ///
+    /// One walk of the range, as in Linux: each descriptor covering the range is read once, and a
+    /// leaf that does not fit in the range is detected where the walk meets it (Linux
+    /// `WARN_ON(next - addr < PMD_SIZE)` after `pmd_clear_huge` / `pud_clear_huge`, and the
+    /// `WARN_ON`s around `huge_ptep_get_and_clear` for a contiguous run). Where Linux warns and
+    /// clears the whole block or run anyway, this refuses: the straddling block or run is left
+    /// intact and [`UnmapError::PartialBlock`] names it. Since only the leaf holding `va` can
+    /// straddle the start and only the leaf holding `va + size - 1` can straddle the end:
+    ///
+    /// - straddling the **start** (the block/run holding `va` begins before `va`, whatever its
+    ///   end): it is the first leaf the walk reaches, so the error is returned before anything
+    ///   is written; nothing is changed;
+    /// - straddling only the **end** (the block/run holding `va + size - 1` ends after
+    ///   `va + size`): it is the last leaf the walk reaches, so everything else in the range has
+    ///   already been cleared (as Linux does) when the error is returned; only that block or
+    ///   run is left mapped, untouched.
+    ///
+    /// A run is recognised by the contiguous bit of the entry the walk reads. In a malformed
+    /// run (the kernel never writes one: some of its 16 entries lack the bit) the entries
+    /// without the bit are cleared as plain pages, so there a start straddle can be reported
+    /// after such entries inside the range were cleared. Nothing outside the range is ever
+    /// written. On an end straddle the counts of what was cleared are not returned (the error
+    /// carries only the block/run).
     pub fn unmap_range<M: PtMemory + ?Sized>(
         &self,
         mem: &mut M,
@@ -850,16 +878,6 @@ impl PageTable {
         size: u64,
     ) -> Result<UnmapResult, UnmapError> {
         let end = check_range(va, size).ok_or(UnmapError::Invalid)?;
-        // Only the leaves at the two ends can straddle the range.
-        for probe in [va, end - PAGE_SIZE] {
-            if let Some(t) = self.walk(mem, probe) {
-                let span = t.map_size();
-                let leaf_start = probe & !(span - 1);
-                if leaf_start < va || leaf_start + (span - 1) > end - 1 {
-                    return Err(UnmapError::PartialBlock { va: leaf_start, size: span });
-                }
-            }
-        }
         let mut res = UnmapResult::default();
         let root = tbl(mem, self.root_pa);
         let mut addr = va;
@@ -868,7 +886,7 @@ impl PageTable {
             // SAFETY: root table from PtMemory, index < 512.
             let e = unsafe { get(root, pt_index(addr, PGDIR_SHIFT)) };
             if desc_is_table(e) {
-                unmap_pud_range(mem, desc_addr(e), addr, next, &mut res);
+                unmap_pud_range(mem, desc_addr(e), addr, next, &mut res)?;
             }
             addr = next;
             if addr == end {
@@ -1192,7 +1210,31 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
     }
 }
 
-fn unmap_pud_range<M: PtMemory + ?Sized>(mem: &mut M, table: u64, mut addr: u64, end: u64, res: &mut UnmapResult) {
+// Unmap walkers (Linux `vunmap_pud_range` / `vunmap_pmd_range` / `vunmap_pte_range`). Each
+// is handed the part `[addr, end)` of the range that falls in its table and reads each entry
+// of that part once. A block or run is cleared only when it lies entirely inside `[addr, end)`;
+// a block/run that sticks out on the left can only be the first leaf of the whole range, one
+// that sticks out on the right only the last (see `PageTable::unmap_range`).
+
+/// The straddle check of `pud_clear_huge` / `pmd_clear_huge` (Linux: `WARN_ON(next - addr <
+/// size)`): a block entry for the chunk `[addr, next)` is cleared only when the chunk is the
+/// whole block.
+#[inline(always)]
+fn whole_block(addr: u64, next: u64, size: u64) -> Result<(), UnmapError> {
+    if next - addr == size {
+        Ok(())
+    } else {
+        Err(UnmapError::PartialBlock { va: addr & !(size - 1), size })
+    }
+}
+
+fn unmap_pud_range<M: PtMemory + ?Sized>(
+    mem: &mut M,
+    table: u64,
+    mut addr: u64,
+    end: u64,
+    res: &mut UnmapResult,
+) -> Result<(), UnmapError> {
     let t = tbl(mem, table);
     loop {
         let next = addr_end(addr, end, PUD_SIZE);
@@ -1201,21 +1243,28 @@ fn unmap_pud_range<M: PtMemory + ?Sized>(mem: &mut M, table: u64, mut addr: u64,
         let e = unsafe { get(t, i) };
         if desc_is_block(e) {
             // pud_clear_huge
+            whole_block(addr, next, PUD_SIZE)?;
             // SAFETY: as above.
             unsafe { set(t, i, 0) };
             res.pud_blocks += 1;
             res.pages += PUD_SIZE / PAGE_SIZE;
         } else if desc_is_table(e) {
-            unmap_pmd_range(mem, desc_addr(e), addr, next, res);
+            unmap_pmd_range(mem, desc_addr(e), addr, next, res)?;
         }
         addr = next;
         if addr == end {
-            return;
+            return Ok(());
         }
     }
 }
 
-fn unmap_pmd_range<M: PtMemory + ?Sized>(mem: &mut M, table: u64, mut addr: u64, end: u64, res: &mut UnmapResult) {
+fn unmap_pmd_range<M: PtMemory + ?Sized>(
+    mem: &mut M,
+    table: u64,
+    mut addr: u64,
+    end: u64,
+    res: &mut UnmapResult,
+) -> Result<(), UnmapError> {
     let t = tbl(mem, table);
     loop {
         let next = addr_end(addr, end, PMD_SIZE);
@@ -1224,36 +1273,85 @@ fn unmap_pmd_range<M: PtMemory + ?Sized>(mem: &mut M, table: u64, mut addr: u64,
         let e = unsafe { get(t, i) };
         if desc_is_block(e) {
             // pmd_clear_huge
+            whole_block(addr, next, PMD_SIZE)?;
             // SAFETY: as above.
             unsafe { set(t, i, 0) };
             res.pmd_blocks += 1;
             res.pages += PMD_SIZE / PAGE_SIZE;
         } else if desc_is_table(e) {
-            // vunmap_pte_range
-            let pt = tbl(mem, desc_addr(e));
-            let first = pt_index(addr, PAGE_SHIFT);
-            let n = ((next - addr) / PAGE_SIZE) as usize;
-            for k in first..first + n {
-                // SAFETY: k < 512 within this PMD span.
-                let p = unsafe { get(pt, k) };
-                if p != 0 {
-                    // SAFETY: as above.
-                    unsafe { set(pt, k, 0) };
-                    if desc_valid(p) {
-                        res.ptes += 1;
-                        res.pages += 1;
-                        if p & PteFlags::CONT.bits() != 0 && k % CONT_PTES == 0 {
-                            res.cont_runs += 1;
-                        }
-                    }
-                }
-            }
+            unmap_pte_range(mem, desc_addr(e), addr, next, res)?;
         }
         addr = next;
         if addr == end {
-            return;
+            return Ok(());
         }
     }
+}
+
+/// `vunmap_pte_range` for `[addr, end)` inside one PTE table, with arm64's
+/// `arch_vmap_pte_range_unmap_size`: a valid entry with the contiguous bit is cleared together
+/// with the rest of its 16-entry run (`huge_ptep_get_and_clear`), provided the run lies inside
+/// `[addr, end)`; otherwise nothing more is cleared and the run is reported. `addr` is the range
+/// start or PMD aligned and `end` the range end or PMD aligned, and a run never crosses a PMD
+/// boundary, so "inside `[addr, end)`" is "inside the whole range".
+fn unmap_pte_range<M: PtMemory + ?Sized>(
+    mem: &mut M,
+    table: u64,
+    addr: u64,
+    end: u64,
+    res: &mut UnmapResult,
+) -> Result<(), UnmapError> {
+    const CONT: u64 = PteFlags::CONT.bits();
+    let pt = tbl(mem, table);
+    let first = pt_index(addr, PAGE_SHIFT);
+    let stop = first + ((end - addr) / PAGE_SIZE) as usize;
+    let mut k = first;
+    while k < stop {
+        // SAFETY: k < 512 within this PMD span.
+        let p = unsafe { get(pt, k) };
+        if p == 0 {
+            k += 1;
+            continue;
+        }
+        if desc_valid(p) && p & CONT != 0 {
+            // Linux WARNs on a run not aligned to `addr` (and aligns down) or going past `end`
+            // (and clears it whole); here the run is left alone and reported.
+            let run_first = k & !(CONT_PTES - 1);
+            let run_stop = run_first + CONT_PTES;
+            if run_first < first || run_stop > stop {
+                let va_k = addr + (k - first) as u64 * PAGE_SIZE;
+                return Err(UnmapError::PartialBlock { va: va_k & !(CONT_PTE_SIZE - 1), size: CONT_PTE_SIZE });
+            }
+            // Clear the run from here (its first entry for a well-formed run) to its end.
+            // SAFETY: as above.
+            unsafe { set(pt, k, 0) };
+            res.ptes += 1;
+            res.pages += 1;
+            for j in k + 1..run_stop {
+                // SAFETY: j < run_stop <= stop <= 512.
+                let q = unsafe { get(pt, j) };
+                if q != 0 {
+                    // SAFETY: as above.
+                    unsafe { set(pt, j, 0) };
+                    if desc_valid(q) {
+                        res.ptes += 1;
+                        res.pages += 1;
+                    }
+                }
+            }
+            res.cont_runs += 1;
+            k = run_stop;
+        } else {
+            // SAFETY: as above.
+            unsafe { set(pt, k, 0) };
+            if desc_valid(p) {
+                res.ptes += 1;
+                res.pages += 1;
+            }
+            k += 1;
+        }
+    }
+    Ok(())
 }
 
 /// True when the tree under `table` (a table at `level`) has no valid leaf.
@@ -1505,6 +1603,28 @@ mod tests {
     use alloc::vec::Vec;
     use std::collections::HashMap;
 
+    std::thread_local! {
+        /// Addresses of the descriptors read through `get` while [`record_reads`] runs.
+        static READS: core::cell::RefCell<Option<Vec<usize>>> = const { core::cell::RefCell::new(None) };
+    }
+
+    /// Called by `get` (test builds only) for every descriptor read.
+    pub(super) fn note_read(entry: usize) {
+        READS.with(|r| {
+            if let Some(v) = r.borrow_mut().as_mut() {
+                v.push(entry);
+            }
+        });
+    }
+
+    /// Runs `f` and returns its result with the addresses of the descriptors it read, in order.
+    fn record_reads<R>(f: impl FnOnce() -> R) -> (R, Vec<usize>) {
+        READS.with(|r| *r.borrow_mut() = Some(Vec::new()));
+        let out = f();
+        let reads = READS.with(|r| r.borrow_mut().take().unwrap());
+        (out, reads)
+    }
+
     /// Simulated physical memory: table pages in boxes keyed by a fake PA.
     struct SimMem {
         pages: HashMap<u64, *mut [u64; 512]>,
@@ -1512,11 +1632,20 @@ mod tests {
         allocs: u64,
         frees: u64,
         limit: Option<u64>,
+        /// `table()` calls (table page lookups by the walkers).
+        lookups: core::cell::Cell<u64>,
     }
 
     impl SimMem {
         fn new() -> Self {
-            SimMem { pages: HashMap::new(), next_pa: 0x8000_0000, allocs: 0, frees: 0, limit: None }
+            SimMem {
+                pages: HashMap::new(),
+                next_pa: 0x8000_0000,
+                allocs: 0,
+                frees: 0,
+                limit: None,
+                lookups: core::cell::Cell::new(0),
+            }
         }
         fn live(&self) -> usize {
             self.pages.len()
@@ -1535,6 +1664,7 @@ mod tests {
     // SAFETY: every PA maps to a live boxed page until freed; pages start zeroed.
     unsafe impl PtMemory for SimMem {
         fn table(&self, pa: u64) -> *mut [u64; 512] {
+            self.lookups.set(self.lookups.get() + 1);
             *self.pages.get(&pa).expect("table() on a PA that is not a table page")
         }
         fn alloc_table(&mut self) -> Option<u64> {
@@ -1843,19 +1973,222 @@ mod tests {
         let run = va + PMD_SIZE;
         pt.map_range(&mut mem, &mut tlb, run, 0x5000_0000, CONT_PTE_SIZE, K, ALL_HUGE).unwrap();
         let before = leaves(&mem, &pt, va, run + CONT_PTE_SIZE);
+        assert_eq!(pt.unmap_range(&mut mem, va, 0), Err(UnmapError::Invalid));
+        assert_eq!(pt.unmap_range(&mut mem, va + 1, PAGE_SIZE), Err(UnmapError::Invalid));
+        assert_eq!(pt.unmap_range(&mut mem, va, PAGE_SIZE + 1), Err(UnmapError::Invalid));
+        assert_eq!(pt.unmap_range(&mut mem, !(PAGE_SIZE - 1), PAGE_SIZE), Err(UnmapError::Invalid));
+        // Straddling the start: nothing changed.
         assert_eq!(
             pt.unmap_range(&mut mem, va + PAGE_SIZE, PAGE_SIZE),
             Err(UnmapError::PartialBlock { va, size: PMD_SIZE })
         );
+        assert_eq!(leaves(&mem, &pt, va, run + CONT_PTE_SIZE), before);
+        // Straddling the end: the block before the run is cleared, the run is left whole.
         assert_eq!(
             pt.unmap_range(&mut mem, va, PMD_SIZE + PAGE_SIZE),
             Err(UnmapError::PartialBlock { va: run, size: CONT_PTE_SIZE })
         );
-        assert_eq!(pt.unmap_range(&mut mem, va, 0), Err(UnmapError::Invalid));
-        assert_eq!(pt.unmap_range(&mut mem, va + 1, PAGE_SIZE), Err(UnmapError::Invalid));
-        assert_eq!(leaves(&mem, &pt, va, run + CONT_PTE_SIZE), before);
+        assert!(leaves(&mem, &pt, va, run).is_empty());
+        assert_eq!(leaves(&mem, &pt, run, run + CONT_PTE_SIZE), before[1..]);
         let r = pt.unmap_range(&mut mem, va, PMD_SIZE + CONT_PTE_SIZE).unwrap();
-        assert_eq!((r.pmd_blocks, r.cont_runs, r.pages), (1, 1, 528));
+        assert_eq!(r, UnmapResult { pages: 16, ptes: 16, cont_runs: 1, pmd_blocks: 0, pud_blocks: 0 });
+        assert!(leaves(&mem, &pt, va, run + CONT_PTE_SIZE).is_empty());
+    }
+
+    /// A block or run holding the range start is the first leaf the walk meets: the error
+    /// comes after one descent (no more reads) and nothing is changed, whatever the range end.
+    #[test]
+    fn unmap_straddling_start_changes_nothing() {
+        let (mut mem, mut tlb, pt) = setup();
+        let blk = VMALLOC_START + 4 * PMD_SIZE;
+        pt.map_range(&mut mem, &mut tlb, blk, 0x4000_0000, PMD_SIZE, K, ALL_HUGE).unwrap();
+        // Right after the block: one contiguous run and two pages.
+        let run = blk + PMD_SIZE;
+        pt.map_range(&mut mem, &mut tlb, run, 0x5000_0000, CONT_PTE_SIZE + 2 * PAGE_SIZE, K, ALL_HUGE).unwrap();
+        let all_end = run + CONT_PTE_SIZE + 2 * PAGE_SIZE;
+        let before = leaves(&mem, &pt, blk, all_end);
+        assert_eq!(before.len(), 1 + 16 + 2);
+        let in_blk = UnmapError::PartialBlock { va: blk, size: PMD_SIZE };
+        let in_run = UnmapError::PartialBlock { va: run, size: CONT_PTE_SIZE };
+        for (va, end, err) in [
+            (blk + PAGE_SIZE, all_end, in_blk),            // block, run and pages after it
+            (blk + PMD_SIZE - PAGE_SIZE, all_end, in_blk), // last page of the block
+            (blk + PAGE_SIZE, blk + 2 * PAGE_SIZE, in_blk), // both ends inside the block
+            (blk + PAGE_SIZE, run + PAGE_SIZE, in_blk),    // and the end inside the run
+            (run + PAGE_SIZE, all_end, in_run),            // rest of the run and the pages
+            (run + 15 * PAGE_SIZE, all_end, in_run),       // last page of the run
+            (run + 4 * PAGE_SIZE, run + 8 * PAGE_SIZE, in_run), // both ends inside the run
+        ] {
+            let (r, reads) = record_reads(|| pt.unmap_range(&mut mem, va, end - va));
+            assert_eq!(r, Err(err), "[{va:#x}, {end:#x})");
+            assert_eq!(leaves(&mem, &pt, blk, all_end), before, "[{va:#x}, {end:#x})");
+            // root, pud, pmd entry (and the pte for a run): the first leaf, nothing after it.
+            let depth = if err == in_blk { 3 } else { 4 };
+            assert_eq!(reads.len(), depth, "[{va:#x}, {end:#x})");
+        }
+        // A 1 GiB block holding the start.
+        let lin = 0xffff_0000_0000_0000;
+        let f = MapFlags::for_page_shift(PUD_SHIFT);
+        pt.map_range(&mut mem, &mut tlb, lin, 0x4000_0000, PUD_SIZE + PMD_SIZE, K, f).unwrap();
+        let before = leaves(&mem, &pt, lin, lin + PUD_SIZE + PMD_SIZE);
+        let (r, reads) = record_reads(|| pt.unmap_range(&mut mem, lin + PMD_SIZE, PUD_SIZE));
+        assert_eq!(r, Err(UnmapError::PartialBlock { va: lin, size: PUD_SIZE }));
+        assert_eq!(reads.len(), 2);
+        assert_eq!(leaves(&mem, &pt, lin, lin + PUD_SIZE + PMD_SIZE), before);
+    }
+
+    /// A block or run holding the range end (and not its start) is the last leaf the walk
+    /// meets: everything before it is cleared (as in Linux), it stays whole and is reported.
+    #[test]
+    fn unmap_straddling_end_clears_the_rest() {
+        let (mut mem, mut tlb, pt) = setup();
+        // A neighbour page, then 3 pages and a run at the end of one PMD, a block in the next.
+        let blk = VMALLOC_START + 8 * PMD_SIZE;
+        let head = blk - CONT_PTE_SIZE - 3 * PAGE_SIZE;
+        let nb = head - PAGE_SIZE;
+        pt.map_range(&mut mem, &mut tlb, nb, 0x3000_0000, PAGE_SIZE, K, ALL_HUGE).unwrap();
+        let pa_head = 0x4000_0000 - CONT_PTE_SIZE - 3 * PAGE_SIZE;
+        let s = pt.map_range(&mut mem, &mut tlb, head, pa_head, blk - head, K, ALL_HUGE).unwrap();
+        assert_eq!((s.ptes, s.cont_runs), (19, 1));
+        pt.map_range(&mut mem, &mut tlb, blk, 0x4000_0000, PMD_SIZE, K, ALL_HUGE).unwrap();
+        let block = leaves(&mem, &pt, blk, blk + PMD_SIZE);
+        for end in [blk + PAGE_SIZE, blk + PMD_SIZE - PAGE_SIZE] {
+            let (r, reads) = record_reads(|| pt.unmap_range(&mut mem, head, end - head));
+            assert_eq!(r, Err(UnmapError::PartialBlock { va: blk, size: PMD_SIZE }));
+            assert!(leaves(&mem, &pt, head, blk).is_empty(), "pages and run before the block cleared");
+            assert_eq!(leaves(&mem, &pt, blk, blk + PMD_SIZE), block, "block untouched");
+            assert_eq!(pt.walk(&mem, nb).unwrap().pa, 0x3000_0000, "neighbour kept");
+            let mut sorted = reads.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), reads.len(), "an entry was read twice");
+            // Again, now that the head is empty: same answer, still nothing else changed.
+            pt.map_range(&mut mem, &mut tlb, head, pa_head, blk - head, K, ALL_HUGE).unwrap();
+        }
+        // A run holding the end, after pages and a whole run.
+        let r0 = VMALLOC_START + 12 * PMD_SIZE;
+        let start = r0 - 5 * PAGE_SIZE;
+        pt.map_range(&mut mem, &mut tlb, start, 0x6000_0000 - 5 * PAGE_SIZE, 5 * PAGE_SIZE + 2 * CONT_PTE_SIZE, K, ALL_HUGE)
+            .unwrap();
+        let r1 = r0 + CONT_PTE_SIZE;
+        let second = leaves(&mem, &pt, r1, r1 + CONT_PTE_SIZE);
+        assert_eq!(second.len(), 16);
+        let r = pt.unmap_range(&mut mem, start, r1 + 3 * PAGE_SIZE - start);
+        assert_eq!(r, Err(UnmapError::PartialBlock { va: r1, size: CONT_PTE_SIZE }));
+        assert!(leaves(&mem, &pt, start, r1).is_empty());
+        assert_eq!(leaves(&mem, &pt, r1, r1 + CONT_PTE_SIZE), second);
+        // A 1 GiB block holding the end, after a 2 MiB block.
+        let lin = 0xffff_0000_0000_0000 + PUD_SIZE - PMD_SIZE;
+        let f = MapFlags::for_page_shift(PUD_SHIFT);
+        pt.map_range(&mut mem, &mut tlb, lin, 0x4000_0000 - PMD_SIZE, PMD_SIZE + PUD_SIZE, K, f).unwrap();
+        let r = pt.unmap_range(&mut mem, lin, 2 * PMD_SIZE);
+        assert_eq!(r, Err(UnmapError::PartialBlock { va: lin + PMD_SIZE, size: PUD_SIZE }));
+        assert!(leaves(&mem, &pt, lin, lin + PMD_SIZE).is_empty());
+        assert_eq!(pt.walk(&mem, lin + PMD_SIZE + 0x1234_5000).unwrap().pa, 0x4000_0000 + 0x1234_5000);
+    }
+
+    #[test]
+    fn unmap_whole_blocks_and_runs() {
+        let (mut mem, mut tlb, pt) = setup();
+        let va = VMALLOC_START + 2 * PMD_SIZE;
+        pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, PMD_SIZE, K, ALL_HUGE).unwrap();
+        let r = pt.unmap_range(&mut mem, va, PMD_SIZE).unwrap();
+        assert_eq!(r, UnmapResult { pages: 512, ptes: 0, cont_runs: 0, pmd_blocks: 1, pud_blocks: 0 });
+        pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, CONT_PTE_SIZE, K, ALL_HUGE).unwrap();
+        let r = pt.unmap_range(&mut mem, va, CONT_PTE_SIZE).unwrap();
+        assert_eq!(r, UnmapResult { pages: 16, ptes: 16, cont_runs: 1, pmd_blocks: 0, pud_blocks: 0 });
+        assert!(leaves(&mem, &pt, va, va + PMD_SIZE).is_empty());
+        // Mixed, across 1 GiB: pages, runs, 2 MiB blocks, a 1 GiB block, runs and pages.
+        let lin = 0xffff_0000_0000_0000 + PUD_SIZE - PMD_SIZE - CONT_PTE_SIZE - 2 * PAGE_SIZE;
+        let pa = 0x4000_0000 - PMD_SIZE - CONT_PTE_SIZE - 2 * PAGE_SIZE;
+        let size = 2 * PAGE_SIZE + CONT_PTE_SIZE + PMD_SIZE + PUD_SIZE + PMD_SIZE + 2 * CONT_PTE_SIZE + 3 * PAGE_SIZE;
+        let f = MapFlags::for_page_shift(PUD_SHIFT);
+        let s = pt.map_range(&mut mem, &mut tlb, lin, pa, size, K, f).unwrap();
+        assert_eq!((s.ptes, s.cont_runs, s.pmd_blocks, s.pud_blocks), (5 + 48, 3, 2, 1));
+        let r = pt.unmap_range(&mut mem, lin, size).unwrap();
+        assert_eq!(r, UnmapResult { pages: size / PAGE_SIZE, ptes: 53, cont_runs: 3, pmd_blocks: 2, pud_blocks: 1 });
+        assert!(leaves(&mem, &pt, lin, lin + size).is_empty());
+    }
+
+    /// unmap_range is one walk: each descriptor in the range is read exactly once, each table
+    /// page on the way is looked up once, and the total is what a single walk needs (Linux
+    /// vunmap_range_noflush), not that plus two probe walks of the ends.
+    #[test]
+    fn unmap_is_one_walk() {
+        fn check(mem: &mut SimMem, pt: &PageTable, va: u64, size: u64, reads_expected: usize, tables: u64) -> UnmapResult {
+            mem.lookups.set(0);
+            let (r, reads) = record_reads(|| pt.unmap_range(mem, va, size));
+            let mut sorted = reads.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), reads.len(), "a descriptor was read twice");
+            assert_eq!(reads.len(), reads_expected, "descriptor reads");
+            assert_eq!(mem.lookups.get(), tables, "table page lookups");
+            r.unwrap()
+        }
+        let (mut mem, mut tlb, pt) = setup();
+        // N small pages inside one PTE table: root + pud + pmd entry + N ptes, 4 tables.
+        let n = 40;
+        let va = VMALLOC_START + 0x3000;
+        pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, n * PAGE_SIZE, K, MapFlags::empty()).unwrap();
+        let r = check(&mut mem, &pt, va, n * PAGE_SIZE, 3 + n as usize, 4);
+        assert_eq!(r.pages, n);
+        // Same range again, now empty: the same single walk.
+        check(&mut mem, &pt, va, n * PAGE_SIZE, 3 + n as usize, 4);
+        // One page: 4 reads (one walk() alone is 4; the old probes made it 12).
+        pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, PAGE_SIZE, K, MapFlags::empty()).unwrap();
+        check(&mut mem, &pt, va, PAGE_SIZE, 4, 4);
+        // Across a 1 GiB boundary: root + 2 pud + 2 pmd entries + 6 ptes; root, pud, 2 pmd, 2 pte tables.
+        let x = VMALLOC_START + PUD_SIZE - 3 * PAGE_SIZE;
+        pt.map_range(&mut mem, &mut tlb, x, 0x4000_0000, 6 * PAGE_SIZE, K, MapFlags::empty()).unwrap();
+        let r = check(&mut mem, &pt, x, 6 * PAGE_SIZE, 1 + 2 + 2 + 6, 6);
+        assert_eq!(r.pages, 6);
+        // Mixed over three PMDs: 3 pages + 31 runs | a 2 MiB block | 2 runs + 5 pages.
+        let m = VMALLOC_START + 16 * PMD_SIZE - CONT_PTE_SIZE * 31 - 3 * PAGE_SIZE;
+        let pa = 0x8000_0000 - CONT_PTE_SIZE * 31 - 3 * PAGE_SIZE;
+        let size = 3 * PAGE_SIZE + 31 * CONT_PTE_SIZE + PMD_SIZE + 2 * CONT_PTE_SIZE + 5 * PAGE_SIZE;
+        let s = pt.map_range(&mut mem, &mut tlb, m, pa, size, K, ALL_HUGE).unwrap();
+        assert_eq!((s.cont_runs, s.pmd_blocks), (33, 1));
+        let ptes_first = 3 + 31 * 16;
+        let ptes_last = 2 * 16 + 5;
+        // root + pud + 3 pmd entries + every pte of the two PTE-mapped chunks.
+        let r = check(&mut mem, &pt, m, size, 1 + 1 + 3 + ptes_first + ptes_last, 5);
+        assert_eq!(r, UnmapResult { pages: size / PAGE_SIZE, ptes: 3 + 5 + 33 * 16, cont_runs: 33, pmd_blocks: 1, pud_blocks: 0 });
+    }
+
+    /// Runs the kernel never writes (contiguous bit missing on some entries) are still never
+    /// cleared beyond the range.
+    #[test]
+    fn unmap_malformed_run() {
+        let (mut mem, mut tlb, pt) = setup();
+        let run = VMALLOC_START + 5 * CONT_PTE_SIZE;
+        // Clear CONT on the run's first entry.
+        let strip_first = |mem: &mut SimMem| {
+            let l0 = tbl(mem, pt.root_pa);
+            // SAFETY: tables of this simulated tree.
+            unsafe {
+                let l1 = tbl(mem, desc_addr(get(l0, pt_index(run, PGDIR_SHIFT))));
+                let l2 = tbl(mem, desc_addr(get(l1, pt_index(run, PUD_SHIFT))));
+                let l3 = tbl(mem, desc_addr(get(l2, pt_index(run, PMD_SHIFT))));
+                let i = pt_index(run, PAGE_SHIFT);
+                set(l3, i, get(l3, i) & !PteFlags::CONT.bits());
+            }
+        };
+        pt.map_range(&mut mem, &mut tlb, run, 0x4000_0000, CONT_PTE_SIZE, K, ALL_HUGE).unwrap();
+        strip_first(&mut mem);
+        // Whole run in range: cleared (entry 0 as a page, the rest as the run).
+        let r = pt.unmap_range(&mut mem, run, CONT_PTE_SIZE).unwrap();
+        assert_eq!((r.pages, r.ptes, r.cont_runs), (16, 16, 1));
+        assert!(leaves(&mem, &pt, run, run + CONT_PTE_SIZE).is_empty());
+        // Range ending inside it: entry 0 (no CONT bit) is cleared, the entries carrying the
+        // bit are left and the run is reported.
+        pt.map_range(&mut mem, &mut tlb, run, 0x4000_0000, CONT_PTE_SIZE, K, ALL_HUGE).unwrap();
+        strip_first(&mut mem);
+        let r = pt.unmap_range(&mut mem, run, 4 * PAGE_SIZE);
+        assert_eq!(r, Err(UnmapError::PartialBlock { va: run, size: CONT_PTE_SIZE }));
+        let l = leaves(&mem, &pt, run, run + CONT_PTE_SIZE);
+        assert_eq!(l.len(), 15);
+        assert_eq!(l[0].va, run + PAGE_SIZE);
     }
 
     #[test]
@@ -2133,6 +2466,36 @@ mod tests {
             ]
         }
 
+        /// A page index in the window, often a few pages either side of a 64 KiB or 2 MiB
+        /// boundary (where mappings start and runs and blocks begin and end).
+        fn near_boundary() -> impl Strategy<Value = u64> {
+            (0..WINDOW_PAGES, 0..3u8, 0..5u64).prop_map(|(x, k, d)| {
+                let snapped = match k {
+                    0 => return x,
+                    1 => x & !15,
+                    _ => x & !511,
+                };
+                (snapped + d).wrapping_sub(2).min(WINDOW_PAGES - 1)
+            })
+        }
+
+        /// The units an unmap clears or refuses as a whole: (start, size) of each block, each
+        /// contiguous run and each plain page, from the leaves.
+        fn units(leaves: &[Leaf]) -> Vec<(u64, u64)> {
+            let mut u: Vec<(u64, u64)> = Vec::new();
+            for l in leaves {
+                let unit = if l.level == 3 && l.desc & PteFlags::CONT.bits() != 0 {
+                    (l.va & !(CONT_PTE_SIZE - 1), CONT_PTE_SIZE)
+                } else {
+                    (l.va, l.size)
+                };
+                if u.last() != Some(&unit) {
+                    u.push(unit);
+                }
+            }
+            u
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
             #[test]
@@ -2197,6 +2560,80 @@ mod tests {
                 }
                 pt.free_all(&mut mem);
                 prop_assert_eq!(mem.live(), 0);
+            }
+        }
+
+        proptest! {
+            // Cheap (one small table tree per case); many cases so the rarer straddles occur.
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+            /// Unmapping any sub-range of a random mix of pages, runs and blocks: refused with
+            /// nothing changed when a block/run holds the start; when one holds only the end,
+            /// everything else is cleared and it stays whole; otherwise everything in range
+            /// is cleared. Always one read per descriptor.
+            #[test]
+            fn random_subrange_unmap_matches_leaf_model(
+                maps in proptest::collection::vec(cmd(), 1..8),
+                a in near_boundary(),
+                b in near_boundary(),
+            ) {
+                let (mut mem, mut tlb, pt) = setup();
+                let mut live: Vec<(u64, u64)> = Vec::new();
+                let mut next_pa = 0x10_0000_0000u64;
+                for c in maps {
+                    let Cmd::Map { at, pages, pa_skew, flags } = c else { continue };
+                    let pages = pages.min(WINDOW_PAGES - at);
+                    let va = BASE + at * PAGE_SIZE;
+                    let size = pages * PAGE_SIZE;
+                    if live.iter().any(|&(v, s)| va < v + s && v < va + size) {
+                        continue;
+                    }
+                    let pa = next_pa + (va & (PMD_SIZE - 1)) + pa_skew * PAGE_SIZE;
+                    next_pa += 2 * PMD_SIZE + ((size + PMD_SIZE - 1) & !(PMD_SIZE - 1));
+                    let f = MapFlags::from_bits_truncate(flags as u32 & 3);
+                    pt.map_range(&mut mem, &mut tlb, va, pa, size, K, f).unwrap();
+                    live.push((va, size));
+                }
+                let win_end = BASE + WINDOW_PAGES * PAGE_SIZE;
+                let va = BASE + a.min(b) * PAGE_SIZE;
+                let end = BASE + (a.max(b) + 1) * PAGE_SIZE;
+                let before = leaves(&mem, &pt, BASE, win_end);
+                let us = units(&before);
+                let holding = |a: u64| us.iter().copied().find(|&(s, z)| s <= a && a < s + z);
+                let (r, reads) = record_reads(|| pt.unmap_range(&mut mem, va, end - va));
+                let mut sorted = reads.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                prop_assert_eq!(sorted.len(), reads.len(), "a descriptor was read twice");
+                let after = leaves(&mem, &pt, BASE, win_end);
+                match holding(va) {
+                    Some((s, z)) if s < va => {
+                        prop_assert_eq!(r, Err(UnmapError::PartialBlock { va: s, size: z }));
+                        prop_assert_eq!(after, before);
+                    }
+                    _ => {
+                        let straddle = holding(end - PAGE_SIZE).filter(|&(s, z)| s + z > end);
+                        // Kept: leaves outside the range, and the straddling unit.
+                        let kept: Vec<Leaf> = before
+                            .iter()
+                            .copied()
+                            .filter(|l| {
+                                let in_range = l.va < end && va < l.va + l.size;
+                                let in_straddle = straddle.is_some_and(|(s, z)| s <= l.va && l.va < s + z);
+                                !in_range || in_straddle
+                            })
+                            .collect();
+                        prop_assert_eq!(&after, &kept);
+                        match straddle {
+                            Some((s, z)) => prop_assert_eq!(r, Err(UnmapError::PartialBlock { va: s, size: z })),
+                            None => {
+                                let r = r.unwrap();
+                                let gone: u64 = us.iter().filter(|&&(s, z)| s < end && va < s + z).map(|&(_, z)| z).sum();
+                                prop_assert_eq!(r.pages, gone / PAGE_SIZE);
+                            }
+                        }
+                    }
+                }
+                pt.free_all(&mut mem);
             }
         }
     }
