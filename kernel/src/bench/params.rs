@@ -79,6 +79,9 @@ pub struct TvParams {
     pub loop_scale_ppm: u32,
     /// Seed of the workers' random generators (fixed, so A/B runs see the same sizes).
     pub seed: u64,
+    /// Suite mode: each row starts cold (caches drained, a leak line per row; the default) or
+    /// from the previous row's state (`rows=warm`: one leak line for the whole suite).
+    pub warm_rows: bool,
 }
 
 impl Default for TvParams {
@@ -96,6 +99,7 @@ impl Default for TvParams {
             suite: None,
             loop_scale_ppm: 1_000_000,
             seed: 0x5eed_1234_abcd_0001,
+            warm_rows: false,
         }
     }
 }
@@ -160,6 +164,13 @@ impl TvParams {
                         other => return Err(format!("bad value \"{}\" for {full}: expected seed or stress", other.unwrap_or(""))),
                     })
                 }
+                "rows" => {
+                    p.warm_rows = match v.as_deref() {
+                        Some("cold") => false,
+                        Some("warm") => true,
+                        other => return Err(format!("bad value \"{}\" for {full}: expected cold or warm", other.unwrap_or(""))),
+                    }
+                }
                 "loop_scale" => p.loop_scale_ppm = parse_scale(k, v.as_deref().unwrap_or(""))?,
                 "seed" => p.seed = crate::params::parse_uint(&full, v.as_deref()).map_err(|e| e.to_string())?,
                 _ => return Err(format!("unknown boot parameter {full}")),
@@ -193,6 +204,9 @@ impl TvParams {
         );
         if let Some(suite) = self.suite {
             s += &format!(" suite={} loop_scale={}.{:06}", if suite == Suite::Seed { "seed" } else { "stress" }, self.loop_scale_ppm / 1_000_000, self.loop_scale_ppm % 1_000_000);
+            if suite == Suite::Seed {
+                s += if self.warm_rows { " rows=warm" } else { " rows=cold" };
+            }
         }
         s += &format!(" seed={:#x}", self.seed);
         s.to_string()
@@ -263,6 +277,9 @@ mod tests {
         assert_eq!(e, "unknown boot parameter test_vmalloc.frob");
         let e = TvParams::parse(&kv(&[("suite", Some("fast"))]), 4).unwrap_err();
         assert!(e.contains("test_vmalloc.suite"), "{e}");
+        let e = TvParams::parse(&kv(&[("rows", Some("hot"))]), 4).unwrap_err();
+        assert!(e.contains("test_vmalloc.rows"), "{e}");
+        assert!(TvParams::parse(&kv(&[("rows", Some("warm"))]), 4).unwrap().warm_rows);
         let e = TvParams::parse(&kv(&[("loop_scale", Some("0"))]), 4).unwrap_err();
         assert!(e.contains("loop_scale"), "{e}");
         assert!(TvParams::parse(&kv(&[("run_test_mask", Some("0"))]), 4).is_err());

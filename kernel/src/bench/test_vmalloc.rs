@@ -37,6 +37,29 @@ const TEST_FNS: [TestFn; 13] = [
     vrealloc_test,
 ];
 
+crate::define_per_cpu! {
+    /// Counter time spent inside the timed loops of the current test call, for tests with setup
+    /// outside their loop (full_fit, long_busy_list): the rest of the call is setup/teardown,
+    /// reported on its own line so tvtool can scale it with the loops (suite mode).
+    static LOOP_CYCLES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+}
+crate::define_per_cpu! {
+    static LOOP_T0: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+}
+
+/// Marks the start of a test's loop (not in Linux: measurement only, outside the loop).
+#[inline(always)]
+fn loop_begin() {
+    LOOP_T0.this_cpu().store(arch::cycles(), Ordering::Relaxed);
+}
+
+/// Marks the end of a test's loop.
+#[inline(always)]
+fn loop_end() {
+    let d = arch::cycles() - LOOP_T0.this_cpu().load(Ordering::Relaxed);
+    LOOP_CYCLES.this_cpu().fetch_add(d, Ordering::Relaxed);
+}
+
 /// Writes one byte at the start of a mapping ("touch").
 #[inline(always)]
 fn touch(p: *mut u8, v: u8) {
@@ -52,7 +75,6 @@ fn fix_size_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
         }
         touch(ptr, 1);
         vm::vfree(ptr);
-        smp::cond_resched();
     }
     Ok(())
 }
@@ -74,6 +96,7 @@ fn full_fit_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
             for i in 0..junk_length {
                 vm::vfree(*junk_arr.add(i));
             }
+            loop_begin();
             for _ in 0..p.test_loop_count {
                 let q = vm::vmalloc(PAGE_SIZE);
                 if q.is_null() {
@@ -82,8 +105,8 @@ fn full_fit_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
                 }
                 touch(q, 1);
                 vm::vfree(q);
-                smp::cond_resched();
             }
+            loop_end();
             for i in 0..junk_length {
                 vm::vfree(*ptr_arr.add(i));
             }
@@ -110,6 +133,7 @@ fn long_busy_list_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
             }
         }
         if rv.is_ok() {
+            loop_begin();
             for _ in 0..p.test_loop_count {
                 let a = vm::vmalloc(100 * PAGE_SIZE);
                 let b = vm::vmalloc(PAGE_SIZE);
@@ -123,8 +147,8 @@ fn long_busy_list_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
                 touch(b, 1);
                 vm::vfree(a);
                 vm::vfree(b);
-                smp::cond_resched();
             }
+            loop_end();
         }
         for i in 0..BUSY {
             vm::vfree(*arr.add(i));
@@ -143,7 +167,6 @@ fn random_size_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
         }
         touch(q, 1);
         vm::vfree(q);
-        smp::cond_resched();
     }
     Ok(())
 }
@@ -158,7 +181,6 @@ fn fix_align_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
             return Err(());
         }
         vm::vfree(q);
-        smp::cond_resched();
     }
     Ok(())
 }
@@ -173,7 +195,6 @@ fn random_size_align_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
             return Err(());
         }
         vm::vfree(q);
-        smp::cond_resched();
     }
     Ok(())
 }
@@ -235,7 +256,6 @@ fn kvfree_rcu_1_arg_vmalloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
         }
         unsafe { core::ptr::write_volatile(&mut (*q).array[0], 1) };
         rcu::kvfree_rcu_mightsleep(q as *mut u8);
-        smp::cond_resched();
     }
     Ok(())
 }
@@ -250,7 +270,6 @@ fn kvfree_rcu_2_arg_vmalloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
             core::ptr::write_volatile(&mut (*q).array[0], 1);
             rcu::kvfree_rcu(q as *mut u8, &raw mut (*q).rcu);
         }
-        smp::cond_resched();
     }
     Ok(())
 }
@@ -270,7 +289,6 @@ fn vm_map_ram_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
             }
             touch(v, 0xa5);
             vm::vm_unmap_ram(v, n);
-            smp::cond_resched();
         }
     }
     for pfn in pages.into_iter().flatten() {
@@ -321,7 +339,6 @@ fn vrealloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
             q = r;
         }
         vm::vfree(q);
-        smp::cond_resched();
     }
     Ok(())
 }
@@ -343,12 +360,13 @@ struct Worker {
 /// Free pages (after draining pcp lists) and free vmalloc space (after a lazy purge), once
 /// every RCU callback has run: the figures the leak line compares.
 ///
-/// Caches are shrunk first (kmalloc slabs, KVA tree-node slabs, empty percpu chunks, fragmented
-/// vmap blocks), as `echo 3 > drop_caches` would; page-table pages of the vmalloc range, which
+/// Caches are shrunk first (kvfree_rcu's spare block pages, kmalloc slabs, KVA tree-node slabs,
+/// empty percpu chunks, fragmented vmap blocks), as `echo 3 > drop_caches` would; page-table pages of the vmalloc range, which
 /// Linux never frees, count as free pages here so that the first test to need them is not
 /// reported as a loss.
 pub fn settle_and_measure() -> (u64, u64) {
     rcu::rcu_barrier();
+    rcu::kvfree_rcu_shrink();
     vm::vm_unmap_aliases();
     percpu::percpu_shrink();
     vm::vm_unmap_aliases();
@@ -382,6 +400,7 @@ fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize)
             continue;
         }
         let before = if leak_lines { Some(settle_and_measure()) } else { None };
+        LOOP_CYCLES.this_cpu().store(0, Ordering::Relaxed);
         let t0 = arch::cycles();
         for _ in 0..p.test_repeat_count {
             match TEST_FNS[i](p, &mut rng) {
@@ -390,7 +409,10 @@ fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize)
                 Err(()) => w.results[i].failed += 1,
             }
         }
-        w.results[i].time_us = arch::cycles_to_us(arch::cycles() - t0) / p.test_repeat_count as u64;
+        let total = arch::cycles() - t0;
+        w.results[i].time_us = arch::cycles_to_us(total) / p.test_repeat_count as u64;
+        let in_loops = LOOP_CYCLES.this_cpu().load(Ordering::Relaxed);
+        let setup_us = (in_loops > 0).then(|| arch::cycles_to_us(total.saturating_sub(in_loops)) / p.test_repeat_count as u64);
         if let Some((pages0, va0)) = before {
             let (pages1, va1) = settle_and_measure();
             let ok = pages1 >= pages0 && va1 >= va0;
@@ -403,6 +425,10 @@ fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize)
                 leak_report();
             }
         }
+        // Suite mode scales the loops but not a test's fixed setup: say how much of avg it is.
+        if let (Some(us), Some(_)) = (setup_us, p.suite) {
+            println!("test_vmalloc: setup {} usec: {}", TESTS[i].0, us);
+        }
     }
     w.stop = arch::cycles();
     w
@@ -410,7 +436,7 @@ fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize)
 
 /// One run of the benchmark with `p` (Linux: init_test_configuration + do_concurrent_test).
 /// Returns the number of failures (failed tests and leak losses).
-fn do_concurrent_test(p: &TvParams) -> usize {
+fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
     let online: Vec<usize> = smp::online_cpus().collect();
     let nr = p.nr_threads as usize;
     let failures = Arc::new(AtomicUsize::new(0));
@@ -418,8 +444,8 @@ fn do_concurrent_test(p: &TvParams) -> usize {
     if nr > online.len() {
         println!("test_vmalloc: {} workers on {} CPUs: workers sharing a CPU run one after another", nr, online.len());
     }
-    let leak_lines = nr == 1;
-    let before = if leak_lines { None } else { Some(settle_and_measure()) };
+    let leak_lines = leak_check && nr == 1;
+    let before = if leak_check && !leak_lines { Some(settle_and_measure()) } else { None };
     let results: Arc<spin::Mutex<Vec<Option<Worker>>>> = Arc::new(spin::Mutex::new((0..nr).map(|_| None).collect()));
     let cpus_used = online.len().min(nr);
     let barrier = Arc::new(smp::Barrier::new(cpus_used));
@@ -450,7 +476,7 @@ fn do_concurrent_test(p: &TvParams) -> usize {
         job(my_slot)();
     }
     while done.load(Ordering::SeqCst) < cpus_used {
-        smp::cond_resched();
+        smp::quiescent_point();
         arch::wfe();
     }
     let results = results.lock();
@@ -503,14 +529,28 @@ pub fn run(pairs: &[(String, Option<String>)]) -> Result<(usize, usize), String>
         _ => vec![(None, p.clone())],
     };
     let (mut passed, mut failed) = (0, 0);
+    // Warm rows: each row starts from the state the previous one left (pcp lists, lazily freed
+    // areas, vmap pools), as consecutive module loads in Linux do; the leak check then covers
+    // the whole suite instead of each row.
+    let warm = p.suite == Some(Suite::Seed) && p.warm_rows;
+    let suite_before = if warm { Some(settle_and_measure()) } else { None };
     for (row, q) in rows {
         if let Some(r) = row {
             println!("test_vmalloc: row {} p:{} h:{} l:{}", TESTS[r.test].0, r.nr_pages, r.use_huge as u8, r.loops);
         }
-        let f = do_concurrent_test(&q);
+        let f = do_concurrent_test(&q, !warm);
         let selected = (0..TESTS.len()).filter(|i| q.run_test_mask & (1 << i) != 0).count() * q.nr_threads as usize;
         failed += f.min(selected.max(1));
         passed += selected.saturating_sub(f);
+    }
+    if let Some((pages0, va0)) = suite_before {
+        let (pages1, va1) = settle_and_measure();
+        let ok = pages1 >= pages0 && va1 >= va0;
+        println!("test_vmalloc: leak suite free_pages {}->{} free_va {:#x}->{:#x} {}", pages0, pages1, va0, va1, if ok { "ok" } else { "LOST" });
+        if !ok {
+            failed += 1;
+            leak_report();
+        }
     }
     Ok((passed, failed))
 }
