@@ -76,8 +76,16 @@ fn warn(args: core::fmt::Arguments) {
     kalloc::warn(args);
 }
 
-/// Misuse and internal errors (Linux: WARN / pr_err): always printed.
+/// Misuse and internal-error reports since boot (tests).
+static NR_MISUSE: AtomicU64 = AtomicU64::new(0);
+
+pub fn nr_misuse_reports() -> u64 {
+    NR_MISUSE.load(Ordering::Relaxed)
+}
+
+/// Misuse and internal errors (Linux: WARN / pr_err): always printed, and counted.
 fn warn_misuse(args: core::fmt::Arguments) {
+    NR_MISUSE.fetch_add(1, Ordering::Relaxed);
     crate::println!("{}", args);
 }
 
@@ -121,30 +129,65 @@ fn alloc_vmap_area(size: u64, align: u64, vstart: u64, vend: u64, gfp: GfpFlags)
 /// free_vmap_area_noflush). Purges when more than lazy_max_pages are pending.
 fn free_vmap_area_noflush(start: u64, end: u64, node: usize) {
     let pages = ((end - start) >> PAGE_SHIFT) as usize;
+    // Counted before the area is visible in the lazy tree (Linux does the same): a purge on
+    // another CPU that takes the area then never subtracts pages that were not added.
+    let nr = VMAP_LAZY_NR.fetch_add(pages, Ordering::AcqRel) + pages;
     if !kva::lazy_add(start, end, node) {
         // No memory for the lazy tree: flush this range now and free it at once.
+        VMAP_LAZY_NR.fetch_sub(pages, Ordering::AcqRel);
         flush_tlb_kernel_range(&mut HwTlb::new(), start, end);
         kva::free_now(start, end);
         return;
     }
-    let nr = VMAP_LAZY_NR.fetch_add(pages, Ordering::AcqRel) + pages;
     if nr > lazy_max_pages() {
+        schedule_drain_vmap_work();
+    }
+}
+
+/// Set while a drain is queued or running (Linux: drain_vmap_work is one work item, so
+/// however many CPUs cross lazy_max_pages, one purge runs).
+static DRAIN_PENDING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Linux `schedule_work(&drain_vmap_work)`. There is no workqueue: the CPU that queues the
+/// work runs it at once; CPUs crossing the limit meanwhile find it queued and go on.
+fn schedule_drain_vmap_work() {
+    if DRAIN_PENDING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // drain_vmap_area_work: the purge, unless a purge already got below the limit.
+    if VMAP_LAZY_NR.load(Ordering::Acquire) > lazy_max_pages() {
         purge_vmap_area_lazy();
     }
+    DRAIN_PENDING.store(false, Ordering::Release);
+}
+
+/// Drains queued or run since boot (tests).
+pub fn nr_drains() -> u64 {
+    NR_PURGES.load(Ordering::Relaxed)
 }
 
 /// Linux __purge_vmap_area_lazy: decay the node pools, collect every lazily freed area, one
 /// TLB flush for the whole span, then return the areas to the pools or the free tree.
 pub fn purge_vmap_area_lazy() {
+    purge_vmap_area_lazy_range(u64::MAX, 0);
+}
+
+/// `__purge_vmap_area_lazy(start, end)`: the flushed span also covers [start, end) (dirty
+/// vmap-block ranges from vm_unmap_aliases), flushed even when nothing lazy is pending.
+fn purge_vmap_area_lazy_range(mut start: u64, mut end: u64) {
     let _g = PURGE_LOCK.lock();
-    let (mut start, mut end) = (u64::MAX, 0u64);
     let mut batch = kva::LazyBatch::take_all(&mut start, &mut end);
     kva::decay_pools(false);
-    if !batch.is_empty() {
+    if start < end {
         let mut tlb = HwTlb::new();
         flush_tlb_kernel_range(&mut tlb, start, end);
+    }
+    if !batch.is_empty() {
         let pages = batch.release();
-        VMAP_LAZY_NR.fetch_sub(pages, Ordering::AcqRel);
+        let prev = VMAP_LAZY_NR.fetch_sub(pages, Ordering::AcqRel);
+        if prev < pages {
+            warn_misuse(format_args!("vmalloc bug: vmap_lazy_nr underflow ({prev} < {pages} purged)"));
+        }
         NR_PURGES.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -166,7 +209,9 @@ fn vunmap_range_noflush(va: u64, size: u64) {
     }
 }
 
-/// Linux vm_area_alloc_pages: fills `pages` (nr_pages entries) at granule `order`.
+/// Linux vm_area_alloc_pages: fills `pages` (nr_pages entries) at granule `order`. The caller
+/// adds __GFP_NOWARN (the failure is reported once, by the caller). cond_resched() after each
+/// bulk call and each fallback block, where Linux has it; none in the large-order loop.
 fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
     let nr_pages = pages.len();
     let mut nr_allocated = 0usize;
@@ -214,10 +259,12 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
                 }
             }
             debug_assert_eq!(n, got);
-            if n > 0 {
-                kalloc::mod_nr_vmalloc(n as i32);
+            // NR_VMALLOC: +1 per page, as Linux accounts bulk pages.
+            for _ in 0..n {
+                kalloc::mod_nr_vmalloc(1);
             }
             nr_allocated += n;
+            smp::cond_resched();
             if n != req {
                 break;
             }
@@ -233,6 +280,7 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
         for i in 0..(1usize << order) {
             pages[nr_allocated + i] = pfn + i as u64;
         }
+        smp::cond_resched();
         nr_allocated += 1 << order;
     }
     nr_allocated
@@ -241,6 +289,9 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
 /// Frees the pages of an area as the `mm.vfree` switch says. Returns nothing: misuse is
 /// reported by the page allocator.
 fn vm_free_pages(vm: &VmStruct) {
+    if vm.pages.is_null() || vm.nr_pages == 0 {
+        return;
+    }
     let pages = unsafe { core::slice::from_raw_parts(vm.pages, vm.nr_pages) };
     let account = vm.flags & VM_MAP_PUT_PAGES == 0;
     match config::get().vfree {
@@ -324,7 +375,9 @@ fn vmalloc_once(size: usize, align: usize, shift: u32, vstart: u64, vend: u64, g
         return Err(());
     };
     let nr_pages = size_aligned >> PAGE_SHIFT;
-    let pages = kmalloc::kmalloc(nr_pages * 8, gfp - GfpFlags::__GFP_ZERO) as *mut Pfn;
+    // Linux: nested_gfp = (gfp & GFP_RECLAIM_MASK) | __GFP_ZERO: the pages array is zeroed.
+    let nested_gfp = (gfp & (GfpFlags::__GFP_RECLAIM | GfpFlags::__GFP_IO | GfpFlags::__GFP_FS | GfpFlags::__GFP_NOWARN | GfpFlags::__GFP_RETRY_MAYFAIL | GfpFlags::__GFP_NOFAIL | GfpFlags::__GFP_NORETRY | GfpFlags::__GFP_MEMALLOC | GfpFlags::__GFP_NOMEMALLOC)) | GfpFlags::__GFP_ZERO;
+    let pages = kmalloc::kmalloc(nr_pages * 8, nested_gfp) as *mut Pfn;
     unsafe {
         *vm = VmStruct {
             addr: start,
@@ -359,7 +412,9 @@ fn vmalloc_once(size: usize, align: usize, shift: u32, vstart: u64, vend: u64, g
         return fail(vm);
     }
     let slice = unsafe { core::slice::from_raw_parts_mut(pages, nr_pages) };
-    let got = vm_area_alloc_pages(gfp, shift - PAGE_SHIFT, slice);
+    // Linux __vmalloc_area_node: (page_order ? gfp & ~__GFP_NOFAIL : gfp) | __GFP_NOWARN.
+    let page_gfp = if shift > PAGE_SHIFT { gfp - GfpFlags::__GFP_NOFAIL } else { gfp } | GfpFlags::__GFP_NOWARN;
+    let got = vm_area_alloc_pages(page_gfp, shift - PAGE_SHIFT, slice);
     unsafe { (*vm).nr_pages = got };
     if got != nr_pages {
         if !gfp.contains(GfpFlags::__GFP_NOWARN) {
@@ -418,7 +473,9 @@ fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
         return None;
     }
     let vm = val as *mut VmStruct;
-    let mapped = unsafe { ((*vm).nr_pages << PAGE_SHIFT) as u64 };
+    // Everything the area may map (Linux get_vm_area_size: the size without its guard page),
+    // not nr_pages: a vmap() area owns no pages array.
+    let mapped = unsafe { (*vm).size - if (*vm).flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 } };
     vunmap_range_noflush(start, mapped);
     free_vmap_area_noflush(start, end, node);
     Some(vm)
@@ -485,7 +542,9 @@ pub fn vmap(pages: &[Pfn]) -> *mut u8 {
         return null_mut();
     };
     unsafe {
-        *vm = VmStruct { addr: start, size, flags: VM_MAP, page_order: 0, nr_pages: pages.len(), pages: null_mut(), requested_size: pages.len() << PAGE_SHIFT };
+        // No pages array and nr_pages 0: the pages stay their owner's (Linux records them only
+        // with VM_MAP_PUT_PAGES), so a vfree() of this area unmaps it and frees no page.
+        *vm = VmStruct { addr: start, size, flags: VM_MAP, page_order: 0, nr_pages: 0, pages: null_mut(), requested_size: pages.len() << PAGE_SHIFT };
     }
     if !vmap_pages_range(start, pages, PAGE_SHIFT) || !kva::busy_insert(start, start + size, vm as u64, node) {
         vunmap_range_noflush(start, size - PAGE_SIZE as u64);
@@ -588,25 +647,6 @@ fn vb_alloc(count: usize) -> Option<u64> {
     Some(start)
 }
 
-fn unlink_block(vb: *mut VmapBlock) {
-    for q in VBQ.iter() {
-        let mut q = q.lock();
-        let mut prev: *mut VmapBlock = null_mut();
-        let mut b = q.head;
-        while !b.is_null() {
-            unsafe {
-                if b == vb {
-                    if prev.is_null() { q.head = (*b).next } else { (*prev).next = (*b).next }
-                    (*b).on_free_list = false;
-                    return;
-                }
-                prev = b;
-                b = (*b).next;
-            }
-        }
-    }
-}
-
 fn free_vmap_block(vb: *mut VmapBlock) {
     let (start, node) = unsafe { ((*vb).va_start, (*vb).node) };
     kva::busy_remove(start);
@@ -689,20 +729,39 @@ pub fn vm_unmap_ram(mem: *mut u8, count: usize) {
 
 /// Releases vmap blocks that hold no live mapping (all their space dirty or unused): Linux's
 /// purge_fragmented_blocks_allcpus, part of vm_unmap_aliases.
+///
+/// A block is chosen, marked full and dirty (free = 0, dirty = all) and unlinked from its
+/// CPU's free list while both its queue lock (which guards `free`: vb_alloc bumps it under
+/// that lock) and VB_LOCK (which guards the dirty fields) are held, as Linux's
+/// purge_fragmented_block does under vb->lock and vbq->lock. From then on nothing can
+/// allocate from it and, with no live mapping left, nothing can free into it, so freeing it
+/// after the locks are dropped is safe.
 pub fn purge_fragmented_blocks() {
     let mut victims = [null_mut::<VmapBlock>(); 64];
     loop {
         let mut n = 0;
         for q in VBQ.iter() {
-            let q = q.lock();
+            let mut q = q.lock();
+            let _d = VB_LOCK.lock();
+            let mut prev: *mut VmapBlock = null_mut();
             let mut b = q.head;
             while !b.is_null() && n < victims.len() {
                 unsafe {
+                    let next = (*b).next;
                     if (*b).free + (*b).dirty == VMAP_BBMAP_BITS && (*b).dirty != VMAP_BBMAP_BITS {
+                        (*b).free = 0;
+                        (*b).dirty = VMAP_BBMAP_BITS;
+                        (*b).dirty_min = 0;
+                        (*b).dirty_max = VMAP_BBMAP_BITS;
+                        if prev.is_null() { q.head = next } else { (*prev).next = next }
+                        (*b).next = null_mut();
+                        (*b).on_free_list = false;
                         victims[n] = b;
                         n += 1;
+                    } else {
+                        prev = b;
                     }
-                    b = (*b).next;
+                    b = next;
                 }
             }
         }
@@ -710,16 +769,35 @@ pub fn purge_fragmented_blocks() {
             return;
         }
         for &vb in &victims[..n] {
-            unlink_block(vb);
             free_vmap_block(vb);
         }
     }
 }
 
-/// Linux vm_unmap_aliases: free fragmented vmap blocks and purge everything lazily unmapped.
+/// Linux vm_unmap_aliases: flush the dirty ranges of live vmap blocks (their unmapped slots
+/// may still sit in TLBs), free fragmented blocks and purge everything lazily unmapped, all
+/// with one TLB flush over the union (Linux `_vm_unmap_aliases`).
 pub fn vm_unmap_aliases() {
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    for q in VBQ.iter() {
+        let q = q.lock();
+        let _d = VB_LOCK.lock();
+        let mut b = q.head;
+        while !b.is_null() {
+            unsafe {
+                if (*b).dirty_max != 0 && (*b).dirty != VMAP_BBMAP_BITS {
+                    let va = (*b).va_start;
+                    start = start.min(va + ((*b).dirty_min * PAGE_SIZE) as u64);
+                    end = end.max(va + ((*b).dirty_max * PAGE_SIZE) as u64);
+                    (*b).dirty_min = VMAP_BBMAP_BITS;
+                    (*b).dirty_max = 0;
+                }
+                b = (*b).next;
+            }
+        }
+    }
     purge_fragmented_blocks();
-    purge_vmap_area_lazy();
+    purge_vmap_area_lazy_range(start, end);
 }
 
 /// The vmap-node shrinker (Linux vmap_node_shrink_scan): every pooled area back to the free

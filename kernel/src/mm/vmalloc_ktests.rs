@@ -127,7 +127,7 @@ ktest!(vmalloc_concurrent_on_every_cpu, {
     }
     work(errors.clone(), done.clone())();
     while done.load(Ordering::SeqCst) < cpus.len() {
-        smp::cond_resched();
+        smp::quiescent_point();
         arch::wfe();
     }
     kassert_eq!(errors.load(Ordering::SeqCst), 0);
@@ -207,6 +207,110 @@ ktest!(vmalloc_until_oom_then_free_everything, {
     for pfn in held {
         kalloc::__free_pages(pfn, 9);
     }
+    kassert_eq!(settled(), before);
+    Ok(())
+});
+
+// vm_unmap_aliases flushes the dirty ranges of live vmap blocks: a slot unmapped with
+// vm_unmap_ram (PTE cleared, no TLB flush) must fault after vm_unmap_aliases, even though its
+// block still has free space and nothing was lazily freed. Without the flush QEMU's TLB still
+// holds the old translation and the read returns the old page's byte.
+ktest!(vm_unmap_aliases_flushes_dirty_vmap_block_ranges, {
+    let before = settled();
+    let pfn = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).ok_or("no page")?;
+    unsafe { kalloc::pfn_to_virt(pfn).write_volatile(0x5a) };
+    // A fresh block on this CPU: map, read through the mapping (fills the TLB), unmap.
+    let keep = vm::vm_map_ram(&[pfn]);
+    let p = vm::vm_map_ram(&[pfn]);
+    kassert!(!p.is_null() && !keep.is_null());
+    kassert_eq!(unsafe { p.read_volatile() }, 0x5a);
+    vm::vm_unmap_ram(p, 1);
+    vm::vm_unmap_aliases();
+    let mut report = String::new();
+    let v = arch::exception::probe_read(p, &mut report);
+    kassert!(v.is_none(), "read of an unmapped vm_map_ram slot after vm_unmap_aliases returned {:?} (stale TLB entry)", v);
+    vm::vm_unmap_ram(keep, 1);
+    kalloc::__free_page(pfn);
+    kassert_eq!(settled(), before);
+    Ok(())
+});
+
+// vmap() maps pages it does not own: vfree() of a vmap area unmaps it and frees no page (Linux
+// frees them only with VM_MAP_PUT_PAGES); the owner frees them afterwards without a report.
+ktest!(vfree_of_a_vmap_area_leaves_the_pages_to_their_owner, {
+    let before = settled();
+    let reports = kalloc::bad_page_reports();
+    let pfns: Vec<u64> = (0..4).map(|_| kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap()).collect();
+    let p = vm::vmap(&pfns);
+    kassert!(!p.is_null());
+    unsafe { p.add(3 * PAGE_SIZE).write_volatile(7) };
+    vm::vfree(p);
+    kassert_eq!(unsafe { kalloc::pfn_to_virt(pfns[3]).read_volatile() }, 7);
+    kassert_eq!(kalloc::bad_page_reports(), reports);
+    for &pfn in &pfns {
+        kalloc::__free_page(pfn);
+    }
+    kassert!(kalloc::bad_page_reports() == reports, "a vmap'ed page was freed by vfree (double free on the owner's free)");
+    kassert_eq!(settled(), before);
+    Ok(())
+});
+
+// purge_fragmented_blocks against vb_alloc on other CPUs: every CPU maps and unmaps pages
+// through its vmap blocks and checks that what it maps stays mapped and holds its pattern,
+// while CPU 0 keeps purging fragmented blocks. A block freed while another CPU still handed
+// out space in it shows up as a fault or a wrong byte (or a vmalloc bug line).
+ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
+    use alloc::sync::Arc;
+    use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let others: Vec<usize> = smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+    if others.is_empty() {
+        return Ok(()); // needs a second CPU
+    }
+    let before = settled();
+    let warnings = vm::nr_misuse_reports();
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    for &cpu in &others {
+        let (stop, errors, done) = (stop.clone(), errors.clone(), done.clone());
+        smp::start_work(cpu, alloc::boxed::Box::new(move || {
+            let me = arch::smp_processor_id() as u8;
+            let pfn = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
+            // Map one slot, check it, unmap it: after every unmap the block holds no live
+            // mapping and has free space, so it is a purge candidate at the very moment this
+            // CPU bump-allocates its next slot from it.
+            while !stop.load(Ordering::Relaxed) {
+                let p = vm::vm_map_ram(&[pfn]);
+                if p.is_null() {
+                    errors.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                let mut report = String::new();
+                if arch::exception::probe_write(p, me, &mut report) || arch::exception::probe_read(p, &mut report) != Some(me) {
+                    if errors.fetch_add(1, Ordering::SeqCst) == 0 {
+                        crate::println!("purge race: cpu {} addr {:p}: {}", me, p, report);
+                    }
+                }
+                vm::vm_unmap_ram(p, 1);
+            }
+            kalloc::__free_page(pfn);
+            done.fetch_add(1, Ordering::SeqCst);
+            arch::sev();
+        }));
+    }
+    let t0 = arch::cycles();
+    while arch::cycles_to_us(arch::cycles() - t0) < 300_000 {
+        vm::purge_fragmented_blocks();
+        smp::quiescent_point();
+    }
+    stop.store(true, Ordering::SeqCst);
+    while done.load(Ordering::SeqCst) < others.len() {
+        smp::quiescent_point();
+        arch::wfe();
+    }
+    kassert!(errors.load(Ordering::SeqCst) == 0, "vm_map_ram space lost or unmapped under purge_fragmented_blocks: {} errors", errors.load(Ordering::SeqCst));
+    // A block freed under a live slot makes that slot's vm_unmap_ram a "not a vmap block" report.
+    kassert!(vm::nr_misuse_reports() == warnings, "{} vmalloc warnings during the race (a block freed while in use)", vm::nr_misuse_reports() - warnings);
     kassert_eq!(settled(), before);
     Ok(())
 });
