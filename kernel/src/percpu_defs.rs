@@ -62,10 +62,22 @@ pub fn per_cpu_section() -> (usize, usize) {
 
 /// A static per-CPU variable. Declare with [`define_per_cpu!`], never directly: the value only
 /// works as a template in `.data..percpu`.
+///
+/// Access without `unsafe` is shared only, so no safe code can make two `&mut` to one copy:
+/// - `Sync` contents (atomics, locks): [`PerCpu::this_cpu`], and another CPU's copy with
+///   [`PerCpu::on`] / [`PerCpu::iter`];
+/// - any contents, `Cell`/`RefCell` included: [`PerCpu::get_with`], this CPU's copy for as long
+///   as an [`IrqGuard`](crate::arch::IrqGuard) keeps interrupts (the only other code that could
+///   run on this CPU) off. Such contents are not `Sync`, so no other CPU can reach them safely;
+/// - `Copy` values written only during setup (through the raw pointers): [`PerCpu::read`].
+///
+/// Raw pointers (`this_cpu_ptr`, `per_cpu_ptr`) are for unsafe code that upholds the same rules.
 #[repr(transparent)]
 pub struct PerCpu<T>(UnsafeCell<T>);
 
-// Each CPU touches its own copy; cross-CPU access goes through raw pointers (unsafe).
+// SAFETY: each CPU's copy is reached safely either through `Sync` contents (`this_cpu`, `on`),
+// or only by its own CPU with interrupts off (`get_with`), or read-only (`read`); the remaining
+// accessors are raw pointers whose users take the responsibility.
 unsafe impl<T> Sync for PerCpu<T> {}
 
 impl<T> PerCpu<T> {
@@ -86,15 +98,16 @@ impl<T> PerCpu<T> {
         (self.0.get() as usize).wrapping_add(arch::my_cpu_offset()) as *mut T
     }
 
-    /// `this_cpu` access with interrupts off (Linux: this_cpu ops / local_irq_save around a
-    /// per-CPU update), so an exception handler on this CPU never sees a half-done update.
-    /// For variables only their own CPU touches: `f` must not call `with` on the same variable,
-    /// and no other CPU may hold `on(cpu)` of it meanwhile (either would alias the `&mut`);
-    /// shared per-CPU state uses `Sync` contents through `this_cpu`/`on` instead.
-    #[inline]
-    pub fn with<R>(&'static self, f: impl FnOnce(&mut T) -> R) -> R {
-        let _irq = arch::IrqGuard::new();
-        f(unsafe { &mut *self.this_cpu_ptr() })
+    /// This CPU's copy while `guard` keeps interrupts off (Asterinas `CpuLocal::get_with`;
+    /// Linux: this_cpu access inside local_irq_save). The reference cannot outlive the guard,
+    /// and mutation goes through `Cell`/`RefCell` contents, so no `&mut` is ever aliased.
+    #[inline(always)]
+    pub fn get_with<'a>(&'static self, _guard: &'a arch::IrqGuard) -> &'a T {
+        // SAFETY: this CPU's copy exists (per-CPU areas are set up before any CPU other than the
+        // boot CPU runs, and the boot CPU uses the template until then); with interrupts off
+        // nothing else runs on this CPU for 'a, and no other CPU reaches the copy safely (`on`
+        // needs `Sync` contents, which make concurrent access their own business).
+        unsafe { &*self.this_cpu_ptr() }
     }
 }
 
@@ -103,6 +116,7 @@ impl<T: Sync> PerCpu<T> {
     /// `this_cpu_ptr` dereferenced).
     #[inline(always)]
     pub fn this_cpu(&'static self) -> &'static T {
+        // SAFETY: shared access to `Sync` contents; the copy lives as long as the kernel.
         unsafe { &*self.this_cpu_ptr() }
     }
 
@@ -111,6 +125,7 @@ impl<T: Sync> PerCpu<T> {
     #[inline]
     pub fn on(&'static self, cpu: usize) -> &'static T {
         assert!(cpu < nr_cpu_ids(), "per_cpu access for cpu {cpu} without a per-CPU area");
+        // SAFETY: as for `this_cpu`; `cpu` has an area (checked above).
         unsafe { &*self.per_cpu_ptr(cpu) }
     }
 
@@ -121,9 +136,13 @@ impl<T: Sync> PerCpu<T> {
 }
 
 impl<T: Copy> PerCpu<T> {
-    /// Linux `this_cpu_read`: one load, no guard needed for a naturally aligned word.
+    /// Linux `this_cpu_read` of a value set up once (`cpu_number`): one load, no guard. Safe
+    /// code cannot write a `Copy` per-CPU value (`get_with` gives `&T`, and `Copy` contents
+    /// have no interior mutability); the setup code that writes one through `per_cpu_ptr` does
+    /// so before any reader runs.
     #[inline(always)]
     pub fn read(&'static self) -> T {
+        // SAFETY: see above: no concurrent writer exists.
         unsafe { core::ptr::read_volatile(self.this_cpu_ptr()) }
     }
 }
@@ -150,7 +169,10 @@ pub fn smp_processor_id() -> usize {
 }
 
 define_per_cpu! {
-    static KTEST_VALUE: u64 = 0x1111;
+    static KTEST_VALUE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0x1111);
+}
+define_per_cpu! {
+    static KTEST_CELL: core::cell::Cell<u64> = core::cell::Cell::new(0);
 }
 
 // Every CPU finds its own area through TPIDR_EL1: cpu_number, a static per-CPU variable written
@@ -174,13 +196,20 @@ crate::ktest!(per_cpu_areas_hold_each_cpus_statics_dynamics_and_pcp_lists, {
         if !ok {
             bad.fetch_or(1 << cpu, Ordering::SeqCst);
         }
-        KTEST_VALUE.with(|v| *v = 1000 * cpu as u64 + 7);
+        KTEST_VALUE.this_cpu().store(1000 * cpu as u64 + 7, Ordering::Relaxed);
+        // Non-Sync per-CPU contents: reachable only under the interrupt guard.
+        let g = arch::IrqGuard::new();
+        let c = KTEST_CELL.get_with(&g);
+        c.set(c.get() + 3000 + cpu as u64);
         unsafe { *(percpu::this_cpu_ptr(dynamic) as *mut u64) = 2000 + cpu as u64 };
     });
     crate::kassert!(bad.load(Ordering::SeqCst) == 0, "CPUs with a wrong per-CPU offset: mask {:#x}", bad.load(Ordering::SeqCst));
     for cpu in crate::smp::online_cpus() {
-        let v = unsafe { *KTEST_VALUE.per_cpu_ptr(cpu) };
+        let v = KTEST_VALUE.on(cpu).load(Ordering::Relaxed);
         crate::kassert_eq!(v, 1000 * cpu as u64 + 7);
+        // SAFETY: every CPU finished its on_each_cpu call; nobody touches the cells now.
+        let c = unsafe { (*KTEST_CELL.per_cpu_ptr(cpu)).get() };
+        crate::kassert!(c >= 3000 + cpu as u64 && (c - cpu as u64) % 3000 == 0, "cpu {} cell {}", cpu, c);
         let d = unsafe { *(percpu::per_cpu_ptr(dynamic, cpu) as *const u64) };
         crate::kassert_eq!(d, 2000 + cpu as u64);
         let (lo, hi) = percpu::first_chunk_unit(cpu);
@@ -193,7 +222,7 @@ crate::ktest!(per_cpu_areas_hold_each_cpus_statics_dynamics_and_pcp_lists, {
         }
     }
     // The template itself was never written after the copy.
-    crate::kassert_eq!(unsafe { *KTEST_VALUE.0.get() }, 0x1111);
+    crate::kassert_eq!(unsafe { (*KTEST_VALUE.0.get()).load(Ordering::Relaxed) }, 0x1111);
     percpu::free_percpu(dynamic);
     Ok(())
 });

@@ -146,7 +146,6 @@ impl PcpuBacking for Backing<'_> {
                 };
                 let va = base + (unit * PCPU_UNIT_SIZE + p * PAGE_SIZE) as u64;
                 let mut tlb = HwTlb::new();
-                let _g = super::vmalloc::pgtable_lock();
                 let r = kernel_pgtable().map_pages(&mut KernelPt, &mut tlb, va, 1, |_| pfn << PAGE_SHIFT, PageProt::PAGE_KERNEL, PAGE_SHIFT, MapFlags::empty());
                 if r.is_err() {
                     kalloc::__free_page(pfn);

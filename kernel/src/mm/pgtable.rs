@@ -330,8 +330,10 @@ impl PageProt {
 /// 8-byte aligned, that is the table page at that PA, and that pages returned by `alloc_table`
 /// are zeroed. In the kernel the pointer is the linear-map (or image) alias; on the host it
 /// points into a simulation. The page-table code accesses entries with volatile 64-bit loads
-/// and stores (Linux READ_ONCE / WRITE_ONCE); concurrent writers to the same table must be
-/// serialised by the caller (Linux: init_mm's page_table_lock or disjoint VA ranges).
+/// and stores (Linux READ_ONCE / WRITE_ONCE). Concurrent mappers of disjoint VA ranges are safe:
+/// the only entries they can share are table links, installed under
+/// [`with_populate_lock`](Self::with_populate_lock); other writers to the same entries must be
+/// serialised by the caller.
 pub unsafe trait PtMemory {
     /// The table page at physical address `pa`.
     fn table(&self, pa: u64) -> *mut [u64; 512];
@@ -339,6 +341,13 @@ pub unsafe trait PtMemory {
     fn alloc_table(&mut self) -> Option<u64>;
     /// Give back a table page that is no longer linked anywhere.
     fn free_table(&mut self, pa: u64);
+    /// Runs `f` under the lock that serialises linking new tables (Linux: init_mm's
+    /// page_table_lock in `__pte_alloc_kernel` / `__pmd_alloc`). Only populating takes it: leaf
+    /// writes of disjoint VA ranges need no lock. The default (single-threaded users, host
+    /// models) takes none.
+    fn with_populate_lock(&mut self, f: &mut dyn FnMut()) {
+        f()
+    }
 }
 
 /// Barriers and TLB maintenance. In the kernel these are single instructions (see `HwTlb` on
@@ -990,8 +999,27 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
         // The zeroed table must be visible before the walker can see the link (Linux: smp_wmb()
         // in __pte_alloc_kernel / __pmd_alloc before pmd_populate).
         self.tlb.dmb_ishst();
-        // SAFETY: as above.
-        unsafe { set(t, i, kernel_table_desc(new)) };
+        // Link it under the populate lock, unless another CPU linked one meanwhile (Linux:
+        // `if (likely(pmd_none(*pmd))) pmd_populate_kernel(...), new = NULL;` then free `new`).
+        let mut cur = 0;
+        self.mem.with_populate_lock(&mut || {
+            // SAFETY: as above.
+            cur = unsafe { get(t, i) };
+            if cur == 0 {
+                // SAFETY: as above.
+                unsafe { set(t, i, kernel_table_desc(new)) };
+            }
+        });
+        if cur != 0 {
+            self.mem.free_table(new);
+            return if desc_is_table(cur) {
+                Ok(desc_addr(cur))
+            } else if desc_valid(cur) {
+                Err(MapError::AlreadyMapped { va, level, desc: cur })
+            } else {
+                Err(MapError::BadEntry { va, level, desc: cur })
+            };
+        }
         self.stats.tables_allocated += 1;
         Ok(new)
     }
@@ -2361,6 +2389,65 @@ mod tests {
             assert_eq!(covered, (0..pages).map(|k| s + (7 + k) * PAGE_SIZE).collect::<Vec<_>>(), "{pages}");
             assert!(t.ops.len() <= 4 + 1 + 3);
         }
+    }
+
+    /// A table memory where "another CPU" links the same missing table first: at the first
+    /// populate it maps `other_va` (same 2 MiB region) through the inner memory, and only then
+    /// lets the caller's populate run.
+    struct RacingMem {
+        inner: SimMem,
+        root: u64,
+        other_va: u64,
+        raced: bool,
+    }
+
+    // SAFETY: delegates to SimMem.
+    unsafe impl PtMemory for RacingMem {
+        fn table(&self, pa: u64) -> *mut [u64; 512] {
+            self.inner.table(pa)
+        }
+        fn alloc_table(&mut self) -> Option<u64> {
+            self.inner.alloc_table()
+        }
+        fn free_table(&mut self, pa: u64) {
+            self.inner.free_table(pa)
+        }
+        fn with_populate_lock(&mut self, f: &mut dyn FnMut()) {
+            if !self.raced {
+                self.raced = true;
+                let mut tlb = MockTlb::default();
+                PageTable::from_root(self.root)
+                    .map_pages(&mut self.inner, &mut tlb, self.other_va, 1, |_| 0x4000_0000 + 7 * PAGE_SIZE, K, PAGE_SHIFT, MapFlags::empty())
+                    .unwrap();
+            }
+            f()
+        }
+    }
+
+    // Two CPUs map disjoint pages of one 2 MiB region at once and both find its PTE table
+    // missing: the one that links second must use the first one's table and free its own
+    // (Linux __pte_alloc_kernel), not overwrite the link (which would unmap the other page and
+    // leak a table). Cannot be provoked on demand under QEMU, so a model of the interleaving.
+    #[test]
+    fn concurrent_populate_keeps_the_first_table_and_frees_the_second() {
+        let mut mem = SimMem::new();
+        let pt = PageTable::new(&mut mem).unwrap();
+        let mut tlb = MockTlb::default();
+        // Upper levels exist (a page in the next 2 MiB region); the target PMD entry is empty.
+        let region = VMALLOC_START + 4 * PMD_SIZE;
+        pt.map_pages(&mut mem, &mut tlb, region + PMD_SIZE, 1, |_| 0x4000_0000, K, PAGE_SHIFT, MapFlags::empty()).unwrap();
+        let live_before = mem.live();
+        let mut rm = RacingMem { inner: mem, root: pt.root_pa, other_va: region + 5 * PAGE_SIZE, raced: false };
+        let s = pt.map_pages(&mut rm, &mut tlb, region, 1, |_| 0x4000_0000 + 3 * PAGE_SIZE, K, PAGE_SHIFT, MapFlags::empty()).unwrap();
+        assert!(rm.raced);
+        assert_eq!(s.tables_allocated, 0, "the racing mapper's table was linked over the first one");
+        assert_eq!(s.ptes, 1);
+        let mem = rm.inner;
+        // One new PTE table in all (the other CPU's); ours was freed.
+        assert_eq!(mem.live(), live_before + 1);
+        assert_eq!(mem.frees, 1);
+        assert_eq!(pt.walk(&mem, region).unwrap().pa, 0x4000_0000 + 3 * PAGE_SIZE);
+        assert_eq!(pt.walk(&mem, region + 5 * PAGE_SIZE).unwrap().pa, 0x4000_0000 + 7 * PAGE_SIZE);
     }
 
     #[test]

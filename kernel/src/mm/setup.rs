@@ -47,7 +47,14 @@ unsafe impl PtMemory for KernelPt {
         NR_PAGETABLE.fetch_sub(1, Ordering::Relaxed);
         kalloc::__free_page(pa >> PAGE_SHIFT);
     }
+    fn with_populate_lock(&mut self, f: &mut dyn FnMut()) {
+        let _g = PAGE_TABLE_LOCK.lock();
+        f()
+    }
 }
+
+/// Linux init_mm.page_table_lock: held only while a new kernel table is linked in.
+static PAGE_TABLE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 /// Kernel page-table pages taken from the page allocator (Linux: NR_KERNEL_PAGETABLE). Tables
 /// for the vmalloc range are never freed (as in Linux), so leak checks count them separately.

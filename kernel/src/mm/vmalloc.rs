@@ -49,13 +49,6 @@ const TAG_MASK: u64 = 7;
 /// Pages lazily unmapped but not yet purged (Linux: vmap_lazy_nr).
 static VMAP_LAZY_NR: AtomicUsize = AtomicUsize::new(0);
 static PURGE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
-/// Serialises page-table updates that may allocate intermediate tables (Linux: init_mm's
-/// page_table_lock around pte_alloc; leaf writes of disjoint areas need no lock).
-static PGTABLE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
-/// The lock around page-table updates that may allocate tables (shared with percpu).
-pub fn pgtable_lock() -> spin::MutexGuard<'static, ()> {
-    PGTABLE_LOCK.lock()
-}
 
 /// Purges since boot, and the last purge's flushed span (tests and stats).
 static NR_PURGES: AtomicU64 = AtomicU64::new(0);
@@ -193,8 +186,9 @@ fn purge_vmap_area_lazy_range(mut start: u64, mut end: u64) {
 }
 
 /// Maps `nr` pages at `va` with granule `page_shift` (Linux: vmap_pages_range).
+/// No lock: the area's VA is this caller's alone, and new tables are linked under the
+/// populate lock inside the page-table code (Linux: init_mm.page_table_lock).
 fn vmap_pages_range(va: u64, pages: &[Pfn], page_shift: u32) -> bool {
-    let _g = PGTABLE_LOCK.lock();
     let mut tlb = HwTlb::new();
     kernel_pgtable()
         .map_pages(&mut KernelPt, &mut tlb, va, pages.len(), |i| pages[i] << PAGE_SHIFT, PageProt::PAGE_KERNEL, page_shift, MapFlags::empty())

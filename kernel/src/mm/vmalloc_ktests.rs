@@ -314,3 +314,70 @@ ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
     kassert_eq!(settled(), before);
     Ok(())
 });
+
+// Misuse Linux warns about is detected, named and survived: vfree of an address that is no
+// vmalloc area (a linear-map page, an address inside the vmalloc range nobody allocated), a
+// double vfree, vfree of a vm_map_ram area (small and large), vm_unmap_ram of a vmalloc area
+// (small and large). Each is one counted warning; no page or VA is lost, the areas involved
+// still work, and they are freed normally afterwards.
+ktest!(vmalloc_misuse_is_reported_and_survived, {
+    let before = settled();
+    let w0 = vm::nr_misuse_reports();
+    let mut expect = 0;
+    let check = |what: &str, expect: &mut u64| -> Result<(), String> {
+        *expect += 1;
+        let got = vm::nr_misuse_reports() - w0;
+        kassert!(got == *expect, "{}: {} warnings, expected {}", what, got, *expect);
+        Ok(())
+    };
+    // Not a vmalloc area.
+    let pfn = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).ok_or("no page")?;
+    vm::vfree(kalloc::pfn_to_virt(pfn));
+    check("vfree of a linear-map address", &mut expect)?;
+    vm::vfree((arch::VMALLOC_START + (1 << 30)) as *mut u8);
+    check("vfree of an unallocated vmalloc address", &mut expect)?;
+    // Double vfree.
+    let p = vm::vmalloc(3 * PAGE_SIZE);
+    kassert!(!p.is_null());
+    vm::vfree(p);
+    vm::vfree(p);
+    check("double vfree", &mut expect)?;
+    // vfree of vm_map_ram areas (a vmap-block slot and a large area), then they still work.
+    let pfns: Vec<u64> = (0..65).map(|_| kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap()).collect();
+    let small = vm::vm_map_ram(&pfns[..1]);
+    let large = vm::vm_map_ram(&pfns);
+    kassert!(!small.is_null() && !large.is_null());
+    vm::vfree(small);
+    check("vfree of a vm_map_ram block slot", &mut expect)?;
+    vm::vfree(large);
+    check("vfree of a large vm_map_ram area", &mut expect)?;
+    unsafe {
+        small.write_volatile(1);
+        large.add(64 * PAGE_SIZE).write_volatile(2);
+        kassert_eq!(kalloc::pfn_to_virt(pfns[0]).read_volatile(), 1);
+        kassert_eq!(kalloc::pfn_to_virt(pfns[64]).read_volatile(), 2);
+    }
+    // vm_unmap_ram of vmalloc areas (small and large count), then they still work.
+    let a = vm::vmalloc(PAGE_SIZE);
+    let b = vm::vmalloc(65 * PAGE_SIZE);
+    kassert!(!a.is_null() && !b.is_null());
+    vm::vm_unmap_ram(a, 1);
+    check("vm_unmap_ram of a 1-page vmalloc area", &mut expect)?;
+    vm::vm_unmap_ram(b, 65);
+    check("vm_unmap_ram of a 65-page vmalloc area", &mut expect)?;
+    unsafe {
+        a.write_volatile(3);
+        b.add(64 * PAGE_SIZE).write_volatile(4);
+    }
+    vm::vfree(a);
+    vm::vfree(b);
+    vm::vm_unmap_ram(small, 1);
+    vm::vm_unmap_ram(large, 65);
+    for pfn in pfns {
+        kalloc::__free_page(pfn);
+    }
+    kalloc::__free_page(pfn);
+    kassert!(vm::nr_misuse_reports() - w0 == expect, "correct frees reported a warning");
+    kassert_eq!(settled(), before);
+    Ok(())
+});

@@ -115,8 +115,13 @@ pub fn dcache_clean_inval_poc(va: u64, len: u64) {
 
 /// Masks IRQs (DAIF.I) for its lifetime and restores the previous state: the guard around
 /// per-CPU data such as the pcp lists (Linux: local_irq_save / local_irq_restore).
+///
+/// Both ends are compiler barriers (the asm may touch memory, as Linux's arch_local_irq_save
+/// has a "memory" clobber), so no access to per-CPU data moves out of the guarded section. Not
+/// Send: a guard belongs to the CPU that masked its interrupts.
 pub struct IrqGuard {
     daif: u64,
+    _not_send: core::marker::PhantomData<*mut ()>,
 }
 
 impl IrqGuard {
@@ -124,9 +129,9 @@ impl IrqGuard {
     pub fn new() -> Self {
         let daif: u64;
         unsafe {
-            asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nomem, nostack, preserves_flags));
+            asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nostack, preserves_flags));
         }
-        IrqGuard { daif }
+        IrqGuard { daif, _not_send: core::marker::PhantomData }
     }
 }
 
@@ -139,6 +144,6 @@ impl Default for IrqGuard {
 impl Drop for IrqGuard {
     #[inline(always)]
     fn drop(&mut self) {
-        unsafe { asm!("msr daif, {}", in(reg) self.daif, options(nomem, nostack, preserves_flags)) };
+        unsafe { asm!("msr daif, {}", in(reg) self.daif, options(nostack, preserves_flags)) };
     }
 }

@@ -32,7 +32,7 @@ crate::define_per_cpu! {
     /// Lowest SP of this CPU's kernel stack, compared against by every exception entry
     /// (0: unchecked, before the CPU called `set_kernel_stack`).
     #[unsafe(export_name = "__kernel_stack_lo")]
-    pub static KERNEL_STACK_LO: u64 = 0;
+    pub static KERNEL_STACK_LO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 }
 crate::define_per_cpu! {
     /// Linux `overflow_stack`: where an exception whose frame would not fit goes.
@@ -40,18 +40,18 @@ crate::define_per_cpu! {
     pub static OVERFLOW_STACK: OverflowStack = OverflowStack([0; OVERFLOW_STACK_SIZE]);
 }
 crate::define_per_cpu! {
-    static KERNEL_STACK_HI: u64 = 0;
+    static KERNEL_STACK_HI: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 }
 crate::define_per_cpu! {
     /// Set while this CPU reports an overflow (an overflow of the report itself exits at once).
-    static IN_BAD_STACK: bool = false;
+    static IN_BAD_STACK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 }
 
 /// Records this CPU's kernel stack [lo, hi) for the overflow check. Call once the per-CPU
 /// offset is set (the values live in this CPU's per-CPU area).
 pub fn set_kernel_stack(lo: u64, hi: u64) {
-    KERNEL_STACK_HI.with(|v| *v = hi);
-    KERNEL_STACK_LO.with(|v| *v = lo);
+    KERNEL_STACK_HI.this_cpu().store(hi, Ordering::Relaxed);
+    KERNEL_STACK_LO.this_cpu().store(lo, Ordering::Relaxed);
 }
 
 const KIND_NAMES: [&str; 16] = [
@@ -227,15 +227,15 @@ extern "C" fn handle_exception(frame: &mut Frame, kind: u64) {
 fn handle_bad_stack(frame: &mut Frame) -> ! {
     use core::fmt::Write;
     let mut w = crate::console::EmergencyWriter;
-    if IN_BAD_STACK.read() {
+    if IN_BAD_STACK.this_cpu().load(Ordering::Relaxed) {
         let _ = writeln!(w, "\n*** kernel stack overflow while reporting a kernel stack overflow");
         crate::arch::exit(crate::EXIT_EXCEPTION);
     }
-    IN_BAD_STACK.with(|v| *v = true);
+    IN_BAD_STACK.this_cpu().store(true, Ordering::Relaxed);
     let sp: u64;
     unsafe { core::arch::asm!("mrs {}, tpidr_el0", out(reg) sp, options(nomem, nostack, preserves_flags)) };
     frame.sp = sp;
-    let (lo, hi) = (KERNEL_STACK_LO.read(), KERNEL_STACK_HI.read());
+    let (lo, hi) = (KERNEL_STACK_LO.this_cpu().load(Ordering::Relaxed), KERNEL_STACK_HI.this_cpu().load(Ordering::Relaxed));
     let ovf = OVERFLOW_STACK.this_cpu_ptr() as u64;
     let _ = writeln!(
         w,
