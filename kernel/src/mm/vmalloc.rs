@@ -60,6 +60,11 @@ pub fn lazy_max_pages() -> usize {
     fls as usize * ((32 << 20) / PAGE_SIZE)
 }
 
+/// Pages lazily unmapped and not yet purged (tests).
+pub fn vmap_lazy_nr() -> usize {
+    VMAP_LAZY_NR.load(Ordering::Acquire)
+}
+
 pub fn nr_purges() -> u64 {
     NR_PURGES.load(Ordering::Relaxed)
 }

@@ -381,3 +381,49 @@ ktest!(vmalloc_misuse_is_reported_and_survived, {
     kassert_eq!(settled(), before);
     Ok(())
 });
+
+// vmap_lazy_nr against concurrent purges: other CPUs vfree as fast as they can while this CPU
+// purges in a loop. A freed area must be counted before a purge can take it from the lazy tree;
+// counted after (the old order), a purge subtracts pages that were never added and the counter
+// wraps ("vmalloc bug: vmap_lazy_nr underflow"), making every freeing CPU purge.
+ktest!(vmap_lazy_nr_never_underflows_under_concurrent_purges, {
+    use alloc::sync::Arc;
+    use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let others: Vec<usize> = smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let before = settled();
+    let w0 = vm::nr_misuse_reports();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    for &cpu in &others {
+        let (stop, done) = (stop.clone(), done.clone());
+        smp::start_work(cpu, alloc::boxed::Box::new(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let p = vm::vmalloc(PAGE_SIZE);
+                if !p.is_null() {
+                    vm::vfree(p);
+                }
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+            arch::sev();
+        }));
+    }
+    let t0 = arch::cycles();
+    let mut purges = 0u64;
+    while arch::cycles_to_us(arch::cycles() - t0) < 300_000 {
+        vm::purge_vmap_area_lazy();
+        purges += 1;
+        kassert!(vm::vmap_lazy_nr() < 1 << 40, "vmap_lazy_nr wrapped: {:#x}", vm::vmap_lazy_nr());
+    }
+    stop.store(true, Ordering::SeqCst);
+    while done.load(Ordering::SeqCst) < others.len() {
+        smp::quiescent_point();
+        arch::wfe();
+    }
+    kassert!(vm::nr_misuse_reports() == w0, "{} vmalloc bug reports after {} purges", vm::nr_misuse_reports() - w0, purges);
+    kassert_eq!(settled(), before);
+    kassert_eq!(vm::vmap_lazy_nr(), 0);
+    Ok(())
+});
