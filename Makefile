@@ -1,9 +1,13 @@
 # mmkernel: a bare-metal arm64 kernel re-implementing Linux's memory management and test_vmalloc.
 #
 #   make            build target/kernel8.img (one image for QEMU virt, QEMU raspi4b, a real Pi 4)
-#   make run        boot it under QEMU virt (BOARD=rpi4: raspi4b), run the default benchmark
+#   make run        boot it under QEMU virt (BOARD=rpi4: raspi4b), run the default benchmark;
+#                   the output is also saved to target/run.log and ends with that boot's
+#                   table (tvtool summary: rows, pass/fail, leak lines); exit status = QEMU's
 #   make test       host unit tests + in-kernel tests under QEMU + boot/fault checks (CI runs this)
 #   make bench      the seed table: mm.vfree=single vs bulk, 19 rows x 6 runs, -icount shift=0
+#   make bench-wall the same without -icount (wall-clock, this host's noise): 8 runs, one QEMU
+#                   at a time, plus the run-to-run spread per row (CV, CI half-width)
 #   make bench-pagealloc   page-allocator micro-benchmark (instructions per operation)
 #   make setup      install what is missing (Rust target, QEMU >= 9, dtc, the Pi 4 DTB)
 #   make gdb        boot virt halted with a gdb stub, attach gdb-multiarch
@@ -41,7 +45,7 @@ QEMU_VIRT  = qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(SMP) -m $(MEM) -nogr
 QEMU_RPI4  = qemu-system-aarch64 -M raspi4b -dtb $(PI4_DTB) -display none -monitor none \
              -serial null -serial stdio -no-reboot -semihosting
 
-.PHONY: all build run test test-host test-kernel test-smoke bench bench-regression bench-pagealloc tools setup gdb clean
+.PHONY: all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc tools setup gdb clean
 
 TVTOOL := tools/target/release/tvtool
 
@@ -56,12 +60,20 @@ build: setup
 	@echo "built $(IMG) ($$(stat -c %s $(IMG)) bytes)"
 
 ifeq ($(BOARD),rpi4)
-run: build
-	timeout --foreground $(TIMEOUT) $(QEMU_RPI4) -kernel $(IMG) -append "$(ARGS)"
+RUN_QEMU = $(QEMU_RPI4)
 else
-run: build
-	timeout --foreground $(TIMEOUT) $(QEMU_VIRT) -kernel $(IMG) -append "$(ARGS)"
+RUN_QEMU = $(QEMU_VIRT)
 endif
+RUN_LOG := target/run.log
+# QEMU's output goes to the terminal and to $(RUN_LOG); then the boot's table. The exit
+# status is QEMU's (PIPESTATUS: bash), 124 on a timeout; the table never changes it.
+run: private SHELL := /bin/bash
+run: build tools
+	@mkdir -p $(dir $(RUN_LOG))
+	timeout --foreground $(TIMEOUT) $(RUN_QEMU) -kernel $(IMG) -append "$(ARGS)" 2>&1 | tee $(RUN_LOG); \
+	rc=$${PIPESTATUS[0]}; \
+	echo; $(TVTOOL) summary $(RUN_LOG) --qemu-rc $$rc || true; \
+	exit $$rc
 
 test: build test-host test-kernel test-smoke
 	@echo "make test: all passed"
@@ -81,6 +93,10 @@ test-smoke: build tools
 
 bench: build tools
 	$(TVTOOL) run tools/plans/seed-table.toml --out target/bench/seed-table
+
+# Wall-clock (no -icount) seed table: measures this host's noise, see tools/README.md.
+bench-wall: build tools
+	$(TVTOOL) run tools/plans/seed-wall.toml --out target/bench/seed-wall --jobs 1 --spread
 
 bench-regression: build tools
 	$(TVTOOL) run tools/plans/regression.toml --out target/bench/regression

@@ -6,4 +6,5 @@ pub mod parse;
 pub mod plan;
 pub mod run;
 pub mod stats;
+pub mod summary;
 pub mod svg;

@@ -2,8 +2,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tvtool::stats::PctOf;
-use tvtool::{compare, parse, plan, run, svg};
+use tvtool::stats::{self, PctOf};
+use tvtool::{compare, parse, plan, run, summary, svg};
 
 /// Writes to stdout; a closed pipe (`tvtool parse ... | head`) ends the process quietly.
 fn write_stdout(s: &str) {
@@ -63,6 +63,20 @@ enum Cmd {
         /// % change relative to the base mean (default) or the variant mean (speed-up - 1).
         #[arg(long, value_enum, default_value_t = PctOf::Variant)]
         pct_of: PctOf,
+        /// Minimum effect in % of the base mean: a smaller |difference| is never marked
+        /// (I)/(R), whatever the CIs say (0 = CIs alone).
+        #[arg(long, value_name = "PCT", default_value_t = stats::DEFAULT_MIN_EFFECT)]
+        min_effect: f64,
+        /// Also print the run-to-run spread per row and variant (CV, CI half-width in %).
+        #[arg(long)]
+        spread: bool,
+    },
+    /// The table of one boot's log (as `make run` prints it): rows, pass/fail, leak lines.
+    Summary {
+        log: PathBuf,
+        /// QEMU's exit status (make run passes it): non-zero makes the result FAILED.
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        qemu_rc: Option<i64>,
     },
     /// Boot every cell of a plan under QEMU, keep the logs, check them, print the table.
     Run {
@@ -88,6 +102,12 @@ enum Cmd {
         /// Print the QEMU command lines and exit.
         #[arg(long)]
         dry_run: bool,
+        /// Minimum effect in % of the base mean for (I)/(R) (overrides the plan's `min_effect`).
+        #[arg(long, value_name = "PCT")]
+        min_effect: Option<f64>,
+        /// Also print the run-to-run spread per row and variant (CV, CI half-width in %).
+        #[arg(long)]
+        spread: bool,
     },
 }
 
@@ -119,8 +139,15 @@ fn cmd_parse(logs: &[PathBuf], json: bool) -> Result<bool> {
                 .worker
                 .map(|w| w.to_string())
                 .unwrap_or_else(|| "-".into());
+            let setup = match (s.setup_usec, s.loop_scale) {
+                (Some(su), Some(ls)) => {
+                    format!(" setup_usec={su} loop_scale={ls} value={}", s.value())
+                }
+                (Some(su), None) => format!(" setup_usec={su}"),
+                _ => String::new(),
+            };
             outln!(
-                "{}:{}: row=\"{}\" test={} worker={} passed={} failed={}{} repeat={} loops={} avg_usec={}{}",
+                "{}:{}: row=\"{}\" test={} worker={} passed={} failed={}{} repeat={} loops={} avg_usec={}{}{}",
                 log.file,
                 s.line,
                 key.label(),
@@ -132,6 +159,7 @@ fn cmd_parse(logs: &[PathBuf], json: bool) -> Result<bool> {
                 s.repeat,
                 s.loops,
                 s.avg_usec,
+                setup,
                 if s.unexpected_failure() { " FAILED" } else { "" }
             );
         }
@@ -158,14 +186,22 @@ fn cmd_parse(logs: &[PathBuf], json: bool) -> Result<bool> {
                 if l.ok { "ok" } else { "LOST" }
             );
         }
+        for st in &log.setups {
+            outln!(
+                "{}:{}: setup {} usec={}",
+                log.file,
+                st.line,
+                st.name,
+                st.usec
+            );
+        }
         for p in &log.params {
-            let kv: Vec<String> = p.map.iter().map(|(k, v)| format!("{k}={v}")).collect();
             outln!(
                 "{}:{}: params({}) {}",
                 log.file,
                 p.line,
                 p.source,
-                kv.join(" ")
+                p.line_text()
             );
         }
         if let Some(t) = &log.totals {
@@ -190,6 +226,7 @@ fn cmd_parse(logs: &[PathBuf], json: bool) -> Result<bool> {
     Ok(ok)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cmd_compare(
     base: &str,
     variants: &[String],
@@ -197,7 +234,10 @@ fn cmd_compare(
     svg_out: Option<PathBuf>,
     markdown: bool,
     pct_of: PctOf,
+    min_effect: f64,
+    spread: bool,
 ) -> Result<()> {
+    let min_effect = compare::check_min_effect(min_effect)?;
     let mut data = vec![];
     let mut names = std::collections::BTreeSet::new();
     for spec in std::iter::once(&base.to_string()).chain(variants.iter()) {
@@ -207,11 +247,15 @@ fn cmd_compare(
         }
         data.push(compare::load_variant(&name, &files).with_context(|| format!("variant {name}"))?);
     }
-    let r = compare::build_report(&data, pct_of);
+    let r = compare::build_report_with(&data, pct_of, min_effect);
     if markdown {
         write_stdout(&compare::render_markdown(&r));
     } else {
         write_stdout(&compare::render_text(&r));
+    }
+    if spread {
+        write_stdout("\n");
+        write_stdout(&compare::render_spread(&r));
     }
     if let Some(p) = json {
         std::fs::write(&p, serde_json::to_string_pretty(&r)?)
@@ -234,9 +278,22 @@ fn real_main() -> Result<bool> {
             svg,
             markdown,
             pct_of,
+            min_effect,
+            spread,
         } => {
-            cmd_compare(&base, &variant, json, svg, markdown, pct_of)?;
+            cmd_compare(
+                &base, &variant, json, svg, markdown, pct_of, min_effect, spread,
+            )?;
             Ok(true)
+        }
+        Cmd::Summary { log, qemu_rc } => {
+            let bytes =
+                std::fs::read(&log).with_context(|| format!("reading {}", log.display()))?;
+            let text = String::from_utf8_lossy(&bytes);
+            let parsed = parse::parse_log_lenient(&log.display().to_string(), &text);
+            let (out, ok) = summary::render(&parsed, qemu_rc);
+            write_stdout(&out);
+            Ok(ok)
         }
         Cmd::Run {
             plan: plan_path,
@@ -247,7 +304,12 @@ fn real_main() -> Result<bool> {
             runs,
             smoke,
             dry_run,
+            min_effect,
+            spread,
         } => {
+            if let Some(m) = min_effect {
+                compare::check_min_effect(m)?;
+            }
             let text = std::fs::read_to_string(&plan_path)
                 .with_context(|| format!("reading {}", plan_path.display()))?;
             let p = plan::Plan::parse(&text)
@@ -266,6 +328,8 @@ fn real_main() -> Result<bool> {
                 runs,
                 smoke,
                 dry_run,
+                min_effect,
+                spread,
             };
             let (rep, table) = run::run_plan(&p, &text, &opts)?;
             if dry_run {

@@ -11,6 +11,7 @@
 //! test_vmalloc: row <name> p:<u> h:<0|1> l:<u>
 //! test_vmalloc: params <key>=<value> ...
 //! test_vmalloc: leak <name> free_pages <u>-><u> free_va <0xhex>-><0xhex> ok|LOST
+//! test_vmalloc: setup <name> usec: <u>     (setup+teardown outside the timed loop, per repeat)
 //! <u> passed, <u> failed
 //! HOST: row <name> p:<u> h:<0|1> l:<u>      (written by `tvtool run` in row-per-boot mode)
 //! HOST: qemu rc=<i> wall_s=<float>          (trailer written by `tvtool run` / run.sh)
@@ -18,8 +19,15 @@
 //! ```
 //!
 //! A line that starts with `Summary:`, `All test took`, `test_vmalloc: row `,
-//! `test_vmalloc: params `, `test_vmalloc: leak `, `HOST: row ` or `HOST: qemu rc=` and does not
-//! match its grammar is an error (file and line number). Every other line is ignored.
+//! `test_vmalloc: params `, `test_vmalloc: leak `, `test_vmalloc: setup `, `HOST: row ` or
+//! `HOST: qemu rc=` and does not match its grammar is an error (file and line number). Every
+//! other line is ignored.
+//!
+//! A `setup` line belongs to the Summary lines of the same test under the same row (and params
+//! header); it may come before them (the kernel prints it after the test's `leak` line, the
+//! Summary lines at the end of the worker). Such a Summary's value is
+//! `avg - setup + setup x loop_scale` (`loop_scale` from the params header in force; none = no
+//! change): the loops were scaled by `loop_scale`, the setup could not be.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -133,9 +141,27 @@ pub struct Summary {
     pub row: Option<RowSpec>,
     /// Index into `ParsedLog::params` of the header in force, if any.
     pub params: Option<usize>,
+    /// Mean of the `test_vmalloc: setup` lines of this test in this row (usec per repeat).
+    pub setup_usec: Option<f64>,
+    /// `loop_scale` of the params header in force.
+    pub loop_scale: Option<f64>,
 }
 
 impl Summary {
+    /// True when the value is adjusted for the setup part (setup line and loop_scale present).
+    pub fn setup_scaled(&self) -> bool {
+        self.setup_usec.is_some() && self.loop_scale.is_some()
+    }
+
+    /// The row value in usec: `avg`, or with a setup line and a loop_scale
+    /// `avg - setup + setup x loop_scale` (= loop_scale x the avg of the full-length test).
+    pub fn value(&self) -> f64 {
+        match (self.setup_usec, self.loop_scale) {
+            (Some(su), Some(ls)) => self.avg_usec as f64 - su + su * ls,
+            _ => self.avg_usec as f64,
+        }
+    }
+
     /// True when this line reports a failure that is not an expected one.
     pub fn unexpected_failure(&self) -> bool {
         match self.xfailed {
@@ -168,12 +194,25 @@ pub struct Leak {
     pub row: Option<RowSpec>,
 }
 
+/// `test_vmalloc: setup <name> usec: <u>`: the setup+teardown time of a test outside its
+/// timed loop (usec per repeat, the unit of Summary avg).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Setup {
+    pub line: usize,
+    pub name: String,
+    pub usec: u64,
+    pub row: Option<RowSpec>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Params {
     pub line: usize,
     /// "kernel" (`test_vmalloc: params`) or "anchor" (`ANCHOR: load ... tvload`).
     pub source: String,
     pub map: BTreeMap<String, String>,
+    /// Keys in line order (for display).
+    #[serde(skip)]
+    pub order: Vec<String>,
 }
 
 impl Params {
@@ -182,6 +221,34 @@ impl Params {
     }
     pub fn get_bool(&self, key: &str) -> Option<bool> {
         self.map.get(key).and_then(|v| parse_bool(v))
+    }
+    /// `loop_scale` (the kernel prints `loop_scale=0.010000`); None when absent.
+    pub fn loop_scale(&self) -> Option<f64> {
+        self.map.get("loop_scale").and_then(|v| v.parse().ok())
+    }
+    /// `key=value ...` in line order.
+    pub fn line_text(&self) -> String {
+        let keys: Vec<&String> = if self.order.is_empty() {
+            self.map.keys().collect()
+        } else {
+            self.order.iter().collect()
+        };
+        keys.iter()
+            .map(|k| format!("{k}={}", self.map[*k]))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    /// The kernel's `mm.*` switches in line order (the variant's name in `summary`).
+    pub fn mm_switches(&self) -> Vec<String> {
+        let keys: Vec<&String> = if self.order.is_empty() {
+            self.map.keys().collect()
+        } else {
+            self.order.iter().collect()
+        };
+        keys.iter()
+            .filter(|k| k.starts_with("mm."))
+            .map(|k| format!("{k}={}", self.map[*k]))
+            .collect()
     }
 }
 
@@ -216,8 +283,12 @@ pub struct ParsedLog {
     pub summaries: Vec<Summary>,
     pub workers: Vec<WorkerTotal>,
     pub leaks: Vec<Leak>,
+    pub setups: Vec<Setup>,
     pub totals: Option<Totals>,
     pub host: Option<HostTrailer>,
+    /// Problems found by `parse_log_lenient` (always empty from `parse_log`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 impl ParsedLog {
@@ -333,6 +404,8 @@ pub fn parse_summary(body: &str) -> Result<Summary, String> {
         worker: None,
         row: None,
         params: None,
+        setup_usec: None,
+        loop_scale: None,
     })
 }
 
@@ -398,8 +471,9 @@ fn parse_leak(rest: &str) -> Result<(String, u64, u64, u64, u64, bool), String> 
     Ok((name.to_string(), a, b, c, d, ok))
 }
 
-fn parse_kv(toks: &[&str]) -> Result<BTreeMap<String, String>, String> {
+fn parse_kv(toks: &[&str]) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
     let mut map = BTreeMap::new();
+    let mut order = vec![];
     for t in toks.iter().filter(|t| !t.is_empty()) {
         let (k, v) = t
             .split_once('=')
@@ -407,9 +481,29 @@ fn parse_kv(toks: &[&str]) -> Result<BTreeMap<String, String>, String> {
         if k.is_empty() {
             return Err(format!("empty key in {t:?}"));
         }
-        map.insert(k.to_string(), v.to_string());
+        if map.insert(k.to_string(), v.to_string()).is_none() {
+            order.push(k.to_string());
+        }
     }
-    Ok(map)
+    Ok((map, order))
+}
+
+/// `<name> usec: <u>` (after `setup `).
+fn parse_setup(rest: &str) -> Result<(String, u64), String> {
+    let toks: Vec<&str> = rest.split(' ').collect();
+    if toks.len() != 3 {
+        return Err(format!(
+            "expected `setup <test_name> usec: <u>`, got {} fields",
+            toks.len()
+        ));
+    }
+    let name = ident(toks[0]).ok_or_else(|| format!("bad test name {:?}", toks[0]))?;
+    if toks[1] != "usec:" {
+        return Err(format!("expected `usec:`, got {:?}", toks[1]));
+    }
+    let u = uint(toks[2])
+        .ok_or_else(|| format!("`usec:` wants an unsigned integer, got {:?}", toks[2]))?;
+    Ok((name.to_string(), u))
 }
 
 fn parse_totals(body: &str) -> Option<(u64, u64)> {
@@ -418,8 +512,21 @@ fn parse_totals(body: &str) -> Option<(u64, u64)> {
     Some((uint(p)?, uint(f)?))
 }
 
-/// Parses a whole log. `file` is used only in error messages.
+/// Parses a whole log. `file` is used only in error messages. The first problem is an error.
 pub fn parse_log(file: &str, text: &str) -> Result<ParsedLog, ParseError> {
+    parse_impl(file, text, false)
+}
+
+/// Parses what can be parsed: malformed lines are skipped and every problem (including "no
+/// Summary line") is listed in `errors` instead of ending the parse (`tvtool summary`).
+pub fn parse_log_lenient(file: &str, text: &str) -> ParsedLog {
+    match parse_impl(file, text, true) {
+        Ok(l) => l,
+        Err(e) => unreachable!("lenient parse returned {e}"),
+    }
+}
+
+fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseError> {
     let err = |line: usize, msg: String| ParseError {
         file: file.to_string(),
         line,
@@ -433,13 +540,29 @@ pub fn parse_log(file: &str, text: &str) -> Result<ParsedLog, ParseError> {
         summaries: vec![],
         workers: vec![],
         leaks: vec![],
+        setups: vec![],
         totals: None,
         host: None,
+        errors: vec![],
     };
+    // Strict: return the error. Lenient: note it and go on.
+    macro_rules! bad {
+        ($e:expr) => {{
+            let e: ParseError = $e;
+            if lenient {
+                log.errors.push(e.to_string());
+            } else {
+                return Err(e);
+            }
+        }};
+    }
     // Current kernel row: (line, spec, number of Summary lines seen under it).
     let mut cur_row: Option<(usize, RowSpec, usize)> = None;
     // Summaries waiting for their worker's `All test took` line.
     let mut pending: Vec<usize> = vec![];
+    // Group of each Summary and setup line: (number of row lines so far, params in force).
+    let mut sum_group: Vec<(usize, Option<usize>)> = vec![];
+    let mut setup_group: Vec<(usize, Option<usize>)> = vec![];
 
     let close_row = |cur: &Option<(usize, RowSpec, usize)>| -> Result<(), ParseError> {
         if let Some((ln, spec, n)) = cur {
@@ -459,16 +582,22 @@ pub fn parse_log(file: &str, text: &str) -> Result<ParsedLog, ParseError> {
             .trim_start()
             .trim_end();
         if body.starts_with("Summary:") {
-            let mut sum =
-                parse_summary(body).map_err(|m| err(ln, format!("malformed Summary line: {m}")))?;
+            let mut sum = match parse_summary(body) {
+                Ok(s) => s,
+                Err(m) => {
+                    bad!(err(ln, format!("malformed Summary line: {m}")));
+                    continue;
+                }
+            };
             let name = sum.name.clone();
             let row = match &mut cur_row {
                 Some((_, spec, n)) => {
                     if spec.name != name {
-                        return Err(err(
+                        bad!(err(
                             ln,
                             format!("Summary for `{name}` under row `{spec}` (test name differs)"),
                         ));
+                        continue;
                     }
                     *n += 1;
                     Some(spec.clone())
@@ -476,10 +605,11 @@ pub fn parse_log(file: &str, text: &str) -> Result<ParsedLog, ParseError> {
                 None => {
                     if let Some(h) = &log.host_row {
                         if h.name != name {
-                            return Err(err(
+                            bad!(err(
                                 ln,
                                 format!("Summary for `{name}` in a boot for row `{h}` (test name differs)"),
                             ));
+                            continue;
                         }
                     }
                     log.host_row.clone()
@@ -489,10 +619,17 @@ pub fn parse_log(file: &str, text: &str) -> Result<ParsedLog, ParseError> {
             sum.line = ln;
             sum.row = row;
             sum.params = log.params.len().checked_sub(1);
+            sum.loop_scale = sum.params.and_then(|p| log.params[p].loop_scale());
+            sum_group.push((log.rows.len(), sum.params));
             log.summaries.push(sum);
         } else if body.starts_with("All test took") {
-            let (label, idx, cycles) = parse_all_test(body)
-                .map_err(|m| err(ln, format!("malformed `All test took` line: {m}")))?;
+            let (label, idx, cycles) = match parse_all_test(body) {
+                Ok(v) => v,
+                Err(m) => {
+                    bad!(err(ln, format!("malformed `All test took` line: {m}")));
+                    continue;
+                }
+            };
             for &s in &pending {
                 log.summaries[s].worker = Some(idx);
             }
@@ -508,30 +645,59 @@ pub fn parse_log(file: &str, text: &str) -> Result<ParsedLog, ParseError> {
                     .or_else(|| log.host_row.clone()),
             });
         } else if let Some(rest) = body.strip_prefix("test_vmalloc: row ") {
-            let spec =
-                RowSpec::parse(rest).map_err(|m| err(ln, format!("malformed row line: {m}")))?;
+            let spec = match RowSpec::parse(rest) {
+                Ok(s) => s,
+                Err(m) => {
+                    bad!(err(ln, format!("malformed row line: {m}")));
+                    continue;
+                }
+            };
             if !pending.is_empty() {
                 let s = &log.summaries[pending[0]];
-                return Err(err(
+                let e = err(
                     s.line,
                     format!("Summary for `{}` not followed by an `All test took` line before the next row", s.name),
-                ));
+                );
+                bad!(e);
+                pending.clear();
             }
-            close_row(&cur_row)?;
+            if let Err(e) = close_row(&cur_row) {
+                bad!(e);
+            }
             log.rows.push((ln, spec.clone()));
             cur_row = Some((ln, spec, 0));
         } else if let Some(rest) = body.strip_prefix("test_vmalloc: params ") {
             let toks: Vec<&str> = rest.split(' ').collect();
-            let map =
-                parse_kv(&toks).map_err(|m| err(ln, format!("malformed params line: {m}")))?;
+            let (map, order) = match parse_kv(&toks) {
+                Ok(v) => v,
+                Err(m) => {
+                    bad!(err(ln, format!("malformed params line: {m}")));
+                    continue;
+                }
+            };
+            if let Some(v) = map.get("loop_scale") {
+                if !v.parse::<f64>().is_ok_and(|x| x.is_finite() && x > 0.0) {
+                    bad!(err(
+                        ln,
+                        format!("malformed params line: loop_scale={v} is not a number > 0"),
+                    ));
+                    continue;
+                }
+            }
             log.params.push(Params {
                 line: ln,
                 source: "kernel".into(),
                 map,
+                order,
             });
         } else if let Some(rest) = body.strip_prefix("test_vmalloc: leak ") {
-            let (name, a, b, c, d, ok) =
-                parse_leak(rest).map_err(|m| err(ln, format!("malformed leak line: {m}")))?;
+            let (name, a, b, c, d, ok) = match parse_leak(rest) {
+                Ok(v) => v,
+                Err(m) => {
+                    bad!(err(ln, format!("malformed leak line: {m}")));
+                    continue;
+                }
+            };
             log.leaks.push(Leak {
                 line: ln,
                 name,
@@ -545,32 +711,65 @@ pub fn parse_log(file: &str, text: &str) -> Result<ParsedLog, ParseError> {
                     .map(|c| c.1.clone())
                     .or_else(|| log.host_row.clone()),
             });
-        } else if let Some(rest) = body.strip_prefix("HOST: row ") {
-            let spec = RowSpec::parse(rest)
-                .map_err(|m| err(ln, format!("malformed HOST row line: {m}")))?;
-            log.host_row = Some(spec);
-        } else if let Some(rest) = body.strip_prefix("HOST: qemu rc=") {
-            let bad = || {
-                err(ln, format!("malformed HOST trailer: expected `HOST: qemu rc=<n> wall_s=<s>`, got {body:?}"))
+        } else if let Some(rest) = body.strip_prefix("test_vmalloc: setup ") {
+            let (name, usec) = match parse_setup(rest) {
+                Ok(v) => v,
+                Err(m) => {
+                    bad!(err(ln, format!("malformed setup line: {m}")));
+                    continue;
+                }
             };
-            let (rc, rest) = rest.split_once(' ').ok_or_else(bad)?;
-            let wall = rest.strip_prefix("wall_s=").ok_or_else(bad)?;
-            let rc: i64 = rc.parse().map_err(|_| bad())?;
-            let wall_s: f64 = wall.parse().map_err(|_| bad())?;
-            log.host = Some(HostTrailer {
+            let row = cur_row
+                .as_ref()
+                .map(|c| c.1.clone())
+                .or_else(|| log.host_row.clone());
+            if let Some(r) = &row {
+                if r.name != name {
+                    bad!(err(
+                        ln,
+                        format!("setup line for `{name}` under row `{r}` (test name differs)"),
+                    ));
+                    continue;
+                }
+            }
+            setup_group.push((log.rows.len(), log.params.len().checked_sub(1)));
+            log.setups.push(Setup {
                 line: ln,
-                rc,
-                wall_s,
+                name,
+                usec,
+                row,
             });
+        } else if let Some(rest) = body.strip_prefix("HOST: row ") {
+            match RowSpec::parse(rest) {
+                Ok(spec) => log.host_row = Some(spec),
+                Err(m) => bad!(err(ln, format!("malformed HOST row line: {m}"))),
+            }
+        } else if let Some(rest) = body.strip_prefix("HOST: qemu rc=") {
+            let parsed = (|| {
+                let (rc, rest) = rest.split_once(' ')?;
+                let wall = rest.strip_prefix("wall_s=")?;
+                Some((rc.parse::<i64>().ok()?, wall.parse::<f64>().ok()?))
+            })();
+            match parsed {
+                Some((rc, wall_s)) => {
+                    log.host = Some(HostTrailer {
+                        line: ln,
+                        rc,
+                        wall_s,
+                    })
+                }
+                None => bad!(err(ln, format!("malformed HOST trailer: expected `HOST: qemu rc=<n> wall_s=<s>`, got {body:?}"))),
+            }
         } else if let Some(rest) = body.strip_prefix("ANCHOR: load ") {
             // `ANCHOR: load 1/1: tvload /test_vmalloc.ko k=v ...` (Linux anchor /init).
             if let Some((_, after)) = rest.split_once(": tvload ") {
                 let toks: Vec<&str> = after.split(' ').skip(1).collect();
-                if let Ok(map) = parse_kv(&toks) {
+                if let Ok((map, order)) = parse_kv(&toks) {
                     log.params.push(Params {
                         line: ln,
                         source: "anchor".into(),
                         map,
+                        order,
                     });
                 }
             }
@@ -584,15 +783,48 @@ pub fn parse_log(file: &str, text: &str) -> Result<ParsedLog, ParseError> {
     }
     if !pending.is_empty() {
         let s = &log.summaries[pending[0]];
-        return Err(err(
+        let e = err(
             s.line,
             format!(
                 "Summary for `{}` not followed by an `All test took` line (truncated log?)",
                 s.name
             ),
-        ));
+        );
+        bad!(e);
     }
-    close_row(&cur_row)?;
+    if let Err(e) = close_row(&cur_row) {
+        bad!(e);
+    }
+    // Setup lines -> the Summary lines of the same test, row and params header.
+    for (si, st) in log.setups.iter().enumerate() {
+        let matched = log
+            .summaries
+            .iter()
+            .zip(&sum_group)
+            .any(|(s, g)| s.name == st.name && *g == setup_group[si]);
+        if !matched {
+            let e = err(
+                st.line,
+                format!(
+                    "setup line for `{}` has no Summary line of that test in the same row (truncated log?)",
+                    st.name
+                ),
+            );
+            bad!(e);
+        }
+    }
+    for (k, g) in sum_group.iter().enumerate() {
+        let us: Vec<f64> = log
+            .setups
+            .iter()
+            .zip(&setup_group)
+            .filter(|(st, sg)| st.name == log.summaries[k].name && *sg == g)
+            .map(|(st, _)| st.usec as f64)
+            .collect();
+        if !us.is_empty() {
+            log.summaries[k].setup_usec = Some(us.iter().sum::<f64>() / us.len() as f64);
+        }
+    }
     if log.summaries.is_empty() {
         let what = match &log.host_row {
             Some(r) => format!(
@@ -600,7 +832,7 @@ pub fn parse_log(file: &str, text: &str) -> Result<ParsedLog, ParseError> {
             ),
             None => "no Summary line in the log (truncated or failed boot?)".to_string(),
         };
-        return Err(err(0, what));
+        bad!(err(0, what));
     }
     Ok(log)
 }

@@ -103,6 +103,10 @@ pub struct Plan {
     /// % change formula for the report (default "variant", the seed's).
     #[serde(default)]
     pub pct_of: PctOf,
+    /// Minimum effect (% of the base mean) for (I)/(R); default
+    /// `stats::DEFAULT_MIN_EFFECT`; `--min-effect` overrides.
+    #[serde(default)]
+    pub min_effect: Option<f64>,
 }
 
 impl Plan {
@@ -145,6 +149,9 @@ impl Plan {
             if s.is_nan() || s <= 0.0 {
                 bail!("loop_scale must be > 0");
             }
+        }
+        if let Some(m) = self.min_effect {
+            crate::compare::check_min_effect(m)?;
         }
         if !matches!(self.machine.as_str(), "virt" | "raspi4b") {
             bail!(

@@ -26,6 +26,10 @@ pub struct RunOpts {
     pub runs: Option<u32>,
     pub smoke: bool,
     pub dry_run: bool,
+    /// Overrides the plan's `min_effect`.
+    pub min_effect: Option<f64>,
+    /// Append the run-to-run spread table (`compare::render_spread`) to the printed text.
+    pub spread: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -332,14 +336,22 @@ pub fn run_plan(plan: &Plan, plan_text: &str, opts: &RunOpts) -> Result<(RunRepo
         d.icount |= plan.icount;
     }
     let failed_cells = results.iter().filter(|r| !r.problems.is_empty()).count();
+    let min_effect = opts
+        .min_effect
+        .or(plan.min_effect)
+        .unwrap_or(crate::stats::DEFAULT_MIN_EFFECT);
     let report = if data.iter().any(|d| !d.samples.is_empty()) {
-        Some(compare::build_report(&data, plan.pct_of))
+        Some(compare::build_report_with(&data, plan.pct_of, min_effect))
     } else {
         None
     };
     let mut text = String::new();
     if let Some(r) = &report {
         text = compare::render_text(r);
+        if opts.spread {
+            text.push('\n');
+            text.push_str(&compare::render_spread(r));
+        }
         fs::write(opts.out.join("report.svg"), svg::render(r))?;
         fs::write(opts.out.join("table.md"), compare::render_markdown(r))?;
     }

@@ -137,6 +137,31 @@ pub fn marker(base: &Summary, variant: &Summary) -> Marker {
     }
 }
 
+/// Default minimum effect (noise threshold) in % of the base mean: a smaller difference is
+/// never marked (I)/(R). From `make bench-wall` on the shared 2-core host (tools/README.md,
+/// "Noise"): the wall-clock run-to-run CV per row had a median of 28-31% (95% CI half-width
+/// 24-26% of the mean), so "about 2x the typical CV" hits the 3% cap. Under
+/// `-icount shift=0` (where CIs are 0-0.4% wide and the threshold actually decides) 3% is far
+/// above the neutral rows' differences (<= 0.5%) and far below the smallest real effect (15%).
+pub const DEFAULT_MIN_EFFECT: f64 = 3.0;
+
+/// |base mean - variant mean| / base mean x 100 (the measure `min_effect` is compared with).
+pub fn effect_pct(base_mean: f64, variant_mean: f64) -> f64 {
+    ((base_mean - variant_mean) / base_mean * 100.0).abs()
+}
+
+/// `marker`, but never significant when the difference is below `min_effect` % of the base
+/// mean (criterion's noise threshold).
+pub fn marker_min(base: &Summary, variant: &Summary, min_effect: f64) -> Marker {
+    let m = marker(base, variant);
+    // NaN (base mean 0) counts as below: no marker.
+    if effect_pct(base.mean, variant.mean) >= min_effect {
+        m
+    } else {
+        Marker::None
+    }
+}
+
 /// Welch 95% CI half-width of (base mean - variant mean), with Welch-Satterthwaite df.
 pub fn welch_half(base: &Summary, variant: &Summary) -> Option<f64> {
     if base.n < 2 || variant.n < 2 {

@@ -208,9 +208,14 @@ pub fn render(r: &Report) -> String {
         );
     }
     let ly = TOP + 20.0 + 20.0 * vars.len() as f64;
+    let min_line = format!(
+        "and differ by >= {}% of base",
+        crate::compare::fmt_pct(r.min_effect)
+    );
     for (i, t) in [
         "I / R above a bar: the 95% CIs",
         "of the means do not overlap",
+        min_line.as_str(),
         "(Improvement / Regression)",
         "",
         "error bars: Welch 95% CI",

@@ -357,3 +357,70 @@ fn variant_order_is_file_order() {
     let names: Vec<String> = p.variant_list().into_iter().map(|v| v.0).collect();
     assert_eq!(names, vec!["mid", "zeta", "alpha"]);
 }
+
+#[test]
+fn plan_min_effect_and_cli_override() {
+    // fake QEMU: patch ~500 vs base ~1000 (a 50% difference, disjoint CIs)
+    let d = scratch("mineff");
+    let plan = SUITE_PLAN.replace("runs = 3", "runs = 3\nmin_effect = 60.0");
+    let o = run_plan(&d, &plan, "ok", &[]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
+    assert!(!out.contains("| (I) "), "{out}");
+    assert!(
+        out.contains("differences below 60.0% are never marked"),
+        "{out}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/report.json")).unwrap()).unwrap();
+    assert_eq!(j["report"]["min_effect"], 60.0);
+    assert_eq!(j["report"]["rows"][0]["cells"][1]["marker_ci"], "I");
+    assert_eq!(j["report"]["rows"][0]["cells"][1]["marker"], "None");
+    // --min-effect overrides the plan; --spread appends the spread table
+    let d = scratch("mineff2");
+    let o = run_plan(&d, &plan, "ok", &["--min-effect", "1.5", "--spread"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("| (I) "), "{out}");
+    assert!(
+        out.contains("differences below 1.5% are never marked"),
+        "{out}"
+    );
+    assert!(out.contains("Run-to-run spread"), "{out}");
+    assert!(
+        out.contains("| vm_map_ram_test: p:1, h:0, l:500000 (usec) | 3 |"),
+        "{out}"
+    );
+    // bad values
+    assert!(tvtool::plan::Plan::parse(
+        &SUITE_PLAN.replace("runs = 3", "runs = 3\nmin_effect = -1.0")
+    )
+    .is_err());
+    let d = scratch("mineff3");
+    let o = run_plan(&d, SUITE_PLAN, "ok", &["--min-effect", "nan"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+#[test]
+fn seed_wall_plan_is_the_seed_plan_without_icount() {
+    use tvtool::plan::{self, Plan};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("plans");
+    let seed = Plan::load(&dir.join("seed-table.toml")).unwrap();
+    let wall = Plan::load(&dir.join("seed-wall.toml")).unwrap();
+    assert!(!wall.icount);
+    assert!(wall.runs >= 6);
+    assert_eq!(wall.rows, seed.rows);
+    assert_eq!(wall.variant_list(), seed.variant_list());
+    assert_eq!(
+        (wall.suite.clone(), wall.loop_scale),
+        (seed.suite.clone(), seed.loop_scale)
+    );
+    assert_eq!(wall.common_args, seed.common_args);
+    assert_eq!(
+        (wall.smp.values(), &wall.cpu, &wall.mem),
+        (seed.smp.values(), &seed.cpu, &seed.mem)
+    );
+    let cells = plan::cells(&wall, wall.runs).unwrap();
+    let s = plan::qemu_args(&wall, "k.img", &cells[0]).join(" ");
+    assert!(!s.contains("-icount"), "{s}");
+}

@@ -814,6 +814,13 @@ impl<'m> PageAllocator<'m> {
     /// boundaries (Linux cuts them at memory sections).
     #[inline]
     pub fn __free_contig_range(&self, cpu: usize, pfn: u64, nr_pages: u64) -> Result<(), MmError> {
+        self.__free_contig_range_inline(cpu, pfn, nr_pages)
+    }
+
+    /// [`Self::__free_contig_range`], inlined into free_pages_bulk (one call frame per vfree
+    /// fewer: Linux's compiler inlines the static helpers of page_alloc.c the same way).
+    #[inline(always)]
+    fn __free_contig_range_inline(&self, cpu: usize, pfn: u64, nr_pages: u64) -> Result<(), MmError> {
         let mut res = Ok(());
         let end = pfn.saturating_add(nr_pages);
         // [run, p): prepared pages of zone `run_zone`, not yet freed.
@@ -882,10 +889,10 @@ impl<'m> PageAllocator<'m> {
     /// One step of [`Self::free_pages_bulk`]: frees the leading PFN run of `pages` and returns
     /// its length (the kernel's glue calls this with interrupts masked per run, so that the
     /// `cond_resched()` between runs runs with them unmasked, as in Linux).
-    #[inline]
+    #[inline(always)]
     pub fn free_pages_bulk_run(&self, cpu: usize, pages: &[u64]) -> (usize, Result<(), MmError>) {
         let nr_contig = num_pages_contiguous(pages);
-        (nr_contig, self.__free_contig_range(cpu, pages[0], nr_contig as u64))
+        (nr_contig, self.__free_contig_range_inline(cpu, pages[0], nr_contig as u64))
     }
 
     // ---- consistency check -----------------------------------------------------------------
