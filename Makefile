@@ -9,6 +9,8 @@
 #   make bench-wall the same without -icount (wall-clock, this host's noise): 8 runs, one QEMU
 #                   at a time, plus the run-to-run spread per row (CV, CI half-width)
 #   make bench-pagealloc   page-allocator micro-benchmark (instructions per operation)
+#   make stress     Linux test_vmalloc.sh's stress preset at full strength at -smp 4 (hours under
+#                   TCG; STRESS_ARGS="test_vmalloc.test_loop_count=N" cuts it down)
 #   make setup      install what is missing (Rust target, QEMU >= 9, dtc, the Pi 4 DTB)
 #   make gdb        boot virt halted with a gdb stub, attach gdb-multiarch
 #   make clean
@@ -45,7 +47,7 @@ QEMU_VIRT  = qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(SMP) -m $(MEM) -nogr
 QEMU_RPI4  = qemu-system-aarch64 -M raspi4b -dtb $(PI4_DTB) -display none -monitor none \
              -serial null -serial stdio -no-reboot -semihosting
 
-.PHONY: all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc tools setup gdb clean
+.PHONY: stress all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc tools setup gdb clean
 
 TVTOOL := tools/target/release/tvtool
 
@@ -97,6 +99,17 @@ bench: build tools
 # Wall-clock (no -icount) seed table: measures this host's noise, see tools/README.md.
 bench-wall: build tools
 	$(TVTOOL) run tools/plans/seed-wall.toml --out target/bench/seed-wall --jobs 1 --spread
+
+# test_vmalloc.sh stress: nr_threads = CPUs, test_repeat_count = 20, every test, Linux's loop
+# count (1000000) unless STRESS_ARGS says otherwise; no timeout. Fails on a failed test or a
+# LOST leak line (exit status 1).
+STRESS_SMP  ?= 4
+STRESS_ARGS ?=
+stress: build
+	qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(STRESS_SMP) -m $(MEM) -nographic -no-reboot -semihosting \
+	  -kernel $(IMG) -append "test_vmalloc.suite=stress $(STRESS_ARGS)" 2>&1 | tee target/stress.log; \
+	  exit $${PIPESTATUS[0]}
+stress: private SHELL := /bin/bash
 
 bench-regression: build tools
 	$(TVTOOL) run tools/plans/regression.toml --out target/bench/regression

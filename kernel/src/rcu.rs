@@ -255,8 +255,9 @@ pub fn synchronize_rcu() {
     let target = request_gp();
     let cpu = arch::smp_processor_id();
     while GP_DONE.load(Ordering::Acquire) < target {
-        note_qs(cpu);
-        smp::poll_mailbox();
+        // Clears this CPU's NEED_RESCHED before reporting, so a grace period this CPU starts
+        // below leaves it set and wait_for_event does not sleep owing its quiescent state.
+        smp::quiescent_point();
         let done = GP_DONE.load(Ordering::Acquire);
         if done >= target {
             break;
@@ -266,7 +267,7 @@ pub fn synchronize_rcu() {
             note_qs(cpu);
             continue;
         }
-        arch::wfe();
+        smp::wait_for_event();
     }
 }
 
@@ -284,13 +285,12 @@ pub fn rcu_barrier() {
         if busy && GP_DONE.load(Ordering::Acquire) == GP_SEQ.load(Ordering::Acquire) {
             request_gp();
         }
-        rcu_quiescent();
-        smp::poll_mailbox();
+        smp::quiescent_point();
         if PENDING.iter().all(|p| p.load(Ordering::Acquire) == 0) {
             break;
         }
         arch::sev();
-        arch::wfe();
+        smp::wait_for_event();
     }
 }
 
@@ -491,7 +491,7 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
         arch::sev();
     }));
     while state.load(Ordering::SeqCst) != 1 {
-        arch::wfe();
+        smp::wait_for_event();
     }
     // An object freed with kvfree_rcu must stay alive while the reader is inside.
     let obj = crate::mm::vmalloc::vmalloc(crate::mm::PAGE_SIZE);
@@ -515,8 +515,32 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     crate::kassert!(completed() > freed_before);
     crate::kassert!(QUEUES.this_cpu().lock().ready.is_empty());
     while state.load(Ordering::SeqCst) != 3 {
-        arch::wfe();
+        smp::wait_for_event();
     }
+    Ok(())
+});
+
+// rcu_barrier must not sleep while this CPU owes the quiescent state of a grace period it
+// started itself: two callbacks queued back to back need two grace periods, the second started
+// by this CPU's own report ending the first. Sleeping then (nobody else will kick this CPU for
+// it) hung the single-CPU kernel: the sleep is skipped while this CPU's NEED_RESCHED is set.
+crate::ktest!(rcu_barrier_never_sleeps_owing_its_own_quiescent_state, {
+    use core::sync::atomic::AtomicUsize;
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    static mut H1: RcuHead = RcuHead::new();
+    static mut H2: RcuHead = RcuHead::new();
+    unsafe fn count(_h: *mut RcuHead) {
+        RAN.fetch_add(1, Ordering::SeqCst);
+    }
+    RAN.store(0, Ordering::SeqCst);
+    // The first starts a grace period; the second, queued before any quiescent state, needs
+    // the next one (NEED_GP).
+    unsafe {
+        call_rcu(&raw mut H1, count);
+        call_rcu(&raw mut H2, count);
+    }
+    rcu_barrier();
+    crate::kassert_eq!(RAN.load(Ordering::SeqCst), 2);
     Ok(())
 });
 
@@ -548,7 +572,7 @@ crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
     }));
     while queued.load(Ordering::SeqCst) == 0 {
         smp::quiescent_point();
-        arch::wfe();
+        smp::wait_for_event();
     }
     rcu_barrier();
     crate::kassert!(DONE.load(Ordering::SeqCst) == 1, "rcu_barrier returned while a callback was still running");

@@ -124,7 +124,18 @@ fn quiescent_hook() {
     }
 }
 
-/// What a quiescent point does, unconditionally (idle loops, wait loops that must not sleep
+/// Sleeps until an event (WFE, or WFI woken by an SGI) unless work is already due on this CPU.
+/// Every wait loop sleeps through here: a CPU that asked itself for work (a grace period it
+/// started, which it owes a quiescent state) must not sleep on it, since no other CPU will
+/// wake it for that; work set by another CPU comes with a kick, which ends the sleep.
+pub fn wait_for_event() {
+    if NEED_RESCHED.this_cpu().load(Ordering::Acquire) {
+        return;
+    }
+    arch::wfe();
+}
+
+/// What a quiescent point does (idle loops, wait loops that must not sleep
 /// owing work): serve the mailbox and report to RCU.
 pub fn quiescent_point() {
     NEED_RESCHED.this_cpu().store(false, Ordering::Relaxed);
@@ -145,12 +156,12 @@ pub fn call_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) {
     let p = &call as *const Call as *mut Call;
     while MAILBOX[cpu].func.compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
         quiescent_point();
-        arch::wfe();
+        wait_for_event();
     }
     set_need_resched(cpu);
     while !call.done.load(Ordering::Acquire) {
         quiescent_point();
-        arch::wfe();
+        wait_for_event();
     }
 }
 
@@ -186,7 +197,7 @@ impl Barrier {
         } else {
             while self.generation.load(Ordering::Acquire) == gen {
                 quiescent_point();
-                arch::wfe();
+                wait_for_event();
             }
         }
     }
@@ -206,7 +217,7 @@ pub fn idle() -> ! {
             b();
             continue;
         }
-        arch::wfe();
+        wait_for_event();
     }
 }
 
@@ -344,7 +355,7 @@ crate::ktest!(barrier_and_work_on_all_cpus, {
     }
     while done.load(Ordering::SeqCst) != n - 1 {
         quiescent_point();
-        arch::wfe();
+        wait_for_event();
     }
     Ok(())
 });

@@ -477,7 +477,7 @@ fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
     }
     while done.load(Ordering::SeqCst) < cpus_used {
         smp::quiescent_point();
-        arch::wfe();
+        smp::wait_for_event();
     }
     let results = results.lock();
     for (id, w) in results.iter().enumerate() {

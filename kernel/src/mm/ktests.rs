@@ -214,7 +214,7 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
     work(errors.clone(), done.clone())();
     while done.load(Ordering::SeqCst) < cpus.len() {
         crate::smp::quiescent_point();
-        arch::wfe();
+        crate::smp::wait_for_event();
     }
     kassert_eq!(errors.load(Ordering::SeqCst), 0);
     kassert_eq!(kalloc::bad_page_reports(), 0);

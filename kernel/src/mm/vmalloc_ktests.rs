@@ -128,7 +128,7 @@ ktest!(vmalloc_concurrent_on_every_cpu, {
     work(errors.clone(), done.clone())();
     while done.load(Ordering::SeqCst) < cpus.len() {
         smp::quiescent_point();
-        arch::wfe();
+        crate::smp::wait_for_event();
     }
     kassert_eq!(errors.load(Ordering::SeqCst), 0);
     kassert_eq!(settled(), before);
@@ -306,7 +306,7 @@ ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
     stop.store(true, Ordering::SeqCst);
     while done.load(Ordering::SeqCst) < others.len() {
         smp::quiescent_point();
-        arch::wfe();
+        crate::smp::wait_for_event();
     }
     kassert!(errors.load(Ordering::SeqCst) == 0, "vm_map_ram space lost or unmapped under purge_fragmented_blocks: {} errors", errors.load(Ordering::SeqCst));
     // A block freed under a live slot makes that slot's vm_unmap_ram a "not a vmap block" report.
@@ -420,7 +420,7 @@ ktest!(vmap_lazy_nr_never_underflows_under_concurrent_purges, {
     stop.store(true, Ordering::SeqCst);
     while done.load(Ordering::SeqCst) < others.len() {
         smp::quiescent_point();
-        arch::wfe();
+        crate::smp::wait_for_event();
     }
     kassert!(vm::nr_misuse_reports() == w0, "{} vmalloc bug reports after {} purges", vm::nr_misuse_reports() - w0, purges);
     kassert_eq!(settled(), before);
