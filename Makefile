@@ -9,6 +9,8 @@
 #   make bench-wall the same without -icount (wall-clock, this host's noise): 8 runs, one QEMU
 #                   at a time, plus the run-to-run spread per row (CV, CI half-width)
 #   make bench-pagealloc   page-allocator micro-benchmark (instructions per operation)
+#   make fuzz       every fuzz target (cargo-fuzz, nightly; installed on demand) FUZZ_SECONDS each;
+#                   make fuzz-long: 10M device-tree and 1M of every other target
 #   make stress     Linux test_vmalloc.sh's stress preset at full strength at -smp 4 (hours under
 #                   TCG; STRESS_ARGS="test_vmalloc.test_loop_count=N" cuts it down)
 #   make setup      install what is missing (Rust target, QEMU >= 9, dtc, the Pi 4 DTB)
@@ -47,7 +49,7 @@ QEMU_VIRT  = qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(SMP) -m $(MEM) -nogr
 QEMU_RPI4  = qemu-system-aarch64 -M raspi4b -dtb $(PI4_DTB) -display none -monitor none \
              -serial null -serial stdio -no-reboot -semihosting
 
-.PHONY: stress all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc tools setup gdb clean
+.PHONY: fuzz fuzz-long stress all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc tools setup gdb clean
 
 TVTOOL := tools/target/release/tvtool
 
@@ -99,6 +101,18 @@ bench: build tools
 # Wall-clock (no -icount) seed table: measures this host's noise, see tools/README.md.
 bench-wall: build tools
 	$(TVTOOL) run tools/plans/seed-wall.toml --out target/bench/seed-wall --jobs 1 --spread
+
+# Fuzzing (scripts/fuzz.sh installs cargo-fuzz if missing). make test replays the committed
+# corpus through the same checks on stable (cargo test -p kernel).
+FUZZ_TARGETS ?=
+fuzz:
+	bash scripts/dt-fixtures.sh target/dt-fixtures
+	bash scripts/fuzz.sh $(FUZZ_TARGETS)
+
+fuzz-long:
+	bash scripts/dt-fixtures.sh target/dt-fixtures
+	FUZZ_RUNS=1000000 FUZZ_RUNS_dt=10000000 FUZZ_SANITIZER=none FUZZ_SANITIZER_kva=address \
+	  bash scripts/fuzz.sh
 
 # test_vmalloc.sh stress: nr_threads = CPUs, test_repeat_count = 20, every test, Linux's loop
 # count (1000000) unless STRESS_ARGS says otherwise; no timeout. Fails on a failed test or a

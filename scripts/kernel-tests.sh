@@ -77,6 +77,9 @@ check oom-full-fit-smp8 120 0 'test_vmalloc: leak all .* ok' -- oom_full_fit
 # One test selected: only it runs. A bad test_vmalloc parameter: error naming it.
 check mask-one-test 60 0 '^1 passed, 0 failed' -- virt 1 1G -append "test_vmalloc.run_test_mask=1024 test_vmalloc.test_loop_count=100"
 check bad-tv-param 10 2 'FATAL: .*test_vmalloc.nr_threads' -- virt 1 512M -append "test_vmalloc.nr_threads=lots"
+# A command line that is not UTF-8 or holds control characters is refused, never dropped.
+check bad-bootargs-utf8 10 2 'FATAL: boot command line \(/chosen/bootargs\) refused: byte 0xff at offset 26' -- virt 1 512M -append "$(printf 'test_vmalloc.nr_threads=1 \xff')"
+check bad-bootargs-ctrl 10 2 'control character U\+0001 at byte offset 15' -- virt 1 512M -append "$(printf 'mm.vfree=single\x01 ktest')"
 
 # Bad input: a clear error and a non-zero exit, never a hang.
 check null-pointer 10 3 'EXCEPTION on CPU 0.*data abort.*' -- virt 1 512M -append "ktest.fault=null"

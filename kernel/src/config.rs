@@ -134,6 +134,15 @@ impl Config {
     }
 }
 
+/// What the boot does with the raw bytes of /chosen/bootargs: a line that is not UTF-8 or holds
+/// control characters (other than the whitespace Linux's `next_arg()` splits on) is refused
+/// whole, the message naming the byte offset and showing the bytes around it; otherwise it is
+/// parsed by [`Config::parse`]. Every error is bad input (the kernel exits with status 2).
+pub fn parse_bootargs(raw: &[u8]) -> Result<(&str, Config), String> {
+    let s = crate::params::cmdline(raw).map_err(|e| format!("{e}: {}", crate::params::excerpt(raw, e.offset())))?;
+    Ok((s, Config::parse(s)?))
+}
+
 static CONFIG: spin::Once<Config> = spin::Once::new();
 
 pub fn set(c: Config) {
@@ -179,6 +188,28 @@ mod tests {
         assert!(e.contains("maxcpus"), "{e}");
         assert!(Config::parse("maxcpus=0").is_err());
         assert!(Config::parse("mm.vfree").is_err());
+    }
+
+    #[test]
+    fn bootargs_bytes_are_checked_before_parsing() {
+        let (s, c) = parse_bootargs(b"mm.vfree=single\ttest_vmalloc.nr_threads=2\r\n").unwrap();
+        assert_eq!(s, "mm.vfree=single\ttest_vmalloc.nr_threads=2\r\n");
+        assert_eq!((c.vfree, c.test_vmalloc.len()), (VfreeMode::Single, 1));
+        assert_eq!(parse_bootargs(b"").unwrap().1, Config::default());
+        // Not UTF-8: refused whole, with the offset and the bytes around it; the valid
+        // mm.vfree=single before it is not applied either.
+        let e = parse_bootargs(b"mm.vfree=single test_vmalloc.nr_threads=1 \xff").unwrap_err();
+        assert_eq!(
+            e,
+            "boot command line (/chosen/bootargs) refused: byte 0xff at offset 42 is not valid UTF-8; no \
+             parameter of it was applied: \"...st_vmalloc.nr_threads=1 [\\xff]\""
+        );
+        let e = parse_bootargs(b"mm.vfree=single\x00mm.pcp=off").unwrap_err();
+        assert!(e.contains("control character U+0000 at byte offset 15") && e.ends_with(r#""mm.vfree=single[\x00]mm.pcp=off""#), "{e}");
+        let e = parse_bootargs(b"\x1b[2Jktest").unwrap_err();
+        assert!(e.contains("U+001B at byte offset 0"), "{e}");
+        // A good line with a bad parameter still fails the usual way.
+        assert_eq!(parse_bootargs(b"mm.bogus=1").unwrap_err(), "unknown boot parameter mm.bogus");
     }
 
     #[test]

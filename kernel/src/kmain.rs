@@ -75,7 +75,7 @@ unsafe fn set_gpio14_15(gpio: u64, func: u32) {
     }
 }
 
-fn banner(info: &dt::BootInfo, cfg: &config::Config, kimage_pa: u64) {
+fn banner(info: &dt::BootInfo, bootargs: &str, cfg: &config::Config, kimage_pa: u64) {
     let mut w = crate::console::Console;
     let _ = writeln!(w, "mmkernel {} on {:?} ({}) at EL{}", env!("CARGO_PKG_VERSION"), info.board, info.model, arch::current_el());
     for (i, c) in info.cpus.iter().enumerate() {
@@ -100,7 +100,7 @@ fn banner(info: &dt::BootInfo, cfg: &config::Config, kimage_pa: u64) {
     if let Some(l) = info.dma_limit {
         let _ = writeln!(w, "  dma limit: {:#x}", l);
     }
-    let _ = writeln!(w, "  bootargs: \"{}\"", info.bootargs);
+    let _ = writeln!(w, "  bootargs: \"{}\"", bootargs);
     let _ = writeln!(w, "  switches: {}{}", cfg.mm_switches(), if arch::semihosting::present() { " (semihosting exit)" } else { "" });
     if !cfg.ignored.is_empty() {
         let _ = writeln!(w, "  ignored boot parameters (not ours): {}", cfg.ignored.join(" "));
@@ -157,11 +157,13 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     if let Err(e) = console_init(&info) {
         fatal(crate::EXIT_BAD_INPUT, format_args!("{e}"));
     }
-    let cfg = match config::Config::parse(&info.bootargs) {
-        Ok(c) => c,
+    // The command line is refused whole (exit 2, naming the byte offset) when it is not UTF-8
+    // or holds control characters: never dropped for defaults, never half applied.
+    let (bootargs, cfg) = match config::parse_bootargs(&info.bootargs) {
+        Ok(r) => r,
         Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("{e}")),
     };
-    banner(&info, &cfg, kimage_pa);
+    banner(&info, bootargs, &cfg, kimage_pa);
     config::set(cfg);
     let cfg = config::get();
 

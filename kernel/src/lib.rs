@@ -14,6 +14,8 @@ pub mod ktest;
 pub mod mm;
 pub mod params;
 pub mod ratelimit;
+#[cfg(not(target_os = "none"))]
+pub mod fuzz_targets;
 
 #[cfg(target_os = "none")]
 pub mod arch;

@@ -58,6 +58,96 @@ fn is_space(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
+/// Why a boot command line was refused as a whole (see [`cmdline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmdlineError {
+    /// The bytes from `offset` on are not valid UTF-8; `byte` is the first offending byte.
+    InvalidUtf8 { offset: usize, byte: u8 },
+    /// A control character (C0, DEL or C1) that Linux's `next_arg()` would not treat as a
+    /// separator, starting at byte `offset`. NUL is one too: a string property ends at its
+    /// last byte, so a NUL before that means the command line was cut or is several strings.
+    Control { offset: usize, ch: char },
+}
+
+impl CmdlineError {
+    /// Byte offset of the offending byte in the command line (the bootargs property value).
+    pub fn offset(&self) -> usize {
+        match *self {
+            CmdlineError::InvalidUtf8 { offset, .. } | CmdlineError::Control { offset, .. } => offset,
+        }
+    }
+}
+
+impl fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("boot command line (/chosen/bootargs) refused: ")?;
+        match *self {
+            CmdlineError::InvalidUtf8 { offset, byte } => {
+                write!(f, "byte {byte:#04x} at offset {offset} is not valid UTF-8")?
+            }
+            CmdlineError::Control { offset, ch } => write!(
+                f,
+                "control character U+{:04X} at byte offset {offset} (only space, tab, newline, \\v, \\f and \\r \
+                 may separate parameters)",
+                ch as u32
+            )?,
+        }
+        f.write_str("; no parameter of it was applied")
+    }
+}
+
+/// Linux `next_arg()`'s separators: C `isspace()` in the "C" locale.
+pub fn is_separator(c: char) -> bool {
+    c.is_ascii() && is_space(c as u8)
+}
+
+/// Checks a raw boot command line (the bytes of /chosen/bootargs without the terminating NUL)
+/// before anything is parsed from it: it must be UTF-8 and hold no control character other
+/// than the whitespace `next_arg()` splits on. Any other byte string is refused whole, with the
+/// offset of the first bad byte, instead of being dropped or half-applied (with the rest of
+/// the kernel then running on defaults nobody asked for).
+pub fn cmdline(bytes: &[u8]) -> Result<&str, CmdlineError> {
+    // The first bad byte is reported, whichever rule it breaks: controls are looked for in
+    // the valid prefix before the UTF-8 error (if any) is.
+    let (valid, bad_utf8) = match core::str::from_utf8(bytes) {
+        Ok(s) => (s, None),
+        Err(e) => (core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""), Some(e.valid_up_to())),
+    };
+    if let Some((offset, ch)) = valid.char_indices().find(|&(_, c)| c.is_control() && !is_separator(c)) {
+        return Err(CmdlineError::Control { offset, ch });
+    }
+    match bad_utf8 {
+        Some(offset) => Err(CmdlineError::InvalidUtf8 { offset, byte: bytes[offset] }),
+        None => Ok(valid),
+    }
+}
+
+/// The bytes around `offset` for an error message: up to 24 on either side, printable ASCII
+/// as is and everything else as `\xNN`, the byte at `offset` in brackets, quoted, with "..."
+/// where the line goes on: `"...nr_threads=1 [\xff]"`.
+pub fn excerpt(bytes: &[u8], offset: usize) -> String {
+    use core::fmt::Write;
+    let offset = offset.min(bytes.len());
+    let (lo, hi) = (offset.saturating_sub(24), offset.saturating_add(25).min(bytes.len()));
+    let mut s = String::from(if lo > 0 { "\"..." } else { "\"" });
+    for (i, &b) in bytes[lo..hi].iter().enumerate() {
+        let at = lo + i == offset;
+        if at {
+            s.push('[');
+        }
+        if (0x20..0x7f).contains(&b) && b != b'\\' {
+            s.push(b as char);
+        } else {
+            let _ = write!(s, "\\x{b:02x}");
+        }
+        if at {
+            s.push(']');
+        }
+    }
+    s.push_str(if hi < bytes.len() { "...\"" } else { "\"" });
+    s
+}
+
 /// Splits a command line into parameters. Like `parse_args()`, a bare `--` ends the kernel's
 /// part (Linux hands the rest to init), so nothing after it is returned.
 pub fn split(bootargs: &str) -> Vec<Param<'_>> {
@@ -226,6 +316,63 @@ mod tests {
         assert_eq!(kv("a=b=c root=LABEL=x"), [("a", Some("b=c")), ("root", Some("LABEL=x"))]);
         assert_eq!(kv("=x"), [("=x", None)]);
         assert_eq!(kv("ünï=cödé x"), [("ünï", Some("cödé")), ("x", None)]);
+    }
+
+    #[test]
+    fn cmdline_accepts_utf8_and_linux_whitespace() {
+        assert_eq!(cmdline(b""), Ok(""));
+        assert_eq!(cmdline(b"a=1\tb\nc\x0bd\x0ce\r f"), Ok("a=1\tb\nc\x0bd\x0ce\r f"));
+        assert_eq!(cmdline("ünï=cödé €".as_bytes()), Ok("ünï=cödé €"));
+    }
+
+    #[test]
+    fn cmdline_refuses_invalid_utf8_at_its_offset() {
+        let e = cmdline(b"test_vmalloc.nr_threads=1 \xff").unwrap_err();
+        assert_eq!(e, CmdlineError::InvalidUtf8 { offset: 26, byte: 0xff });
+        assert_eq!(
+            e.to_string(),
+            "boot command line (/chosen/bootargs) refused: byte 0xff at offset 26 is not valid UTF-8; \
+             no parameter of it was applied"
+        );
+        // A truncated multi-byte sequence, an overlong encoding, a lone continuation byte, a
+        // UTF-16 surrogate: the offset is where the bad sequence starts.
+        assert_eq!(cmdline(b"ab\xc3").unwrap_err(), CmdlineError::InvalidUtf8 { offset: 2, byte: 0xc3 });
+        assert_eq!(cmdline(b"x \xc0\x80").unwrap_err(), CmdlineError::InvalidUtf8 { offset: 2, byte: 0xc0 });
+        assert_eq!(cmdline(b"\x80").unwrap_err(), CmdlineError::InvalidUtf8 { offset: 0, byte: 0x80 });
+        assert_eq!(cmdline(b"k=\xed\xa0\x80").unwrap_err().offset(), 2);
+        assert_eq!(cmdline("é\u{1}".as_bytes()).unwrap_err().offset(), 2);
+    }
+
+    #[test]
+    fn cmdline_refuses_control_characters() {
+        for (input, offset, ch) in [
+            (&b"mm.vfree=bulk\x00mm.pcp=off"[..], 13, '\0'),
+            (b"\x1b[31m", 0, '\u{1b}'),
+            (b"a=b\x7f", 3, '\u{7f}'),
+            (b"a \xc2\x85b", 2, '\u{85}'), // NEL: a C1 control, not a separator for next_arg()
+            (b"x\x08", 1, '\u{8}'),
+        ] {
+            assert_eq!(cmdline(input), Err(CmdlineError::Control { offset, ch }), "{input:?}");
+        }
+        let e = cmdline(b"a\x01").unwrap_err().to_string();
+        assert!(e.contains("control character U+0001 at byte offset 1"), "{e}");
+        // The first bad byte wins, whatever its kind.
+        assert_eq!(cmdline(b"\x01\xff").unwrap_err(), CmdlineError::Control { offset: 0, ch: '\u{1}' });
+        assert_eq!(cmdline(b"a\xff\x01").unwrap_err(), CmdlineError::InvalidUtf8 { offset: 1, byte: 0xff });
+        assert_eq!(cmdline(b"\x01 ok").unwrap_err().offset(), 0);
+        // Non-ASCII whitespace is not a separator but is not refused either (it is not a control).
+        assert_eq!(cmdline("a\u{a0}b".as_bytes()).map(|s| split(s).len()), Ok(1));
+    }
+
+    #[test]
+    fn excerpts_escape_and_mark_the_bad_byte() {
+        assert_eq!(excerpt(b"test_vmalloc.nr_threads=1 \xff", 26), r#""...st_vmalloc.nr_threads=1 [\xff]""#);
+        assert_eq!(excerpt(b"a\x01b", 1), r#""a[\x01]b""#);
+        assert_eq!(excerpt(b"x\\y\xc3", 3), r#""x\x5cy[\xc3]""#);
+        let long = [b'a'; 100];
+        assert_eq!(excerpt(&long, 50), format!("\"...{}[a]{}...\"", "a".repeat(24), "a".repeat(24)));
+        assert_eq!(excerpt(b"", 0), r#""""#);
+        assert_eq!(excerpt(b"ab", 7), r#""ab""#); // an offset past the end marks nothing
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub struct BootInfo {
     /// GICv2 distributor and CPU interface bases (CPU physical): used to wake idle CPUs
     /// with SGIs. `None` for a GICv3 or no interrupt controller.
     pub gic: Option<(u64, u64)>,
-    pub bootargs: String,
+    /// The raw bytes of /chosen/bootargs without its terminating NUL (empty if absent). Kept
+    /// as bytes, never dropped or cut here: [`crate::params::cmdline`] checks them (UTF-8, no
+    /// control characters) and the boot refuses a bad command line with the offending offset.
+    pub bootargs: Vec<u8>,
     /// /chosen/stdout-path as written, options included (e.g. "serial1:115200n8").
     pub stdout_path: String,
     /// The header's totalsize: the DTB occupies `[dtb_pa, dtb_pa + dtb_size)`.
@@ -291,7 +294,7 @@ fn parse_inner(dtb: &[u8], strict: bool) -> Result<BootInfo, DtError> {
             }
             Some((t.translate(i, regs[0].0).ok()?, t.translate(i, regs[1].0).ok()?))
         }),
-        bootargs: chosen_str("bootargs").into(),
+        bootargs: chosen.and_then(|c| t.prop(c, "bootargs")).map_or(Vec::new(), |v| v.strip_suffix(&[0]).unwrap_or(v).to_vec()),
         stdout_path: stdout_path.into(),
         dtb_size: h.totalsize as u64,
     })
@@ -340,6 +343,13 @@ fn reserved_memory(t: &Tree, out: &mut Vec<Reserved>, dynamic: &mut Vec<(String,
         let name = &t.nodes[i].name;
         if t.prop(i, "reg").is_some() {
             for (base, size) in t.reg(i)?.into_iter().filter(|&(_, s)| s != 0) {
+                if base.checked_add(size).is_none() {
+                    return Err(DtError::BadProperty {
+                        node: t.path(i),
+                        prop: "reg",
+                        what: format!("{base:#x}+{size:#x} overflows"),
+                    });
+                }
                 out.push(Reserved { base, size, kind: ReservedKind::ReservedMemory(name.clone()) });
             }
         } else if let Some(v) = t.prop(i, "size") {
@@ -427,6 +437,10 @@ fn uart(t: &Tree, i: usize) -> Result<Console, String> {
         return Err(format!("status is \"{}\"", t.str(i, "status").unwrap_or("")));
     }
     let (base, size) = t.mmio(i).map_err(|e| e.to_string())?;
+    if base.checked_add(size).is_none() {
+        // The boot maps [base, base + size): a wrapping range is no usable console.
+        return Err(format!("reg {base:#x}+{size:#x} overflows"));
+    }
     // Only the first clock matters (PL011 "uartclk"); a fixed-clock gives its rate directly.
     let clock_hz = t
         .u32(i, "clocks")

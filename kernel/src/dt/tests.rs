@@ -105,6 +105,70 @@ fn mini_blob() -> Vec<u8> {
     b.finish()
 }
 
+/// `mini` with /chosen/bootargs set to `bootargs` (raw bytes, the terminating NUL included).
+fn mini_with_bootargs(bootargs: &[u8]) -> Vec<u8> {
+    let mut b = Builder::default();
+    b.begin("").cells("#address-cells", &[2]).cells("#size-cells", &[2]);
+    b.begin("memory@40000000").str("device_type", "memory").cells("reg", &[0, 0x4000_0000, 0, 0x1000_0000]).end();
+    b.begin("pl011@9000000").str("compatible", "arm,pl011").cells("reg", &[0, 0x0900_0000, 0, 0x1000]).end();
+    b.begin("chosen").prop("bootargs", bootargs).str("stdout-path", "/pl011@9000000").end();
+    b.end();
+    b.finish()
+}
+
+#[test]
+fn bootargs_are_kept_as_raw_bytes() {
+    // Invalid UTF-8 is no longer dropped here (Linux's defaults would then run instead of what
+    // was asked): the bytes reach the caller, whose params::cmdline refuses them by offset.
+    let i = parse(&mini_with_bootargs(b"test_vmalloc.nr_threads=1 \xff\0")).unwrap();
+    assert_eq!(i.bootargs, b"test_vmalloc.nr_threads=1 \xff");
+    assert_eq!(
+        crate::params::cmdline(&i.bootargs),
+        Err(crate::params::CmdlineError::InvalidUtf8 { offset: 26, byte: 0xff })
+    );
+    // Only the one terminating NUL is dropped; an inner NUL (a string list, a cut line) stays
+    // and is refused as a control character, not silently truncated.
+    let i = parse(&mini_with_bootargs(b"mm.vfree=single\0mm.pcp=off\0")).unwrap();
+    assert_eq!(i.bootargs, b"mm.vfree=single\0mm.pcp=off");
+    assert_eq!(crate::params::cmdline(&i.bootargs).unwrap_err().offset(), 15);
+    // No terminator at all (out of spec, harmless): the whole value.
+    assert_eq!(parse(&mini_with_bootargs(b"quiet")).unwrap().bootargs, b"quiet");
+    assert_eq!(parse(&mini_with_bootargs(b"")).unwrap().bootargs, b"");
+    assert_eq!(parse(&mini_with_bootargs(b"\0")).unwrap().bootargs, b"");
+}
+
+/// `mini` plus a /reserved-memory child with a static `reg`, and the console's `reg` size.
+fn mini_with(reserved: [u32; 4], console_size: [u32; 2]) -> Vec<u8> {
+    let mut b = Builder::default();
+    b.begin("").cells("#address-cells", &[2]).cells("#size-cells", &[2]);
+    b.begin("memory@40000000").str("device_type", "memory").cells("reg", &[0, 0x4000_0000, 0, 0x1000_0000]).end();
+    b.begin("reserved-memory").cells("#address-cells", &[2]).cells("#size-cells", &[2]);
+    b.begin("r@0").cells("reg", &reserved).end().end();
+    b.begin("pl011@9000000").str("compatible", "arm,pl011");
+    b.cells("reg", &[0, 0x0900_0000, console_size[0], console_size[1]]).end();
+    b.begin("chosen").str("stdout-path", "/pl011@9000000").end();
+    b.end();
+    b.finish()
+}
+
+#[test]
+fn wrapping_ranges_are_refused() {
+    // Found by the fuzz target's BootInfo checks (fuzz/corpus/dt/reserved-wraps.dtb,
+    // console-wraps.dtb): both used to be accepted and handed to the boot as wrapped ranges.
+    let ok = parse(&mini_with([0, 0x4800_0000, 0, 0x1000], [0, 0x1000])).unwrap();
+    assert_eq!(ok.reserved[0], Reserved { base: 0x4800_0000, size: 0x1000, kind: ReservedKind::ReservedMemory("r@0".into()) });
+    let e = parse(&mini_with([0xffff_ffff, 0xffff_f000, 0, 0x2000], [0, 0x1000])).unwrap_err();
+    assert_eq!(e.to_string(), "device tree: /reserved-memory/r@0: bad `reg`: 0xfffffffffffff000+0x2000 overflows");
+    // Ending exactly at 2^64 - 1 + 1 would wrap too; ending one byte below is fine.
+    assert!(parse(&mini_with([0xffff_ffff, 0xffff_f000, 0, 0xfff], [0, 0x1000])).is_ok());
+    let e = parse(&mini_with([0, 0x4800_0000, 0, 0x1000], [0xffff_ffff, 0xffff_ffff])).unwrap_err();
+    assert!(
+        matches!(&e, DtError::NoConsole { reason, .. } if reason.contains("reg 0x9000000+0xffffffffffffffff overflows")),
+        "{e}"
+    );
+    assert_eq!(parse_lenient(&mini_with([0, 0x4800_0000, 0, 0x1000], [0xffff_ffff, 0xffff_ffff])).unwrap().console, None);
+}
+
 #[test]
 fn mini_parses() {
     let i = parse(&mini_blob()).unwrap();
@@ -119,7 +183,7 @@ fn mini_parses() {
     let c = i.console.unwrap();
     assert_eq!((c.kind, c.base, c.size, c.clock_hz), (ConsoleKind::Pl011, 0x0900_0000, 0x1000, Some(24_000_000)));
     assert_eq!((c.path.as_str(), c.fallback_reason), ("/pl011@9000000", None));
-    assert_eq!(i.bootargs, "a=1 b");
+    assert_eq!(i.bootargs, b"a=1 b");
     assert_eq!((i.dma_limit, i.watchdog, i.timer_freq), (None, None, None));
 }
 
@@ -407,7 +471,7 @@ fn check_virt(name: &str, smp: u64, mem: u64, psci: PsciConduit) {
     assert_eq!((c.clock_hz, c.path.as_str(), &c.fallback_reason), (Some(24_000_000), "/pl011@9000000", &None));
     assert_eq!(i.stdout_path, "/pl011@9000000");
     assert_eq!((i.dma_limit, i.watchdog, i.timer_freq), (None, None, None));
-    let p = crate::params::split(&i.bootargs);
+    let p = crate::params::split(crate::params::cmdline(&i.bootargs).unwrap());
     let kv: Vec<_> = p.iter().map(|p| (p.key, p.value)).collect();
     assert_eq!(
         kv,
@@ -470,7 +534,7 @@ fn raspi4b_qemu() {
     let i = parse(&blob).unwrap_or_else(|e| panic!("raspi4b.dtb: {e}"));
     check_pi_common(&i);
     assert_eq!(i.memory, vec![MemRange { base: 0, size: 0x3c00_0000 }]);
-    assert_eq!(i.bootargs, "console=ttyS0");
+    assert_eq!(i.bootargs, b"console=ttyS0");
     assert_eq!(i.dtb_size, blob.len() as u64);
     // PL011 UART0 through the same /soc ranges.
     let t = tree::Tree::build(&blob).unwrap();
@@ -485,7 +549,7 @@ fn raspi4b_upstream() {
     // ...while everything else is readable.
     let i = parse_lenient(&blob).unwrap();
     check_pi_common(&i);
-    assert_eq!((i.memory.as_slice(), i.bootargs.as_str()), (&[][..], ""));
+    assert_eq!((i.memory.as_slice(), i.bootargs.as_slice()), (&[][..], &b""[..]));
 }
 
 #[test]

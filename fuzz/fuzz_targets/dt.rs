@@ -1,0 +1,6 @@
+//! Fuzz target `dt`: device-tree bytes -> BootInfo. The checks live in the kernel crate
+//! (kernel/src/fuzz_targets/), where `cargo test -p kernel` replays fuzz/corpus/dt/.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| kernel::fuzz_targets::dt(data));
