@@ -32,6 +32,7 @@ mod vmalloc_ktests;
 // Page-table walker and KVA allocator (issue 5).
 pub mod pgtable;
 pub mod kva;
+pub mod vmap_lazy;
 
 // Physical memory (issue 3): memblock, struct page, zones, buddy, pcp, gfp, stats.
 // (modules added below)

@@ -5,7 +5,7 @@
 //! (`mm.vfree=single`, the baseline) or through free_pages_bulk (`mm.vfree=bulk`, the seed
 //! patch). vm_map_ram uses per-CPU 4 MiB vmap blocks with a bump allocator.
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::gfp::GfpFlags;
 use super::kva::KvaError;
@@ -47,7 +47,7 @@ const VMAP_BLOCK: u64 = 2;
 const TAG_MASK: u64 = 7;
 
 /// Pages lazily unmapped but not yet purged (Linux: vmap_lazy_nr).
-static VMAP_LAZY_NR: AtomicUsize = AtomicUsize::new(0);
+static VMAP_LAZY: super::vmap_lazy::VmapLazy = super::vmap_lazy::VmapLazy::new();
 static PURGE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 /// Purges since boot, and the last purge's flushed span (tests and stats).
@@ -62,7 +62,7 @@ pub fn lazy_max_pages() -> usize {
 
 /// Pages lazily unmapped and not yet purged (tests).
 pub fn vmap_lazy_nr() -> usize {
-    VMAP_LAZY_NR.load(Ordering::Acquire)
+    VMAP_LAZY.nr()
 }
 
 pub fn nr_purges() -> u64 {
@@ -129,10 +129,10 @@ fn free_vmap_area_noflush(start: u64, end: u64, node: usize) {
     let pages = ((end - start) >> PAGE_SHIFT) as usize;
     // Counted before the area is visible in the lazy tree (Linux does the same): a purge on
     // another CPU that takes the area then never subtracts pages that were not added.
-    let nr = VMAP_LAZY_NR.fetch_add(pages, Ordering::AcqRel) + pages;
+    let nr = VMAP_LAZY.add(pages);
     if !kva::lazy_add(start, end, node) {
         // No memory for the lazy tree: flush this range now and free it at once.
-        VMAP_LAZY_NR.fetch_sub(pages, Ordering::AcqRel);
+        VMAP_LAZY.undo_add(pages);
         flush_tlb_kernel_range(&mut HwTlb::new(), start, end);
         kva::free_now(start, end);
         return;
@@ -142,21 +142,18 @@ fn free_vmap_area_noflush(start: u64, end: u64, node: usize) {
     }
 }
 
-/// Set while a drain is queued or running (Linux: drain_vmap_work is one work item, so
-/// however many CPUs cross lazy_max_pages, one purge runs).
-static DRAIN_PENDING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// Linux `schedule_work(&drain_vmap_work)`. There is no workqueue: the CPU that queues the
-/// work runs it at once; CPUs crossing the limit meanwhile find it queued and go on.
+/// Linux `schedule_work(&drain_vmap_work)`: one drain however many CPUs cross the limit. There
+/// is no workqueue: the CPU that queues the work runs it at once; CPUs crossing meanwhile find
+/// it queued and go on.
 fn schedule_drain_vmap_work() {
-    if DRAIN_PENDING.swap(true, Ordering::AcqRel) {
+    if !VMAP_LAZY.queue_drain() {
         return;
     }
     // drain_vmap_area_work: the purge, unless a purge already got below the limit.
-    if VMAP_LAZY_NR.load(Ordering::Acquire) > lazy_max_pages() {
+    if VMAP_LAZY.nr() > lazy_max_pages() {
         purge_vmap_area_lazy();
     }
-    DRAIN_PENDING.store(false, Ordering::Release);
+    VMAP_LAZY.drain_done();
 }
 
 /// Drains queued or run since boot (tests).
@@ -182,8 +179,7 @@ fn purge_vmap_area_lazy_range(mut start: u64, mut end: u64) {
     }
     if !batch.is_empty() {
         let pages = batch.release();
-        let prev = VMAP_LAZY_NR.fetch_sub(pages, Ordering::AcqRel);
-        if prev < pages {
+        if let Err(prev) = VMAP_LAZY.purged(pages) {
             warn_misuse(format_args!("vmalloc bug: vmap_lazy_nr underflow ({prev} < {pages} purged)"));
         }
         NR_PURGES.fetch_add(1, Ordering::Relaxed);
