@@ -57,7 +57,10 @@ pub fn completed() -> u64 {
 }
 
 enum Callback {
-    Head(*mut RcuHead),
+    /// rcu_heads linked through their `next` field, first to last: the callbacks queued on
+    /// this CPU behind one grace period are one entry, so call_rcu never allocates (Linux's
+    /// callback lists are intrusive too).
+    Heads { first: *mut RcuHead, last: *mut RcuHead },
     Bulk(*mut BulkBlock),
 }
 unsafe impl Send for Callback {}
@@ -103,10 +106,22 @@ pub fn nr_pending() -> usize {
     PENDING.iter().map(|p| p.load(Ordering::Acquire)).sum()
 }
 
-/// Queues `cb` on this CPU behind grace period `target`.
+/// Queues `cb` on this CPU behind grace period `target`. A single rcu_head joins the last
+/// entry when that is a head list for the same grace period (targets never decrease).
 fn enqueue(target: u64, cb: Callback) {
     let mut q = QUEUES.this_cpu().lock();
     PENDING.this_cpu().fetch_add(1, Ordering::AcqRel);
+    if let Callback::Heads { first, .. } = cb {
+        if let Some((t, Callback::Heads { last, .. })) = q.ready.back_mut() {
+            if *t == target {
+                // SAFETY: `last` is a queued head, alive until its callback runs; `first` is
+                // the new head (next already null).
+                unsafe { (**last).next = first };
+                *last = first;
+                return;
+            }
+        }
+    }
     q.ready.push_back((target, cb));
 }
 
@@ -217,15 +232,28 @@ pub fn rcu_quiescent() {
             }
         };
         match cb {
-            Some(Callback::Head(h)) => unsafe {
-                if let Some(f) = (*h).func {
-                    f(h);
+            Some(Callback::Heads { first, .. }) => {
+                let mut h = first;
+                while !h.is_null() {
+                    // SAFETY: queued heads stay valid until their callback runs; `next` is read
+                    // before the callback, which may free the object holding the head.
+                    unsafe {
+                        let next = (*h).next;
+                        if let Some(f) = (*h).func {
+                            f(h);
+                        }
+                        h = next;
+                    }
+                    PENDING.this_cpu().fetch_sub(1, Ordering::AcqRel);
                 }
-            },
-            Some(Callback::Bulk(b)) => unsafe { free_bulk_block(b) },
+            }
+            Some(Callback::Bulk(b)) => {
+                // SAFETY: a full or flushed block queued behind its grace period.
+                unsafe { free_bulk_block(b) };
+                PENDING.this_cpu().fetch_sub(1, Ordering::AcqRel);
+            }
             None => break,
         }
-        PENDING.this_cpu().fetch_sub(1, Ordering::AcqRel);
         ran = true;
     }
     IN_CALLBACKS.this_cpu().store(false, Ordering::Release);
@@ -246,7 +274,7 @@ pub unsafe fn call_rcu(head: *mut RcuHead, func: unsafe fn(*mut RcuHead)) {
         (*head).next = core::ptr::null_mut();
     }
     let target = request_gp();
-    enqueue(target, Callback::Head(head));
+    enqueue(target, Callback::Heads { first: head, last: head });
 }
 
 /// Waits for a full grace period (Linux: synchronize_rcu). Must not be called inside a
