@@ -222,6 +222,7 @@ crate::ktest!(per_cpu_areas_hold_each_cpus_statics_dynamics_and_pcp_lists, {
         }
     }
     // The template itself was never written after the copy.
+    // SAFETY: the template is an initialised static; only read here.
     crate::kassert_eq!(unsafe { (*KTEST_VALUE.0.get()).load(Ordering::Relaxed) }, 0x1111);
     percpu::free_percpu(dynamic);
     Ok(())

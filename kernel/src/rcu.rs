@@ -563,6 +563,7 @@ crate::ktest!(rcu_barrier_never_sleeps_owing_its_own_quiescent_state, {
     RAN.store(0, Ordering::SeqCst);
     // The first starts a grace period; the second, queued before any quiescent state, needs
     // the next one (NEED_GP).
+    // SAFETY: the heads are statics that outlive their callbacks; `count` ignores its argument.
     unsafe {
         call_rcu(&raw mut H1, count);
         call_rcu(&raw mut H2, count);

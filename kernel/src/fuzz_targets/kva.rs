@@ -41,6 +41,7 @@ impl PageSource for Pages {
         if self.live >= self.limit {
             return None;
         }
+        // SAFETY: Self::layout() has a non-zero size.
         let p = unsafe { alloc(Self::layout()) };
         if p.is_null() {
             return None;
@@ -51,6 +52,7 @@ impl PageSource for Pages {
     fn free_page(&mut self, p: *mut u8) {
         assert_eq!(p as usize % SLAB_PAGE_SIZE, 0, "page source got back a misaligned page");
         assert!(self.live > 0, "page source got back more pages than it gave");
+        // SAFETY: `p` came from alloc(Self::layout()) above (checked aligned, and counted live).
         unsafe { dealloc(p, Self::layout()) };
         self.live -= 1;
     }

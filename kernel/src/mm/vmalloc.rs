@@ -470,6 +470,8 @@ fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
     let vm = val as *mut VmStruct;
     // Everything the area may map (Linux get_vm_area_size: the size without its guard page),
     // not nr_pages: a vmap() area owns no pages array.
+    // SAFETY: a busy value with no tag bits is the vm_struct this area was inserted with, alive
+    // until free_vm_struct.
     let mapped = unsafe { (*vm).size - if (*vm).flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 } };
     vunmap_range_noflush(start, mapped);
     free_vmap_area_noflush(start, end, node);
@@ -779,6 +781,8 @@ pub fn vm_unmap_aliases() {
         let _d = VB_LOCK.lock();
         let mut b = q.head;
         while !b.is_null() {
+            // SAFETY: blocks on a free list stay allocated while listed; their queue lock and
+            // VB_LOCK are held.
             unsafe {
                 if (*b).dirty_max != 0 && (*b).dirty != VMAP_BBMAP_BITS {
                     let va = (*b).va_start;

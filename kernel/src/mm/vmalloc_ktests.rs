@@ -218,11 +218,13 @@ ktest!(vmalloc_until_oom_then_free_everything, {
 ktest!(vm_unmap_aliases_flushes_dirty_vmap_block_ranges, {
     let before = settled();
     let pfn = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).ok_or("no page")?;
+    // SAFETY: a page just allocated, through the linear map.
     unsafe { kalloc::pfn_to_virt(pfn).write_volatile(0x5a) };
     // A fresh block on this CPU: map, read through the mapping (fills the TLB), unmap.
     let keep = vm::vm_map_ram(&[pfn]);
     let p = vm::vm_map_ram(&[pfn]);
     kassert!(!p.is_null() && !keep.is_null());
+    // SAFETY: `p` maps the page (checked non-null above).
     kassert_eq!(unsafe { p.read_volatile() }, 0x5a);
     vm::vm_unmap_ram(p, 1);
     vm::vm_unmap_aliases();
@@ -243,8 +245,10 @@ ktest!(vfree_of_a_vmap_area_leaves_the_pages_to_their_owner, {
     let pfns: Vec<u64> = (0..4).map(|_| kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap()).collect();
     let p = vm::vmap(&pfns);
     kassert!(!p.is_null());
+    // SAFETY: the vmap area maps 4 pages; page 3 is inside it.
     unsafe { p.add(3 * PAGE_SIZE).write_volatile(7) };
     vm::vfree(p);
+    // SAFETY: the page is still allocated (the point of the test), read through the linear map.
     kassert_eq!(unsafe { kalloc::pfn_to_virt(pfns[3]).read_volatile() }, 7);
     kassert_eq!(kalloc::bad_page_reports(), reports);
     for &pfn in &pfns {
@@ -351,6 +355,7 @@ ktest!(vmalloc_misuse_is_reported_and_survived, {
     check("vfree of a vm_map_ram block slot", &mut expect)?;
     vm::vfree(large);
     check("vfree of a large vm_map_ram area", &mut expect)?;
+    // SAFETY: both mappings stayed in place (the vfree calls were refused); in-bounds offsets.
     unsafe {
         small.write_volatile(1);
         large.add(64 * PAGE_SIZE).write_volatile(2);
@@ -365,6 +370,7 @@ ktest!(vmalloc_misuse_is_reported_and_survived, {
     check("vm_unmap_ram of a 1-page vmalloc area", &mut expect)?;
     vm::vm_unmap_ram(b, 65);
     check("vm_unmap_ram of a 65-page vmalloc area", &mut expect)?;
+    // SAFETY: both vmalloc areas stayed mapped (vm_unmap_ram was refused); in-bounds offsets.
     unsafe {
         a.write_volatile(3);
         b.add(64 * PAGE_SIZE).write_volatile(4);

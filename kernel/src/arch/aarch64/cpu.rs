@@ -144,6 +144,7 @@ impl Default for IrqGuard {
 impl Drop for IrqGuard {
     #[inline(always)]
     fn drop(&mut self) {
+        // SAFETY: restores the DAIF value read in new(); no memory is touched (a compiler barrier).
         unsafe { asm!("msr daif, {}", in(reg) self.daif, options(nostack, preserves_flags)) };
     }
 }
