@@ -10,6 +10,7 @@
 //! so the `NoMemory` paths (which must change nothing) are exercised too.
 use super::Input;
 use crate::mm::kva::{BusyArea, BusyTree, KvaAllocator, KvaError, PageSource, VaPool, VaRange, MAX_VA_SIZE_PAGES, PAGE_SIZE as P, SLAB_PAGE_SIZE};
+use crate::mm::kva_model::{model_fit, model_fit_top, FreeRanges};
 use alloc::alloc::{alloc, dealloc, Layout};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
@@ -67,7 +68,7 @@ struct Node {
 /// The model: plain ordered maps and lists.
 #[derive(Default)]
 struct Model {
-    free: BTreeMap<u64, u64>,
+    free: FreeRanges,
     /// start -> (end, node, value), for busy and lazy areas.
     busy: BTreeMap<u64, (u64, usize, u64)>,
     lazy: [BTreeMap<u64, u64>; NODES],
@@ -75,63 +76,6 @@ struct Model {
     pool: [BTreeMap<usize, VecDeque<(u64, u64)>>; NODES],
     /// Ranges no structure could take (free tree out of node memory): retried by a purge.
     pending: Vec<(u64, u64)>,
-}
-
-impl Model {
-    fn block_containing(&self, addr: u64) -> Option<(u64, u64)> {
-        let (&s, &e) = self.free.range(..=addr).next_back()?;
-        (addr < e).then_some((s, e))
-    }
-    fn carve(&mut self, s: u64, e: u64) {
-        let (bs, be) = self.block_containing(s).expect("model: carving a range that is not free");
-        assert!(e <= be, "model: carve beyond its block");
-        self.free.remove(&bs);
-        if bs < s {
-            self.free.insert(bs, s);
-        }
-        if e < be {
-            self.free.insert(e, be);
-        }
-    }
-    fn overlaps_free(&self, s: u64, e: u64) -> bool {
-        self.free.range(..e).next_back().is_some_and(|(_, &pe)| pe > s)
-    }
-    fn release(&mut self, mut s: u64, mut e: u64) {
-        assert!(!self.overlaps_free(s, e), "model: releasing a range that is partly free");
-        if let Some((&ps, &pe)) = self.free.range(..s).next_back() {
-            if pe == s {
-                self.free.remove(&ps);
-                s = ps;
-            }
-        }
-        if let Some(&ne) = self.free.get(&e) {
-            self.free.remove(&e);
-            e = ne;
-        }
-        self.free.insert(s, e);
-    }
-    /// Whether the free tree's release of [s, e) needs a new node (merges with neither side).
-    fn release_needs_node(&self, s: u64, e: u64) -> bool {
-        let prev = self.free.range(..s).next_back().is_some_and(|(_, &pe)| pe == s);
-        !prev && !self.free.contains_key(&e)
-    }
-}
-
-/// Aligned start if `[nva, nva+size)` fits in `[s, e)` at or after `vstart` (u128: no overflow).
-fn model_fit(s: u64, e: u64, size: u64, align: u64, vstart: u64) -> Option<u64> {
-    let base = s.max(vstart) as u128;
-    let a = align as u128;
-    let nva = base.div_ceil(a) * a;
-    (nva + size as u128 <= e as u128).then_some(nva as u64)
-}
-
-fn model_fit_top(s: u64, e: u64, size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
-    let top = e.min(vend);
-    if top < size {
-        return None;
-    }
-    let nva = (top - size) / align * align;
-    (nva >= s && nva >= vstart).then_some(nva)
 }
 
 struct Harness {
@@ -302,9 +246,9 @@ impl Harness {
 
     /// Returns [s, e) to the free tree, or to `pending` if the tree has no node for it.
     fn give_back(&mut self, s: u64, e: u64) {
-        let needs = self.m.release_needs_node(s, e);
+        let needs = self.m.free.release_needs_node(s, e);
         match self.kva.free(s, e) {
-            Ok(()) => self.m.release(s, e),
+            Ok(()) => self.m.free.release(s, e),
             Err(KvaError::NoMemory) => {
                 assert!(needs, "free [{s:#x}, {e:#x}) failed for memory though it merges");
                 self.m.pending.push((s, e));
@@ -326,7 +270,7 @@ impl Harness {
                 (Ok(a), Some(b)) => assert_eq!(a, b, "{op:?}: top-down not the highest fit"),
                 (Err(KvaError::NoSpace), None) => return,
                 (Err(KvaError::NoMemory), Some(b)) => {
-                    let (bs, be) = self.m.block_containing(b).unwrap();
+                    let (bs, be) = self.m.free.block_containing(b).unwrap();
                     assert!(bs < b && b + size < be, "{op:?}: NoMemory without a no-edge split");
                     return;
                 }
@@ -337,7 +281,7 @@ impl Harness {
         let length: u128 = if adjust { size as u128 + align as u128 - 1 } else { size as u128 };
         let mut strict = None; // lowest fitting block at least `length` long
         let mut any = None; // lowest fitting block at all
-        for (&s, &e) in &self.m.free {
+        for (&s, &e) in self.m.free.iter() {
             if let Some(nva) = model_fit(s, e, size, align, vstart) {
                 any.get_or_insert((s, e, nva));
                 if (e - s) as u128 >= length {
@@ -350,7 +294,7 @@ impl Harness {
             Ok(nva) => {
                 assert_eq!(nva % align, 0, "{op:?}: misaligned {nva:#x}");
                 assert!(nva >= vstart && nva as u128 + size as u128 <= vend as u128, "{op:?}: {nva:#x} outside the window");
-                let (bs, be) = self.m.block_containing(nva).unwrap_or_else(|| panic!("{op:?}: {nva:#x} is not free"));
+                let (bs, be) = self.m.free.block_containing(nva).unwrap_or_else(|| panic!("{op:?}: {nva:#x} is not free"));
                 assert!(nva + size <= be, "{op:?}: [{nva:#x}, +{size:#x}) not inside one free block");
                 if !top {
                     assert_eq!(model_fit(bs, be, size, align, vstart), Some(nva), "{op:?}: not the block's first aligned fit");
@@ -364,7 +308,7 @@ impl Harness {
                         assert_eq!(Some(nva), any.map(|a| a.2), "{op:?}: not the lowest fit");
                     }
                 }
-                self.m.carve(nva, nva + size);
+                self.m.free.carve(nva, nva + size);
                 self.make_busy(node, nva, nva + size);
             }
             Err(KvaError::NoSpace) => {
@@ -430,7 +374,7 @@ impl Harness {
                 let b = (a + pages * P).min(e);
                 match self.kva.reserve(a, b) {
                     Ok(()) => {
-                        self.m.carve(a, b);
+                        self.m.free.carve(a, b);
                         self.make_busy(k % NODES, a, b);
                     }
                     Err(KvaError::NoMemory) => assert!(a > s && b < e, "{op:?}: NoMemory without a no-edge split"),

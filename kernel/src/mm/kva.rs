@@ -1680,71 +1680,7 @@ mod tests {
 
     // ---- independent model (u128 arithmetic, BTreeMap of free ranges) -----------------------
 
-    /// Aligned start if `[nva, nva+size)` fits in `[s, e)` at or after `vstart`.
-    fn model_fit(s: u64, e: u64, size: u64, align: u64, vstart: u64) -> Option<u64> {
-        let base = s.max(vstart) as u128;
-        let a = align as u128;
-        let nva = base.div_ceil(a) * a;
-        if nva + size as u128 <= e as u128 {
-            Some(nva as u64)
-        } else {
-            None
-        }
-    }
-
-    fn model_fit_top(s: u64, e: u64, size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
-        let top = e.min(vend);
-        if top < size {
-            return None;
-        }
-        let nva = (top - size) / align * align;
-        (nva >= s && nva >= vstart).then_some(nva)
-    }
-
-    #[derive(Default)]
-    struct Model {
-        free: BTreeMap<u64, u64>,
-    }
-
-    impl Model {
-        fn block_containing(&self, addr: u64) -> Option<(u64, u64)> {
-            let (&s, &e) = self.free.range(..=addr).next_back()?;
-            (addr < e).then_some((s, e))
-        }
-        fn carve(&mut self, s: u64, e: u64) {
-            let (bs, be) = self.block_containing(s).expect("carve: not free");
-            assert!(e <= be, "carve: beyond block");
-            self.free.remove(&bs);
-            if bs < s {
-                self.free.insert(bs, s);
-            }
-            if e < be {
-                self.free.insert(e, be);
-            }
-        }
-        fn overlaps(&self, s: u64, e: u64) -> bool {
-            if let Some((_, &pe)) = self.free.range(..e).next_back() {
-                if pe > s {
-                    return true;
-                }
-            }
-            false
-        }
-        fn release(&mut self, mut s: u64, mut e: u64) {
-            assert!(!self.overlaps(s, e));
-            if let Some((&ps, &pe)) = self.free.range(..s).next_back() {
-                if pe == s {
-                    self.free.remove(&ps);
-                    s = ps;
-                }
-            }
-            if let Some(&ne) = self.free.get(&e) {
-                self.free.remove(&e);
-                e = ne;
-            }
-            self.free.insert(s, e);
-        }
-    }
+    use crate::mm::kva_model::{model_fit, model_fit_top, FreeRanges as Model};
 
     struct Harness {
         kva: KvaAllocator<TestPages>,

@@ -33,6 +33,8 @@ mod vmalloc_ktests;
 pub mod pgtable;
 pub mod kva;
 pub mod vmap_lazy;
+#[cfg(not(target_os = "none"))]
+pub mod kva_model;
 
 // Physical memory (issue 3): memblock, struct page, zones, buddy, pcp, gfp, stats.
 // (modules added below)
