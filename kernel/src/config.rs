@@ -76,20 +76,24 @@ impl Config {
             let key = p.key.replace('-', "_");
             let v = p.value;
             match key.as_str() {
-                "mm.vfree" => {
-                    c.vfree = match need(&key, v)? {
-                        "bulk" => VfreeMode::Bulk,
-                        "single" => VfreeMode::Single,
-                        o => return Err(format!("bad value \"{o}\" for boot parameter mm.vfree: expected bulk or single")),
-                    }
-                }
+                "mm.vfree" => c.vfree = match need(&key, v)? {
+                    "bulk" => VfreeMode::Bulk,
+                    "single" => VfreeMode::Single,
+                    o => return Err(format!(
+                        "bad value \"{o}\" for boot parameter mm.vfree: expected bulk or single"
+                    )),
+                },
                 "mm.vmalloc_large_order" => c.vmalloc_large_order = on_off(&key, v)?,
                 "mm.pcp" => c.pcp = on_off(&key, v)?,
                 "maxcpus" => {
                     let s = need(&key, v)?;
-                    let n: usize = s.parse().map_err(|_| format!("bad value \"{s}\" for boot parameter maxcpus: not a number"))?;
+                    let n: usize = s.parse().map_err(|_| {
+                        format!("bad value \"{s}\" for boot parameter maxcpus: not a number")
+                    })?;
                     if n == 0 {
-                        return Err("bad value \"0\" for boot parameter maxcpus: at least 1".to_string());
+                        return Err(
+                            "bad value \"0\" for boot parameter maxcpus: at least 1".to_string()
+                        );
                     }
                     c.maxcpus = Some(n);
                 }
@@ -104,14 +108,21 @@ impl Config {
                 "bench" => {
                     let s = need(&key, v)?;
                     if s != "pagealloc" {
-                        return Err(format!("bad value \"{s}\" for boot parameter bench: expected pagealloc"));
+                        return Err(format!(
+                            "bad value \"{s}\" for boot parameter bench: expected pagealloc"
+                        ));
                     }
                     c.bench = Some(s.to_string());
                 }
                 k if k.starts_with("test_vmalloc.") => {
-                    c.test_vmalloc.push((k["test_vmalloc.".len()..].to_string(), v.map(|s| s.to_string())));
+                    c.test_vmalloc
+                        .push((k["test_vmalloc.".len()..].to_string(), v.map(|s| s.to_string())));
                 }
-                k if k.starts_with("mm.") || k.starts_with("ktest.") || k.starts_with("kernel.") || k.starts_with("bench.") => {
+                k if k.starts_with("mm.")
+                    || k.starts_with("ktest.")
+                    || k.starts_with("kernel.")
+                    || k.starts_with("bench.") =>
+                {
                     return Err(format!("unknown boot parameter {k}"));
                 }
                 k => c.ignored.push(k.to_string()),
@@ -139,7 +150,8 @@ impl Config {
 /// whole, the message naming the byte offset and showing the bytes around it; otherwise it is
 /// parsed by [`Config::parse`]. Every error is bad input (the kernel exits with status 2).
 pub fn parse_bootargs(raw: &[u8]) -> Result<(&str, Config), String> {
-    let s = crate::params::cmdline(raw).map_err(|e| format!("{e}: {}", crate::params::excerpt(raw, e.offset())))?;
+    let s = crate::params::cmdline(raw)
+        .map_err(|e| format!("{e}: {}", crate::params::excerpt(raw, e.offset())))?;
     Ok((s, Config::parse(s)?))
 }
 
@@ -164,7 +176,8 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.vfree, VfreeMode::Bulk);
         assert!(c.vmalloc_large_order);
-        let c = Config::parse("mm.vfree=single mm.vmalloc-large-order=off maxcpus=2 ktest").unwrap();
+        let c =
+            Config::parse("mm.vfree=single mm.vmalloc-large-order=off maxcpus=2 ktest").unwrap();
         assert_eq!(c.vfree, VfreeMode::Single);
         assert!(!c.vmalloc_large_order);
         assert_eq!(c.maxcpus, Some(2));
@@ -174,7 +187,8 @@ mod tests {
 
     #[test]
     fn foreign_parameters_are_ignored() {
-        let c = Config::parse("console=ttyS0,115200 8250.nr_uarts=1 root=/dev/mmcblk0p2 rootwait").unwrap();
+        let c = Config::parse("console=ttyS0,115200 8250.nr_uarts=1 root=/dev/mmcblk0p2 rootwait")
+            .unwrap();
         assert_eq!(c.ignored, ["console", "8250.nr_uarts", "root", "rootwait"]);
     }
 
@@ -205,7 +219,11 @@ mod tests {
              parameter of it was applied: \"...st_vmalloc.nr_threads=1 [\\xff]\""
         );
         let e = parse_bootargs(b"mm.vfree=single\x00mm.pcp=off").unwrap_err();
-        assert!(e.contains("control character U+0000 at byte offset 15") && e.ends_with(r#""mm.vfree=single[\x00]mm.pcp=off""#), "{e}");
+        assert!(
+            e.contains("control character U+0000 at byte offset 15")
+                && e.ends_with(r#""mm.vfree=single[\x00]mm.pcp=off""#),
+            "{e}"
+        );
         let e = parse_bootargs(b"\x1b[2Jktest").unwrap_err();
         assert!(e.contains("U+001B at byte offset 0"), "{e}");
         // A good line with a bad parameter still fails the usual way.
@@ -214,7 +232,8 @@ mod tests {
 
     #[test]
     fn test_vmalloc_params_pass_through() {
-        let c = Config::parse("test_vmalloc.nr_threads=4 test_vmalloc.sequential_test_order").unwrap();
+        let c =
+            Config::parse("test_vmalloc.nr_threads=4 test_vmalloc.sequential_test_order").unwrap();
         assert_eq!(c.test_vmalloc[0], ("nr_threads".to_string(), Some("4".to_string())));
         assert_eq!(c.test_vmalloc[1], ("sequential_test_order".to_string(), None));
     }

@@ -39,10 +39,12 @@ fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
     let Some(c) = info.console.as_ref() else {
         return Err("device tree: no usable console".into());
     };
-    let va = mmu::early_ioremap(c.base, c.size.max(0x40)).ok_or("early page-table pool exhausted")?;
+    let va =
+        mmu::early_ioremap(c.base, c.size.max(0x40)).ok_or("early page-table pool exhausted")?;
     if info.board == dt::Board::RaspberryPi4 {
         // Real hardware needs pin muxing and the baud rate (QEMU's models ignore both).
-        let gpio = mmu::early_ioremap(0xfe20_0000, 0x100).ok_or("early page-table pool exhausted")?;
+        let gpio =
+            mmu::early_ioremap(0xfe20_0000, 0x100).ok_or("early page-table pool exhausted")?;
         match c.kind {
             dt::ConsoleKind::Pl011 => unsafe {
                 set_gpio14_15(gpio, 4); // ALT0
@@ -50,7 +52,8 @@ fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
             },
             dt::ConsoleKind::MiniUart => unsafe {
                 set_gpio14_15(gpio, 2); // ALT5
-                let aux = mmu::early_ioremap(c.base & !0xfff, 0x100).ok_or("early page-table pool exhausted")?;
+                let aux = mmu::early_ioremap(c.base & !0xfff, 0x100)
+                    .ok_or("early page-table pool exhausted")?;
                 crate::console::MiniUart::new(va).init((aux + 4) as *mut u32, 500_000_000);
             },
         }
@@ -79,31 +82,66 @@ unsafe fn set_gpio14_15(gpio: u64, func: u32) {
 
 fn banner(info: &dt::BootInfo, bootargs: &str, cfg: &config::Config, kimage_pa: u64) {
     let mut w = crate::console::Console;
-    let _ = writeln!(w, "mmkernel {} on {:?} ({}) at EL{}", env!("CARGO_PKG_VERSION"), info.board, info.model, arch::current_el());
+    let _ = writeln!(
+        w,
+        "mmkernel {} on {:?} ({}) at EL{}",
+        env!("CARGO_PKG_VERSION"),
+        info.board,
+        info.model,
+        arch::current_el()
+    );
     for (i, c) in info.cpus.iter().enumerate() {
         let _ = writeln!(w, "  cpu{i}: mpidr {:#x} enable-method {:?}", c.mpidr, c.enable);
     }
     let _ = writeln!(w, "  psci: {:?}", info.psci);
     for m in &info.memory {
-        let _ = writeln!(w, "  memory: [{:#011x}-{:#011x}] {} MiB", m.base, m.base + m.size - 1, m.size >> 20);
+        let _ = writeln!(
+            w,
+            "  memory: [{:#011x}-{:#011x}] {} MiB",
+            m.base,
+            m.base + m.size - 1,
+            m.size >> 20
+        );
     }
     for r in &info.reserved {
-        let _ = writeln!(w, "  reserved: [{:#011x}-{:#011x}] {:?}", r.base, r.base + r.size.max(1) - 1, r.kind);
+        let _ = writeln!(
+            w,
+            "  reserved: [{:#011x}-{:#011x}] {:?}",
+            r.base,
+            r.base + r.size.max(1) - 1,
+            r.kind
+        );
     }
     let (_, kend) = kernel_image_range(kimage_pa);
-    let _ = writeln!(w, "  kernel image: [{:#011x}-{:#011x}] at {:#x}", kimage_pa, kend - 1, arch::KIMAGE_VADDR);
+    let _ = writeln!(
+        w,
+        "  kernel image: [{:#011x}-{:#011x}] at {:#x}",
+        kimage_pa,
+        kend - 1,
+        arch::KIMAGE_VADDR
+    );
     if let Some(c) = &info.console {
         let _ = writeln!(w, "  console: {:?} at {:#x} ({})", c.kind, c.base, c.path);
         if let Some(why) = &c.fallback_reason {
             let _ = writeln!(w, "  console fallback: {why}");
         }
     }
-    let _ = writeln!(w, "  timer: {} Hz{}", arch::timer_hz(), if info.timer_freq.is_some() { " (from device tree)" } else { " (CNTFRQ_EL0)" });
+    let _ = writeln!(
+        w,
+        "  timer: {} Hz{}",
+        arch::timer_hz(),
+        if info.timer_freq.is_some() { " (from device tree)" } else { " (CNTFRQ_EL0)" }
+    );
     if let Some(l) = info.dma_limit {
         let _ = writeln!(w, "  dma limit: {:#x}", l);
     }
     let _ = writeln!(w, "  bootargs: \"{}\"", bootargs);
-    let _ = writeln!(w, "  switches: {}{}", cfg.mm_switches(), if arch::semihosting::present() { " (semihosting exit)" } else { "" });
+    let _ = writeln!(
+        w,
+        "  switches: {}{}",
+        cfg.mm_switches(),
+        if arch::semihosting::present() { " (semihosting exit)" } else { "" }
+    );
     if !cfg.ignored.is_empty() {
         let _ = writeln!(w, "  ignored boot parameters (not ours): {}", cfg.ignored.join(" "));
     }
@@ -169,13 +207,17 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     config::set(cfg);
     let cfg = config::get();
 
-    let possible = info.cpus.len().min(cfg.maxcpus.unwrap_or(arch::NR_CPUS)).clamp(1, arch::NR_CPUS);
+    let possible =
+        info.cpus.len().min(cfg.maxcpus.unwrap_or(arch::NR_CPUS)).clamp(1, arch::NR_CPUS);
     let kimage = kernel_image_range(kimage_pa);
     match crate::mm::setup::mm_init(&info, kimage, possible, cfg.pcp) {
         Ok(s) => {
             println!(
                 "mm: mem_map {} KiB for {} pages ({} bytes per struct page), {} early page tables",
-                s.mem_map_bytes >> 10, s.nr_pages, core::mem::size_of::<crate::mm::Page>(), s.early_tables
+                s.mem_map_bytes >> 10,
+                s.nr_pages,
+                core::mem::size_of::<crate::mm::Page>(),
+                s.early_tables
             );
             let p = &s.percpu;
             println!(
@@ -197,11 +239,15 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     }
 
     if let Some((d, c)) = info.gic {
-        if let (Some(dv), Some(cv)) = (mmu::early_ioremap(d, 0x1000), mmu::early_ioremap(c, 0x2000)) {
+        if let (Some(dv), Some(cv)) = (mmu::early_ioremap(d, 0x1000), mmu::early_ioremap(c, 0x2000))
+        {
             arch::gic::init(dv, cv);
         }
     }
-    println!("idle: {}", if arch::gic::wfi_enabled() { "WFI, woken by GIC SGIs" } else { "WFE (no usable GICv2)" });
+    println!(
+        "idle: {}",
+        if arch::gic::wfi_enabled() { "WFI, woken by GIC SGIs" } else { "WFE (no usable GICv2)" }
+    );
 
     let online = crate::smp::bring_up(&info, cfg.maxcpus);
     print!("smp: {online} CPUs online:");

@@ -51,7 +51,15 @@ macro_rules! kassert_eq {
     ($a:expr, $b:expr) => {{
         let (a, b) = (&$a, &$b);
         if a != b {
-            return Err(alloc::format!("{} == {} failed: {:?} != {:?} ({}:{})", stringify!($a), stringify!($b), a, b, file!(), line!()));
+            return Err(alloc::format!(
+                "{} == {} failed: {:?} != {:?} ({}:{})",
+                stringify!($a),
+                stringify!($b),
+                a,
+                b,
+                file!(),
+                line!()
+            ));
         }
     }};
 }
@@ -76,7 +84,12 @@ pub fn registry() -> &'static [KTest] {
 /// when empty). Returns (passed, failed).
 #[cfg(target_os = "none")]
 pub fn run(filter: &str) -> (usize, usize) {
-    let tests: alloc::vec::Vec<&KTest> = registry().iter().filter(|t| filter.is_empty() || filter.split(',').any(|f| !f.is_empty() && t.name.contains(f))).collect();
+    let tests: alloc::vec::Vec<&KTest> = registry()
+        .iter()
+        .filter(|t| {
+            filter.is_empty() || filter.split(',').any(|f| !f.is_empty() && t.name.contains(f))
+        })
+        .collect();
     crate::println!("running {} tests", tests.len());
     let (mut passed, mut failed) = (0, 0);
     for t in tests {

@@ -7,15 +7,15 @@
 
 extern crate alloc;
 
-pub mod dt;
 pub mod bench;
 pub mod config;
+pub mod dt;
+#[cfg(not(target_os = "none"))]
+pub mod fuzz_targets;
 pub mod ktest;
 pub mod mm;
 pub mod params;
 pub mod ratelimit;
-#[cfg(not(target_os = "none"))]
-pub mod fuzz_targets;
 
 #[cfg(target_os = "none")]
 pub mod arch;
@@ -24,11 +24,11 @@ pub mod console;
 #[cfg(target_os = "none")]
 mod kmain;
 #[cfg(target_os = "none")]
-pub mod smp;
-#[cfg(target_os = "none")]
 pub mod percpu_defs;
 #[cfg(target_os = "none")]
 pub mod rcu;
+#[cfg(target_os = "none")]
+pub mod smp;
 
 #[cfg(target_os = "none")]
 pub use kmain::{kmain, secondary_main};

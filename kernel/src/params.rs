@@ -73,7 +73,9 @@ impl CmdlineError {
     /// Byte offset of the offending byte in the command line (the bootargs property value).
     pub fn offset(&self) -> usize {
         match *self {
-            CmdlineError::InvalidUtf8 { offset, .. } | CmdlineError::Control { offset, .. } => offset,
+            CmdlineError::InvalidUtf8 { offset, .. } | CmdlineError::Control { offset, .. } => {
+                offset
+            }
         }
     }
 }
@@ -111,9 +113,13 @@ pub fn cmdline(bytes: &[u8]) -> Result<&str, CmdlineError> {
     // the valid prefix before the UTF-8 error (if any) is.
     let (valid, bad_utf8) = match core::str::from_utf8(bytes) {
         Ok(s) => (s, None),
-        Err(e) => (core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""), Some(e.valid_up_to())),
+        Err(e) => {
+            (core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""), Some(e.valid_up_to()))
+        }
     };
-    if let Some((offset, ch)) = valid.char_indices().find(|&(_, c)| c.is_control() && !is_separator(c)) {
+    if let Some((offset, ch)) =
+        valid.char_indices().find(|&(_, c)| c.is_control() && !is_separator(c))
+    {
         return Err(CmdlineError::Control { offset, ch });
     }
     match bad_utf8 {
@@ -308,11 +314,18 @@ mod tests {
     fn splitting() {
         assert_eq!(
             kv("console=ttyAMA0 test_vmalloc.nr_threads=4 mm.vfree=bulk"),
-            [("console", Some("ttyAMA0")), ("test_vmalloc.nr_threads", Some("4")), ("mm.vfree", Some("bulk"))]
+            [
+                ("console", Some("ttyAMA0")),
+                ("test_vmalloc.nr_threads", Some("4")),
+                ("mm.vfree", Some("bulk"))
+            ]
         );
         assert_eq!(kv(""), []);
         assert_eq!(kv("  \t\n "), []);
-        assert_eq!(kv("  quiet   debug\tx=\n"), [("quiet", None), ("debug", None), ("x", Some(""))]);
+        assert_eq!(
+            kv("  quiet   debug\tx=\n"),
+            [("quiet", None), ("debug", None), ("x", Some(""))]
+        );
         assert_eq!(kv("a=b=c root=LABEL=x"), [("a", Some("b=c")), ("root", Some("LABEL=x"))]);
         assert_eq!(kv("=x"), [("=x", None)]);
         assert_eq!(kv("ünï=cödé x"), [("ünï", Some("cödé")), ("x", None)]);
@@ -336,9 +349,18 @@ mod tests {
         );
         // A truncated multi-byte sequence, an overlong encoding, a lone continuation byte, a
         // UTF-16 surrogate: the offset is where the bad sequence starts.
-        assert_eq!(cmdline(b"ab\xc3").unwrap_err(), CmdlineError::InvalidUtf8 { offset: 2, byte: 0xc3 });
-        assert_eq!(cmdline(b"x \xc0\x80").unwrap_err(), CmdlineError::InvalidUtf8 { offset: 2, byte: 0xc0 });
-        assert_eq!(cmdline(b"\x80").unwrap_err(), CmdlineError::InvalidUtf8 { offset: 0, byte: 0x80 });
+        assert_eq!(
+            cmdline(b"ab\xc3").unwrap_err(),
+            CmdlineError::InvalidUtf8 { offset: 2, byte: 0xc3 }
+        );
+        assert_eq!(
+            cmdline(b"x \xc0\x80").unwrap_err(),
+            CmdlineError::InvalidUtf8 { offset: 2, byte: 0xc0 }
+        );
+        assert_eq!(
+            cmdline(b"\x80").unwrap_err(),
+            CmdlineError::InvalidUtf8 { offset: 0, byte: 0x80 }
+        );
         assert_eq!(cmdline(b"k=\xed\xa0\x80").unwrap_err().offset(), 2);
         assert_eq!(cmdline("é\u{1}".as_bytes()).unwrap_err().offset(), 2);
     }
@@ -357,8 +379,14 @@ mod tests {
         let e = cmdline(b"a\x01").unwrap_err().to_string();
         assert!(e.contains("control character U+0001 at byte offset 1"), "{e}");
         // The first bad byte wins, whatever its kind.
-        assert_eq!(cmdline(b"\x01\xff").unwrap_err(), CmdlineError::Control { offset: 0, ch: '\u{1}' });
-        assert_eq!(cmdline(b"a\xff\x01").unwrap_err(), CmdlineError::InvalidUtf8 { offset: 1, byte: 0xff });
+        assert_eq!(
+            cmdline(b"\x01\xff").unwrap_err(),
+            CmdlineError::Control { offset: 0, ch: '\u{1}' }
+        );
+        assert_eq!(
+            cmdline(b"a\xff\x01").unwrap_err(),
+            CmdlineError::InvalidUtf8 { offset: 1, byte: 0xff }
+        );
         assert_eq!(cmdline(b"\x01 ok").unwrap_err().offset(), 0);
         // Non-ASCII whitespace is not a separator but is not refused either (it is not a control).
         assert_eq!(cmdline("a\u{a0}b".as_bytes()).map(|s| split(s).len()), Ok(1));
@@ -366,11 +394,17 @@ mod tests {
 
     #[test]
     fn excerpts_escape_and_mark_the_bad_byte() {
-        assert_eq!(excerpt(b"test_vmalloc.nr_threads=1 \xff", 26), r#""...st_vmalloc.nr_threads=1 [\xff]""#);
+        assert_eq!(
+            excerpt(b"test_vmalloc.nr_threads=1 \xff", 26),
+            r#""...st_vmalloc.nr_threads=1 [\xff]""#
+        );
         assert_eq!(excerpt(b"a\x01b", 1), r#""a[\x01]b""#);
         assert_eq!(excerpt(b"x\\y\xc3", 3), r#""x\x5cy[\xc3]""#);
         let long = [b'a'; 100];
-        assert_eq!(excerpt(&long, 50), format!("\"...{}[a]{}...\"", "a".repeat(24), "a".repeat(24)));
+        assert_eq!(
+            excerpt(&long, 50),
+            format!("\"...{}[a]{}...\"", "a".repeat(24), "a".repeat(24))
+        );
         assert_eq!(excerpt(b"", 0), r#""""#);
         assert_eq!(excerpt(b"ab", 7), r#""ab""#); // an offset past the end marks nothing
     }
@@ -425,7 +459,10 @@ mod tests {
         let e = split("test_vmalloc.nr_threads=abc")[0].int().unwrap_err();
         assert_eq!(e.to_string(), r#"bad value "abc" for test_vmalloc.nr_threads: not an integer"#);
         let e = split("test_vmalloc.nr_threads")[0].uint().unwrap_err();
-        assert_eq!(e.to_string(), "missing value for test_vmalloc.nr_threads: expected an unsigned integer");
+        assert_eq!(
+            e.to_string(),
+            "missing value for test_vmalloc.nr_threads: expected an unsigned integer"
+        );
     }
 
     #[test]
@@ -439,7 +476,10 @@ mod tests {
         }
         assert_eq!(parse_bool("k", None), Ok(true));
         let e = split("mm.debug=maybe")[0].bool().unwrap_err();
-        assert_eq!(e.to_string(), r#"bad value "maybe" for mm.debug: not a boolean (y/n, 1/0, on/off)"#);
+        assert_eq!(
+            e.to_string(),
+            r#"bad value "maybe" for mm.debug: not a boolean (y/n, 1/0, on/off)"#
+        );
         assert!(b("").is_err() && b("o").is_err());
     }
 }

@@ -203,13 +203,22 @@ crate::ktest!(per_cpu_areas_hold_each_cpus_statics_dynamics_and_pcp_lists, {
         c.set(c.get() + 3000 + cpu as u64);
         unsafe { *(percpu::this_cpu_ptr(dynamic) as *mut u64) = 2000 + cpu as u64 };
     });
-    crate::kassert!(bad.load(Ordering::SeqCst) == 0, "CPUs with a wrong per-CPU offset: mask {:#x}", bad.load(Ordering::SeqCst));
+    crate::kassert!(
+        bad.load(Ordering::SeqCst) == 0,
+        "CPUs with a wrong per-CPU offset: mask {:#x}",
+        bad.load(Ordering::SeqCst)
+    );
     for cpu in crate::smp::online_cpus() {
         let v = KTEST_VALUE.on(cpu).load(Ordering::Relaxed);
         crate::kassert_eq!(v, 1000 * cpu as u64 + 7);
         // SAFETY: every CPU finished its on_each_cpu call; nobody touches the cells now.
         let c = unsafe { (*KTEST_CELL.per_cpu_ptr(cpu)).get() };
-        crate::kassert!(c >= 3000 + cpu as u64 && (c - cpu as u64) % 3000 == 0, "cpu {} cell {}", cpu, c);
+        crate::kassert!(
+            c >= 3000 + cpu as u64 && (c - cpu as u64) % 3000 == 0,
+            "cpu {} cell {}",
+            cpu,
+            c
+        );
         let d = unsafe { *(percpu::per_cpu_ptr(dynamic, cpu) as *const u64) };
         crate::kassert_eq!(d, 2000 + cpu as u64);
         let (lo, hi) = percpu::first_chunk_unit(cpu);
@@ -217,7 +226,15 @@ crate::ktest!(per_cpu_areas_hold_each_cpus_statics_dynamics_and_pcp_lists, {
         for (z, zone) in pa.zones().iter().enumerate() {
             if zone.populated() {
                 let a = pa.zone_pcp_slot_addr(z, cpu);
-                crate::kassert!((lo..hi).contains(&a), "cpu {} zone {} pcp at {:#x}, outside its unit [{:#x}, {:#x})", cpu, z, a, lo, hi);
+                crate::kassert!(
+                    (lo..hi).contains(&a),
+                    "cpu {} zone {} pcp at {:#x}, outside its unit [{:#x}, {:#x})",
+                    cpu,
+                    z,
+                    a,
+                    lo,
+                    hi
+                );
             }
         }
     }

@@ -26,7 +26,11 @@ pub struct Verdict {
 
 impl RateLimit {
     pub const fn new(interval: u64, burst: u32) -> Self {
-        RateLimit { interval, burst, state: spin::Mutex::new(State { begin: None, printed: 0, missed: 0 }) }
+        RateLimit {
+            interval,
+            burst,
+            state: spin::Mutex::new(State { begin: None, printed: 0, missed: 0 }),
+        }
     }
 
     /// Linux `___ratelimit` at time `now`. A contended state suppresses (Linux: trylock).

@@ -60,7 +60,10 @@ enum Callback {
     /// rcu_heads linked through their `next` field, first to last: the callbacks queued on
     /// this CPU behind one grace period are one entry, so call_rcu never allocates (Linux's
     /// callback lists are intrusive too).
-    Heads { first: *mut RcuHead, last: *mut RcuHead },
+    Heads {
+        first: *mut RcuHead,
+        last: *mut RcuHead,
+    },
     Bulk(*mut BulkBlock),
 }
 unsafe impl Send for Callback {}
@@ -496,7 +499,8 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     use alloc::boxed::Box;
     use alloc::sync::Arc;
     use core::sync::atomic::AtomicUsize;
-    let others: alloc::vec::Vec<usize> = smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+    let others: alloc::vec::Vec<usize> =
+        smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
     let Some(&reader) = others.first() else {
         // One CPU: a grace period ends at once.
         let before = completed();
@@ -507,17 +511,20 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     // The reader enters a read-side section, holds it until told, then leaves.
     let state = Arc::new(AtomicUsize::new(0));
     let s = state.clone();
-    smp::start_work(reader, Box::new(move || {
-        rcu_read_lock();
-        s.store(1, Ordering::SeqCst);
-        arch::sev();
-        while s.load(Ordering::SeqCst) != 2 {
-            smp::cond_resched(); // quiescent points inside a read-side section do not count
-        }
-        rcu_read_unlock();
-        s.store(3, Ordering::SeqCst);
-        arch::sev();
-    }));
+    smp::start_work(
+        reader,
+        Box::new(move || {
+            rcu_read_lock();
+            s.store(1, Ordering::SeqCst);
+            arch::sev();
+            while s.load(Ordering::SeqCst) != 2 {
+                smp::cond_resched(); // quiescent points inside a read-side section do not count
+            }
+            rcu_read_unlock();
+            s.store(3, Ordering::SeqCst);
+            arch::sev();
+        }),
+    );
     while state.load(Ordering::SeqCst) != 1 {
         smp::wait_for_event();
     }
@@ -536,7 +543,10 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     let mut report = alloc::string::String::new();
     let v = arch::exception::probe_read(obj, &mut report);
     crate::kassert!(v == Some(0x5a), "object freed while a reader was inside: {:?} {}", v, report);
-    crate::kassert!(!QUEUES.this_cpu().lock().ready.is_empty(), "callback ran before the reader left");
+    crate::kassert!(
+        !QUEUES.this_cpu().lock().ready.is_empty(),
+        "callback ran before the reader left"
+    );
     state.store(2, Ordering::SeqCst);
     arch::sev();
     rcu_barrier();
@@ -594,16 +604,22 @@ crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
     DONE.store(0, Ordering::SeqCst);
     let queued = alloc::sync::Arc::new(AtomicUsize::new(0));
     let q = queued.clone();
-    smp::start_work(other, Box::new(move || {
-        unsafe { call_rcu(&raw mut HEAD, slow) };
-        q.store(1, Ordering::SeqCst);
-        arch::sev();
-    }));
+    smp::start_work(
+        other,
+        Box::new(move || {
+            unsafe { call_rcu(&raw mut HEAD, slow) };
+            q.store(1, Ordering::SeqCst);
+            arch::sev();
+        }),
+    );
     while queued.load(Ordering::SeqCst) == 0 {
         smp::quiescent_point();
         smp::wait_for_event();
     }
     rcu_barrier();
-    crate::kassert!(DONE.load(Ordering::SeqCst) == 1, "rcu_barrier returned while a callback was still running");
+    crate::kassert!(
+        DONE.load(Ordering::SeqCst) == 1,
+        "rcu_barrier returned while a callback was still running"
+    );
     Ok(())
 });

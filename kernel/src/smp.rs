@@ -54,7 +54,8 @@ struct Call {
     f: *const (dyn Fn() + Sync),
     done: AtomicBool,
 }
-static MAILBOX: [Mailbox; NR_CPUS] = [const { Mailbox { func: AtomicPtr::new(core::ptr::null_mut()) } }; NR_CPUS];
+static MAILBOX: [Mailbox; NR_CPUS] =
+    [const { Mailbox { func: AtomicPtr::new(core::ptr::null_mut()) } }; NR_CPUS];
 
 crate::define_per_cpu! {
     /// Work is due on this CPU at its next quiescent point: a cross-CPU call waits in its
@@ -151,10 +152,15 @@ pub fn call_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) {
     }
     assert!(cpu_online(cpu), "call_on_cpu: cpu {cpu} is offline");
     // Erase the borrow's lifetime: we wait for `done` before returning.
-    let fptr: *const (dyn Fn() + Sync) = unsafe { core::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(f) };
+    let fptr: *const (dyn Fn() + Sync) =
+        unsafe { core::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(f) };
     let call = Call { f: fptr, done: AtomicBool::new(false) };
     let p = &call as *const Call as *mut Call;
-    while MAILBOX[cpu].func.compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    while MAILBOX[cpu]
+        .func
+        .compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
         quiescent_point();
         wait_for_event();
     }
@@ -204,7 +210,8 @@ impl Barrier {
 }
 
 /// Work handed to a secondary CPU to run instead of idling (tests, benchmark workers).
-static WORK: [AtomicPtr<Box<dyn Fn() + Send + Sync>>; NR_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; NR_CPUS];
+static WORK: [AtomicPtr<Box<dyn Fn() + Send + Sync>>; NR_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; NR_CPUS];
 
 /// Idle loop of a CPU: serve mailboxes, sleep in wfe.
 pub fn idle() -> ! {
@@ -244,7 +251,11 @@ pub fn bring_up(info: &BootInfo, maxcpus: Option<usize>) -> usize {
     NR_ONLINE.load(Ordering::Acquire)
 }
 
-fn boot_secondary(cpu: usize, mpidr: u64, method: &EnableMethod) -> Result<(), alloc::string::String> {
+fn boot_secondary(
+    cpu: usize,
+    mpidr: u64,
+    method: &EnableMethod,
+) -> Result<(), alloc::string::String> {
     use crate::arch::smp::secondary_boot_data as data;
     unsafe extern "C" {
         fn secondary_entry();
@@ -262,21 +273,30 @@ fn boot_secondary(cpu: usize, mpidr: u64, method: &EnableMethod) -> Result<(), a
         let pp = &raw mut secondary_boot_data_pa_ptr;
         *pp = arch::mmu::kimage_va_to_pa(d as u64);
         // The secondary reads both with its MMU and caches off.
-        arch::dcache_clean_inval_poc(d as u64, core::mem::size_of::<arch::smp::SecondaryBootData>() as u64);
+        arch::dcache_clean_inval_poc(
+            d as u64,
+            core::mem::size_of::<arch::smp::SecondaryBootData>() as u64,
+        );
         arch::dcache_clean_inval_poc(pp as u64, 8);
     }
     MPIDR[cpu].store(mpidr, Ordering::Relaxed);
     let entry_pa = arch::mmu::kimage_va_to_pa(secondary_entry as *const () as usize as u64);
     match method {
         EnableMethod::Psci => {
-            let r = arch::psci::call(arch::psci::CPU_ON_64, mpidr, entry_pa, 0).ok_or("enable-method psci but no /psci conduit")?;
+            let r = arch::psci::call(arch::psci::CPU_ON_64, mpidr, entry_pa, 0)
+                .ok_or("enable-method psci but no /psci conduit")?;
             if r != 0 {
-                return Err(alloc::format!("PSCI CPU_ON returned {} ({})", r, arch::psci::error_name(r)));
+                return Err(alloc::format!(
+                    "PSCI CPU_ON returned {} ({})",
+                    r,
+                    arch::psci::error_name(r)
+                ));
             }
         }
         EnableMethod::SpinTable { release_addr } => {
             // Device mapping: the write reaches memory without cache maintenance.
-            let va = arch::mmu::early_ioremap(*release_addr, 8).ok_or("no page table for the release address")?;
+            let va = arch::mmu::early_ioremap(*release_addr, 8)
+                .ok_or("no page table for the release address")?;
             unsafe { core::ptr::write_volatile(va as *mut u64, entry_pa) };
             arch::dsb_sy();
             arch::sev();
@@ -313,7 +333,10 @@ pub fn secondary_start(cpu: usize) -> ! {
 /// Runs `f` on `cpu` asynchronously (the CPU picks it up in its idle loop).
 pub fn start_work(cpu: usize, f: Box<dyn Fn() + Send + Sync>) {
     let p = Box::into_raw(Box::new(f));
-    while WORK[cpu].compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    while WORK[cpu]
+        .compare_exchange(core::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
         quiescent_point();
     }
     arch::sev();
@@ -336,15 +359,18 @@ crate::ktest!(barrier_and_work_on_all_cpus, {
     let done = Arc::new(AtomicUsize::new(0));
     for cpu in online_cpus().filter(|&c| c != arch::smp_processor_id()) {
         let (b, p, d) = (barrier.clone(), phase.clone(), done.clone());
-        start_work(cpu, Box::new(move || {
-            for _ in 0..10 {
-                p.fetch_add(1, Ordering::SeqCst);
-                b.wait();
-                b.wait();
-            }
-            d.fetch_add(1, Ordering::SeqCst);
-            arch::sev();
-        }));
+        start_work(
+            cpu,
+            Box::new(move || {
+                for _ in 0..10 {
+                    p.fetch_add(1, Ordering::SeqCst);
+                    b.wait();
+                    b.wait();
+                }
+                d.fetch_add(1, Ordering::SeqCst);
+                arch::sev();
+            }),
+        );
     }
     for round in 1..=10 {
         phase.fetch_add(1, Ordering::SeqCst);

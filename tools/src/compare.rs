@@ -27,20 +27,14 @@ pub struct VariantData {
 
 impl VariantData {
     pub fn new(name: &str) -> Self {
-        VariantData {
-            name: name.to_string(),
-            ..Default::default()
-        }
+        VariantData { name: name.to_string(), ..Default::default() }
     }
 
     /// Adds one parsed log; `tag` distinguishes cell sets (e.g. `smp:4`).
     pub fn add_log(&mut self, log: &ParsedLog, tag: &str) {
         let mut per_key: BTreeMap<RowKey, Vec<&parse::Summary>> = BTreeMap::new();
         for s in &log.summaries {
-            per_key
-                .entry(parse::row_key(log, s, tag))
-                .or_default()
-                .push(s);
+            per_key.entry(parse::row_key(log, s, tag)).or_default().push(s);
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         for (k, v) in per_key {
@@ -53,10 +47,7 @@ impl VariantData {
                 .entry(k.clone())
                 .or_default()
                 .push((!setups.is_empty()).then(|| mean(&setups)));
-            self.scaled
-                .entry(k)
-                .or_default()
-                .push(v.iter().any(|s| s.setup_scaled()));
+            self.scaled.entry(k).or_default().push(v.iter().any(|s| s.setup_scaled()));
         }
         self.icount |= log.icount();
         self.files.push(log.file.clone());
@@ -119,11 +110,7 @@ pub fn load_variant(name: &str, files: &[PathBuf]) -> Result<VariantData> {
         }
     }
     if !errors.is_empty() {
-        bail!(
-            "{} log(s) failed to parse:\n  {}",
-            errors.len(),
-            errors.join("\n  ")
-        );
+        bail!("{} log(s) failed to parse:\n  {}", errors.len(), errors.join("\n  "));
     }
     Ok(v)
 }
@@ -199,18 +186,13 @@ pub fn check_min_effect(x: f64) -> Result<f64> {
 }
 
 pub fn build_report_with(data: &[VariantData], pct_of: PctOf, min_effect: f64) -> Report {
-    let mut keys: Vec<RowKey> = data
-        .iter()
-        .flat_map(|d| d.samples.keys().cloned())
-        .collect();
+    let mut keys: Vec<RowKey> = data.iter().flat_map(|d| d.samples.keys().cloned()).collect();
     keys.sort();
     keys.dedup();
     let mut rows = vec![];
     for key in keys {
-        let sums: Vec<Option<Summary>> = data
-            .iter()
-            .map(|d| d.samples.get(&key).and_then(|s| Summary::of(s)))
-            .collect();
+        let sums: Vec<Option<Summary>> =
+            data.iter().map(|d| d.samples.get(&key).and_then(|s| Summary::of(s))).collect();
         let base = sums[0];
         let mut cells = vec![];
         for (i, d) in data.iter().enumerate() {
@@ -230,11 +212,8 @@ pub fn build_report_with(data: &[VariantData], pct_of: PctOf, min_effect: f64) -
             };
             let samples = d.samples[&key].clone();
             let raw_samples = d.raw.get(&key).cloned().unwrap_or_else(|| samples.clone());
-            let setup_samples = d
-                .setup
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| vec![None; samples.len()]);
+            let setup_samples =
+                d.setup.get(&key).cloned().unwrap_or_else(|| vec![None; samples.len()]);
             cells.push(Some(Cell {
                 variant: d.name.clone(),
                 n: s.n,
@@ -254,10 +233,8 @@ pub fn build_report_with(data: &[VariantData], pct_of: PctOf, min_effect: f64) -
                 pct_hi: pi.map(|p| p.1),
             }));
         }
-        let flags: Vec<bool> = data
-            .iter()
-            .flat_map(|d| d.scaled.get(&key).cloned().unwrap_or_default())
-            .collect();
+        let flags: Vec<bool> =
+            data.iter().flat_map(|d| d.scaled.get(&key).cloned().unwrap_or_default()).collect();
         let setup_scaled = flags.iter().any(|f| *f);
         rows.push(Row {
             label: key.label(),
@@ -278,10 +255,7 @@ pub fn build_report_with(data: &[VariantData], pct_of: PctOf, min_effect: f64) -
         min_effect,
         ci_method: "CI: Student t, two-sided, df = n-1".into(),
         rows,
-        files: data
-            .iter()
-            .map(|d| (d.name.clone(), d.files.clone()))
-            .collect(),
+        files: data.iter().map(|d| (d.name.clone(), d.files.clone())).collect(),
     }
 }
 
@@ -312,13 +286,7 @@ pub fn render_grid(r: &Report) -> String {
     let mut cols: Vec<Vec<String>> = vec![];
     // column 0: Benchmark, 1: Result Class, 2..: variants
     let mut c0 = vec!["Benchmark".to_string()];
-    c0.extend((0..r.rows.len()).map(|i| {
-        if i == 0 {
-            r.benchmark.clone()
-        } else {
-            String::new()
-        }
-    }));
+    c0.extend((0..r.rows.len()).map(|i| if i == 0 { r.benchmark.clone() } else { String::new() }));
     cols.push(c0);
     let mut c1 = vec!["Result Class".to_string()];
     c1.extend(classes);
@@ -382,11 +350,8 @@ pub fn runs_line(r: &Report) -> String {
         .iter()
         .enumerate()
         .map(|(vi, v)| {
-            let ns: Vec<usize> = r
-                .rows
-                .iter()
-                .filter_map(|row| row.cells[vi].as_ref().map(|c| c.n))
-                .collect();
+            let ns: Vec<usize> =
+                r.rows.iter().filter_map(|row| row.cells[vi].as_ref().map(|c| c.n)).collect();
             match (ns.iter().min(), ns.iter().max()) {
                 (Some(a), Some(b)) if a == b => format!("{v} n={a}"),
                 (Some(a), Some(b)) => format!("{v} n={a}..{b}"),
@@ -412,12 +377,8 @@ pub fn footnotes(r: &Report) -> Vec<String> {
     ];
     if r.rows.iter().any(|row| row.setup_scaled) {
         v.push(SETUP_NOTE.into());
-        let mixed: Vec<&str> = r
-            .rows
-            .iter()
-            .filter(|row| row.setup_mixed)
-            .map(|row| row.label.as_str())
-            .collect();
+        let mixed: Vec<&str> =
+            r.rows.iter().filter(|row| row.setup_mixed).map(|row| row.label.as_str()).collect();
         if !mixed.is_empty() {
             v.push(format!(
                 "WARNING: setup-scaled in some logs only (kernels differ?): {}",
@@ -459,25 +420,13 @@ pub fn render_text(r: &Report) -> String {
 /// GitHub-flavoured markdown table plus footnotes (and the grid in a text block).
 pub fn render_markdown(r: &Report) -> String {
     let mut s = String::new();
-    s.push_str(&format!(
-        "| Benchmark | Result Class | {} |\n",
-        r.variants.join(" | ")
-    ));
+    s.push_str(&format!("| Benchmark | Result Class | {} |\n", r.variants.join(" | ")));
     s.push_str(&format!("|---|---|{}\n", "---:|".repeat(r.variants.len())));
     for (i, row) in r.rows.iter().enumerate() {
         let b = if i == 0 { r.benchmark.as_str() } else { "" };
-        let vals: Vec<String> = row
-            .cells
-            .iter()
-            .enumerate()
-            .map(|(vi, c)| cell_text(c, vi == 0))
-            .collect();
-        s.push_str(&format!(
-            "| {} | {} | {} |\n",
-            b,
-            class_label(r, row),
-            vals.join(" | ")
-        ));
+        let vals: Vec<String> =
+            row.cells.iter().enumerate().map(|(vi, c)| cell_text(c, vi == 0)).collect();
+        s.push_str(&format!("| {} | {} | {} |\n", b, class_label(r, row), vals.join(" | ")));
     }
     s.push('\n');
     for f in footnotes(r) {
@@ -505,11 +454,7 @@ fn median(v: &mut [f64]) -> Option<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
 /// Run-to-run spread per row and variant (markdown): n, coefficient of variation of the
@@ -522,10 +467,7 @@ pub fn render_spread(r: &Report) -> String {
         s.push_str(&format!(" {v} n | {v} CV | {v} CI |"));
     }
     s.push('\n');
-    s.push_str(&format!(
-        "|---|{}\n",
-        "---:|---:|---:|".repeat(r.variants.len())
-    ));
+    s.push_str(&format!("|---|{}\n", "---:|---:|---:|".repeat(r.variants.len())));
     let mut cvs: Vec<Vec<f64>> = vec![vec![]; r.variants.len()];
     let mut cis: Vec<Vec<f64>> = vec![vec![]; r.variants.len()];
     let mut worst: Option<(f64, String)> = None;

@@ -131,14 +131,8 @@ fn cmd_parse(logs: &[PathBuf], json: bool) -> Result<bool> {
         let tag = parse::tag_from_path(std::path::Path::new(&log.file));
         for s in &log.summaries {
             let key = parse::row_key(log, s, &tag);
-            let x = s
-                .xfailed
-                .map(|x| format!(" xfailed={x}"))
-                .unwrap_or_default();
-            let w = s
-                .worker
-                .map(|w| w.to_string())
-                .unwrap_or_else(|| "-".into());
+            let x = s.xfailed.map(|x| format!(" xfailed={x}")).unwrap_or_default();
+            let w = s.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
             let setup = match (s.setup_usec, s.loop_scale) {
                 (Some(su), Some(ls)) => {
                     format!(" setup_usec={su} loop_scale={ls} value={}", s.value())
@@ -164,14 +158,7 @@ fn cmd_parse(logs: &[PathBuf], json: bool) -> Result<bool> {
             );
         }
         for w in &log.workers {
-            outln!(
-                "{}:{}: {}{} cycles={}",
-                log.file,
-                w.line,
-                w.label,
-                w.index,
-                w.cycles
-            );
+            outln!("{}:{}: {}{} cycles={}", log.file, w.line, w.label, w.index, w.cycles);
         }
         for l in &log.leaks {
             outln!(
@@ -187,40 +174,16 @@ fn cmd_parse(logs: &[PathBuf], json: bool) -> Result<bool> {
             );
         }
         for st in &log.setups {
-            outln!(
-                "{}:{}: setup {} usec={}",
-                log.file,
-                st.line,
-                st.name,
-                st.usec
-            );
+            outln!("{}:{}: setup {} usec={}", log.file, st.line, st.name, st.usec);
         }
         for p in &log.params {
-            outln!(
-                "{}:{}: params({}) {}",
-                log.file,
-                p.line,
-                p.source,
-                p.line_text()
-            );
+            outln!("{}:{}: params({}) {}", log.file, p.line, p.source, p.line_text());
         }
         if let Some(t) = &log.totals {
-            outln!(
-                "{}:{}: totals {} passed, {} failed",
-                log.file,
-                t.line,
-                t.passed,
-                t.failed
-            );
+            outln!("{}:{}: totals {} passed, {} failed", log.file, t.line, t.passed, t.failed);
         }
         if let Some(h) = &log.host {
-            outln!(
-                "{}:{}: host rc={} wall_s={}",
-                log.file,
-                h.line,
-                h.rc,
-                h.wall_s
-            );
+            outln!("{}:{}: host rc={} wall_s={}", log.file, h.line, h.rc, h.wall_s);
         }
     }
     Ok(ok)
@@ -271,19 +234,8 @@ fn real_main() -> Result<bool> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Parse { logs, json } => cmd_parse(&logs, json),
-        Cmd::Compare {
-            base,
-            variant,
-            json,
-            svg,
-            markdown,
-            pct_of,
-            min_effect,
-            spread,
-        } => {
-            cmd_compare(
-                &base, &variant, json, svg, markdown, pct_of, min_effect, spread,
-            )?;
+        Cmd::Compare { base, variant, json, svg, markdown, pct_of, min_effect, spread } => {
+            cmd_compare(&base, &variant, json, svg, markdown, pct_of, min_effect, spread)?;
             Ok(true)
         }
         Cmd::Summary { log, qemu_rc } => {
@@ -317,9 +269,7 @@ fn real_main() -> Result<bool> {
             let opts = run::RunOpts {
                 out: out.unwrap_or_else(|| run::default_out(&p.name)),
                 jobs: jobs.unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
+                    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
                 }),
                 kernel,
                 qemu: qemu
@@ -337,11 +287,7 @@ fn real_main() -> Result<bool> {
                 return Ok(true);
             }
             write_stdout(&table);
-            let bad: Vec<_> = rep
-                .cells
-                .iter()
-                .filter(|c| !c.problems.is_empty())
-                .collect();
+            let bad: Vec<_> = rep.cells.iter().filter(|c| !c.problems.is_empty()).collect();
             for c in &bad {
                 for pr in &c.problems {
                     eprintln!("FAIL {}: {}", c.log, pr);

@@ -105,12 +105,7 @@ impl RowSpec {
             return Err(format!("h must be 0 or 1, got {h}"));
         }
         let l = field_u64(toks[3], "l:")?;
-        Ok(RowSpec {
-            name: name.to_string(),
-            p,
-            h: h as u8,
-            l,
-        })
+        Ok(RowSpec { name: name.to_string(), p, h: h as u8, l })
     }
 
     pub fn slug(&self) -> String {
@@ -233,10 +228,7 @@ impl Params {
         } else {
             self.order.iter().collect()
         };
-        keys.iter()
-            .map(|k| format!("{k}={}", self.map[*k]))
-            .collect::<Vec<_>>()
-            .join(" ")
+        keys.iter().map(|k| format!("{k}={}", self.map[*k])).collect::<Vec<_>>().join(" ")
     }
     /// The kernel's `mm.*` switches in line order (the variant's name in `summary`).
     pub fn mm_switches(&self) -> Vec<String> {
@@ -294,9 +286,7 @@ pub struct ParsedLog {
 impl ParsedLog {
     /// True when any params header says icount=1.
     pub fn icount(&self) -> bool {
-        self.params
-            .iter()
-            .any(|p| p.get_bool("icount") == Some(true))
+        self.params.iter().any(|p| p.get_bool("icount") == Some(true))
     }
 }
 
@@ -316,9 +306,8 @@ fn uint(s: &str) -> Option<u64> {
 }
 
 fn field_u64(tok: &str, prefix: &str) -> Result<u64, String> {
-    let v = tok
-        .strip_prefix(prefix)
-        .ok_or_else(|| format!("expected `{prefix}<n>`, got {tok:?}"))?;
+    let v =
+        tok.strip_prefix(prefix).ok_or_else(|| format!("expected `{prefix}<n>`, got {tok:?}"))?;
     uint(v).ok_or_else(|| format!("`{prefix}` wants an unsigned integer, got {v:?}"))
 }
 
@@ -354,9 +343,7 @@ pub fn strip_timestamp(line: &str) -> &str {
 /// `Summary: <name> passed: <P> failed: <F> [xfailed: <X> ]repeat: <R> loops: <L> avg: <T> usec`
 /// Returns the fields of the line; `line`, `worker`, `row` and `params` are left for the caller.
 pub fn parse_summary(body: &str) -> Result<Summary, String> {
-    let rest = body
-        .strip_prefix("Summary: ")
-        .ok_or("expected `Summary: <name> ...`")?;
+    let rest = body.strip_prefix("Summary: ").ok_or("expected `Summary: <name> ...`")?;
     let toks: Vec<&str> = rest.split(' ').collect();
     let name = toks
         .first()
@@ -387,11 +374,7 @@ pub fn parse_summary(body: &str) -> Result<Summary, String> {
     if last != "usec" {
         return Err(format!("expected trailing `usec`, got {last:?}"));
     }
-    let (xfailed, rest) = if with_x {
-        (Some(vals[2]), &vals[3..])
-    } else {
-        (None, &vals[2..])
-    };
+    let (xfailed, rest) = if with_x { (Some(vals[2]), &vals[3..]) } else { (None, &vals[2..]) };
     Ok(Summary {
         line: 0,
         name: name.to_string(),
@@ -421,9 +404,7 @@ pub fn parse_all_test(body: &str) -> Result<(String, u64, u64), String> {
     } else {
         return Err(format!("expected `worker<i>=<n> cycles`, got {rest:?}"));
     };
-    let (idx, rest) = rest
-        .split_once('=')
-        .ok_or("missing `=` after worker index")?;
+    let (idx, rest) = rest.split_once('=').ok_or("missing `=` after worker index")?;
     let (cyc, tail) = rest.split_once(' ').ok_or("missing ` cycles`")?;
     if tail != "cycles" {
         return Err(format!("expected trailing `cycles`, got {tail:?}"));
@@ -446,9 +427,7 @@ fn parse_leak(rest: &str) -> Result<(String, u64, u64, u64, u64, bool), String> 
     if toks[1] != "free_pages" {
         return Err(format!("expected `free_pages`, got {:?}", toks[1]));
     }
-    let (a, b) = toks[2]
-        .split_once("->")
-        .ok_or("free_pages wants `<a>-><b>`")?;
+    let (a, b) = toks[2].split_once("->").ok_or("free_pages wants `<a>-><b>`")?;
     let (a, b) = (
         uint(a).ok_or_else(|| format!("bad free_pages value {a:?}"))?,
         uint(b).ok_or_else(|| format!("bad free_pages value {b:?}"))?,
@@ -456,9 +435,7 @@ fn parse_leak(rest: &str) -> Result<(String, u64, u64, u64, u64, bool), String> 
     if toks[3] != "free_va" {
         return Err(format!("expected `free_va`, got {:?}", toks[3]));
     }
-    let (c, d) = toks[4]
-        .split_once("->")
-        .ok_or("free_va wants `<0xa>-><0xb>`")?;
+    let (c, d) = toks[4].split_once("->").ok_or("free_va wants `<0xa>-><0xb>`")?;
     let (c, d) = (
         hex(c).ok_or_else(|| format!("bad free_va value {c:?}"))?,
         hex(d).ok_or_else(|| format!("bad free_va value {d:?}"))?,
@@ -475,9 +452,7 @@ fn parse_kv(toks: &[&str]) -> Result<(BTreeMap<String, String>, Vec<String>), St
     let mut map = BTreeMap::new();
     let mut order = vec![];
     for t in toks.iter().filter(|t| !t.is_empty()) {
-        let (k, v) = t
-            .split_once('=')
-            .ok_or_else(|| format!("expected key=value, got {t:?}"))?;
+        let (k, v) = t.split_once('=').ok_or_else(|| format!("expected key=value, got {t:?}"))?;
         if k.is_empty() {
             return Err(format!("empty key in {t:?}"));
         }
@@ -492,10 +467,7 @@ fn parse_kv(toks: &[&str]) -> Result<(BTreeMap<String, String>, Vec<String>), St
 fn parse_setup(rest: &str) -> Result<(String, u64), String> {
     let toks: Vec<&str> = rest.split(' ').collect();
     if toks.len() != 3 {
-        return Err(format!(
-            "expected `setup <test_name> usec: <u>`, got {} fields",
-            toks.len()
-        ));
+        return Err(format!("expected `setup <test_name> usec: <u>`, got {} fields", toks.len()));
     }
     let name = ident(toks[0]).ok_or_else(|| format!("bad test name {:?}", toks[0]))?;
     if toks[1] != "usec:" {
@@ -527,11 +499,7 @@ pub fn parse_log_lenient(file: &str, text: &str) -> ParsedLog {
 }
 
 fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseError> {
-    let err = |line: usize, msg: String| ParseError {
-        file: file.to_string(),
-        line,
-        msg,
-    };
+    let err = |line: usize, msg: String| ParseError { file: file.to_string(), line, msg };
     let mut log = ParsedLog {
         file: file.to_string(),
         rows: vec![],
@@ -567,10 +535,7 @@ fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseE
     let close_row = |cur: &Option<(usize, RowSpec, usize)>| -> Result<(), ParseError> {
         if let Some((ln, spec, n)) = cur {
             if *n == 0 {
-                return Err(err(
-                    *ln,
-                    format!("row `{spec}` has no Summary line (truncated run?)"),
-                ));
+                return Err(err(*ln, format!("row `{spec}` has no Summary line (truncated run?)")));
             }
         }
         Ok(())
@@ -578,9 +543,7 @@ fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseE
 
     for (i, raw) in text.lines().enumerate() {
         let ln = i + 1;
-        let body = strip_timestamp(raw.trim_end_matches(['\r', '\n']))
-            .trim_start()
-            .trim_end();
+        let body = strip_timestamp(raw.trim_end_matches(['\r', '\n'])).trim_start().trim_end();
         if body.starts_with("Summary:") {
             let mut sum = match parse_summary(body) {
                 Ok(s) => s,
@@ -639,10 +602,7 @@ fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseE
                 label,
                 index: idx,
                 cycles,
-                row: cur_row
-                    .as_ref()
-                    .map(|c| c.1.clone())
-                    .or_else(|| log.host_row.clone()),
+                row: cur_row.as_ref().map(|c| c.1.clone()).or_else(|| log.host_row.clone()),
             });
         } else if let Some(rest) = body.strip_prefix("test_vmalloc: row ") {
             let spec = match RowSpec::parse(rest) {
@@ -684,12 +644,7 @@ fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseE
                     continue;
                 }
             }
-            log.params.push(Params {
-                line: ln,
-                source: "kernel".into(),
-                map,
-                order,
-            });
+            log.params.push(Params { line: ln, source: "kernel".into(), map, order });
         } else if let Some(rest) = body.strip_prefix("test_vmalloc: leak ") {
             let (name, a, b, c, d, ok) = match parse_leak(rest) {
                 Ok(v) => v,
@@ -706,10 +661,7 @@ fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseE
                 free_va_before: c,
                 free_va_after: d,
                 ok,
-                row: cur_row
-                    .as_ref()
-                    .map(|c| c.1.clone())
-                    .or_else(|| log.host_row.clone()),
+                row: cur_row.as_ref().map(|c| c.1.clone()).or_else(|| log.host_row.clone()),
             });
         } else if let Some(rest) = body.strip_prefix("test_vmalloc: setup ") {
             let (name, usec) = match parse_setup(rest) {
@@ -719,10 +671,7 @@ fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseE
                     continue;
                 }
             };
-            let row = cur_row
-                .as_ref()
-                .map(|c| c.1.clone())
-                .or_else(|| log.host_row.clone());
+            let row = cur_row.as_ref().map(|c| c.1.clone()).or_else(|| log.host_row.clone());
             if let Some(r) = &row {
                 if r.name != name {
                     bad!(err(
@@ -733,12 +682,7 @@ fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseE
                 }
             }
             setup_group.push((log.rows.len(), log.params.len().checked_sub(1)));
-            log.setups.push(Setup {
-                line: ln,
-                name,
-                usec,
-                row,
-            });
+            log.setups.push(Setup { line: ln, name, usec, row });
         } else if let Some(rest) = body.strip_prefix("HOST: row ") {
             match RowSpec::parse(rest) {
                 Ok(spec) => log.host_row = Some(spec),
@@ -765,20 +709,11 @@ fn parse_impl(file: &str, text: &str, lenient: bool) -> Result<ParsedLog, ParseE
             if let Some((_, after)) = rest.split_once(": tvload ") {
                 let toks: Vec<&str> = after.split(' ').skip(1).collect();
                 if let Ok((map, order)) = parse_kv(&toks) {
-                    log.params.push(Params {
-                        line: ln,
-                        source: "anchor".into(),
-                        map,
-                        order,
-                    });
+                    log.params.push(Params { line: ln, source: "anchor".into(), map, order });
                 }
             }
         } else if let Some((p, f)) = parse_totals(body) {
-            log.totals = Some(Totals {
-                line: ln,
-                passed: p,
-                failed: f,
-            });
+            log.totals = Some(Totals { line: ln, passed: p, failed: f });
         }
     }
     if !pending.is_empty() {
@@ -886,11 +821,7 @@ impl RowKey {
 
     /// Short label for the chart's x axis.
     pub fn short_label(&self) -> String {
-        let mut s = self
-            .name
-            .strip_suffix("_test")
-            .unwrap_or(&self.name)
-            .to_string();
+        let mut s = self.name.strip_suffix("_test").unwrap_or(&self.name).to_string();
         if let (Some(p), Some(h)) = (self.p, self.h) {
             s.push_str(&format!(" p:{p} h:{h}"));
         }
@@ -931,22 +862,12 @@ pub fn row_key(log: &ParsedLog, s: &Summary, tag: &str) -> RowKey {
             tag: tag.to_string(),
         };
     }
-    RowKey {
-        name: s.name.clone(),
-        p: None,
-        h: None,
-        l: None,
-        tag: tag.to_string(),
-    }
+    RowKey { name: s.name.clone(), p: None, h: None, l: None, tag: tag.to_string() }
 }
 
 /// Tag derived from a log's path: a parent directory named `*-smp<N>` gives `smp:N`.
 pub fn tag_from_path(path: &Path) -> String {
-    if let Some(dir) = path
-        .parent()
-        .and_then(|d| d.file_name())
-        .and_then(|d| d.to_str())
-    {
+    if let Some(dir) = path.parent().and_then(|d| d.file_name()).and_then(|d| d.to_str()) {
         if let Some((_, n)) = dir.rsplit_once("-smp") {
             if uint(n).is_some() {
                 return format!("smp:{n}");

@@ -154,17 +154,11 @@ impl Plan {
             crate::compare::check_min_effect(m)?;
         }
         if !matches!(self.machine.as_str(), "virt" | "raspi4b") {
-            bail!(
-                "machine must be \"virt\" or \"raspi4b\", got {:?}",
-                self.machine
-            );
+            bail!("machine must be \"virt\" or \"raspi4b\", got {:?}", self.machine);
         }
         for r in self.row_specs()? {
             if parse::test_index(&r.name).is_none() {
-                bail!(
-                    "row {r}: unknown test name (known: {})",
-                    parse::TESTS.join(", ")
-                );
+                bail!("row {r}: unknown test name (known: {})", parse::TESTS.join(", "));
             }
         }
         Ok(())
@@ -225,18 +219,12 @@ impl Cell {
 }
 
 fn join_args(parts: &[String]) -> String {
-    parts
-        .iter()
-        .flat_map(|p| p.split_whitespace())
-        .collect::<Vec<_>>()
-        .join(" ")
+    parts.iter().flat_map(|p| p.split_whitespace()).collect::<Vec<_>>().join(" ")
 }
 
 /// Last `key=value` for `key` in a blank-separated argument string.
 pub fn arg_value<'a>(args: &'a str, key: &str) -> Option<&'a str> {
-    args.split_whitespace()
-        .rev()
-        .find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
+    args.split_whitespace().rev().find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn parse_mask(v: &str) -> Option<u64> {
@@ -311,20 +299,12 @@ pub fn cells(plan: &Plan, runs: u32) -> Result<Vec<Cell>> {
                     }
                     out.push(Cell {
                         variant: vname.clone(),
-                        set: if multi {
-                            format!("{set}-smp{smp}")
-                        } else {
-                            set.clone()
-                        },
+                        set: if multi { format!("{set}-smp{smp}") } else { set.clone() },
                         row: row.clone(),
                         smp,
                         run,
                         append,
-                        tag: if multi {
-                            format!("smp:{smp}")
-                        } else {
-                            String::new()
-                        },
+                        tag: if multi { format!("smp:{smp}") } else { String::new() },
                         expect,
                     });
                 }
@@ -342,35 +322,16 @@ pub fn qemu_args(plan: &Plan, kernel: &str, cell: &Cell) -> Vec<String> {
         for s in ["-M", "raspi4b", "-m", &plan.mem, "-dtb", &plan.dtb] {
             push(s);
         }
-        for s in [
-            "-serial", "null", "-serial", "stdio", "-display", "none", "-monitor", "none",
-        ] {
+        for s in ["-serial", "null", "-serial", "stdio", "-display", "none", "-monitor", "none"] {
             push(s);
         }
     } else {
         let smp = cell.smp.to_string();
-        for s in [
-            "-M",
-            "virt",
-            "-cpu",
-            &plan.cpu,
-            "-smp",
-            &smp,
-            "-m",
-            &plan.mem,
-            "-nographic",
-        ] {
+        for s in ["-M", "virt", "-cpu", &plan.cpu, "-smp", &smp, "-m", &plan.mem, "-nographic"] {
             push(s);
         }
     }
-    for s in [
-        "-no-reboot",
-        "-semihosting",
-        "-kernel",
-        kernel,
-        "-append",
-        &cell.append,
-    ] {
+    for s in ["-no-reboot", "-semihosting", "-kernel", kernel, "-append", &cell.append] {
         push(s);
     }
     if plan.icount {
@@ -385,10 +346,7 @@ pub fn qemu_args(plan: &Plan, kernel: &str, cell: &Cell) -> Vec<String> {
 
 /// Quotes an argument for display in a shell command line.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_=./:,+@%".contains(&b))
-    {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=./:,+@%".contains(&b)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))

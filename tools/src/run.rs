@@ -100,12 +100,7 @@ fn boot(
         Err(e) => {
             let msg = format!("cannot start {qemu}: {e}");
             writeln!(f, "HOST: {msg}")?;
-            return Ok(Boot {
-                rc: None,
-                timed_out: false,
-                wall_s: 0.0,
-                spawn_error: Some(msg),
-            });
+            return Ok(Boot { rc: None, timed_out: false, wall_s: 0.0, spawn_error: Some(msg) });
         }
     };
     let mut timed_out = false;
@@ -124,10 +119,7 @@ fn boot(
     let rc = if timed_out {
         124
     } else {
-        status
-            .code()
-            .map(|c| c as i64)
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0) as i64)
+        status.code().map(|c| c as i64).unwrap_or_else(|| 128 + status.signal().unwrap_or(0) as i64)
     };
     // QEMU's last output may lack a newline.
     writeln!(f)?;
@@ -135,12 +127,7 @@ fn boot(
         writeln!(f, "HOST: timeout after {} s: killed", timeout.as_secs())?;
     }
     writeln!(f, "HOST: qemu rc={rc} wall_s={wall_s:.3}")?;
-    Ok(Boot {
-        rc: Some(rc),
-        timed_out,
-        wall_s,
-        spawn_error: None,
-    })
+    Ok(Boot { rc: Some(rc), timed_out, wall_s, spawn_error: None })
 }
 
 /// Checks a parsed log against what the cell expects. Returns problems.
@@ -148,10 +135,7 @@ pub fn check_log(log: &ParsedLog, cell: &Cell) -> Vec<String> {
     let mut p = vec![];
     for s in &log.summaries {
         if s.unexpected_failure() {
-            p.push(format!(
-                "line {}: {} reported failed: {}",
-                s.line, s.name, s.failed
-            ));
+            p.push(format!("line {}: {} reported failed: {}", s.line, s.name, s.failed));
         }
     }
     for l in &log.leaks {
@@ -169,10 +153,7 @@ pub fn check_log(log: &ParsedLog, cell: &Cell) -> Vec<String> {
     }
     if let Some(t) = &log.totals {
         if t.failed > 0 {
-            p.push(format!(
-                "line {}: {} passed, {} failed",
-                t.line, t.passed, t.failed
-            ));
+            p.push(format!("line {}: {} passed, {} failed", t.line, t.passed, t.failed));
         }
     }
     let seen_rows: BTreeSet<_> = log.rows.iter().map(|(_, r)| r.clone()).collect();
@@ -200,11 +181,7 @@ pub fn check_log(log: &ParsedLog, cell: &Cell) -> Vec<String> {
 }
 
 pub fn run_plan(plan: &Plan, plan_text: &str, opts: &RunOpts) -> Result<(RunReport, String)> {
-    let runs = if opts.smoke {
-        1
-    } else {
-        opts.runs.unwrap_or(plan.runs)
-    };
+    let runs = if opts.smoke { 1 } else { opts.runs.unwrap_or(plan.runs) };
     let cells = plan::cells(plan, runs)?;
     let kernel = opts.kernel.clone().unwrap_or_else(|| plan.kernel.clone());
     if opts.dry_run {
@@ -217,12 +194,7 @@ pub fn run_plan(plan: &Plan, plan_text: &str, opts: &RunOpts) -> Result<(RunRepo
                 .collect();
             s.push_str(&format!("# {}\n{}\n", c.rel_log(), cmd.join(" ")));
         }
-        let rep = RunReport {
-            plan: plan.clone(),
-            cells: vec![],
-            failed_cells: 0,
-            report: None,
-        };
+        let rep = RunReport { plan: plan.clone(), cells: vec![], failed_cells: 0, report: None };
         return Ok((rep, s));
     }
     if !Path::new(&kernel).is_file() {
@@ -312,11 +284,9 @@ pub fn run_plan(plan: &Plan, plan_text: &str, opts: &RunOpts) -> Result<(RunRepo
                 if let Some(e) = b.spawn_error {
                     res.problems.push(e);
                 } else if b.timed_out {
-                    res.problems
-                        .push(format!("timeout after {} s (killed)", plan.timeout_s));
+                    res.problems.push(format!("timeout after {} s (killed)", plan.timeout_s));
                 } else if b.rc != Some(0) {
-                    res.problems
-                        .push(format!("qemu exited with rc={}", b.rc.unwrap_or(-1)));
+                    res.problems.push(format!("qemu exited with rc={}", b.rc.unwrap_or(-1)));
                 }
                 match parse::parse_file(&log_path) {
                     Err(e) => res.problems.push(format!("parse: {e}")),
@@ -336,10 +306,8 @@ pub fn run_plan(plan: &Plan, plan_text: &str, opts: &RunOpts) -> Result<(RunRepo
         d.icount |= plan.icount;
     }
     let failed_cells = results.iter().filter(|r| !r.problems.is_empty()).count();
-    let min_effect = opts
-        .min_effect
-        .or(plan.min_effect)
-        .unwrap_or(crate::stats::DEFAULT_MIN_EFFECT);
+    let min_effect =
+        opts.min_effect.or(plan.min_effect).unwrap_or(crate::stats::DEFAULT_MIN_EFFECT);
     let report = if data.iter().any(|d| !d.samples.is_empty()) {
         Some(compare::build_report_with(&data, plan.pct_of, min_effect))
     } else {
@@ -355,16 +323,8 @@ pub fn run_plan(plan: &Plan, plan_text: &str, opts: &RunOpts) -> Result<(RunRepo
         fs::write(opts.out.join("report.svg"), svg::render(r))?;
         fs::write(opts.out.join("table.md"), compare::render_markdown(r))?;
     }
-    let rep = RunReport {
-        plan: plan.clone(),
-        cells: results,
-        failed_cells,
-        report,
-    };
-    fs::write(
-        opts.out.join("report.json"),
-        serde_json::to_string_pretty(&rep)?,
-    )?;
+    let rep = RunReport { plan: plan.clone(), cells: results, failed_cells, report };
+    fs::write(opts.out.join("report.json"), serde_json::to_string_pretty(&rep)?)?;
     Ok((rep, text))
 }
 

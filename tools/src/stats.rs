@@ -48,22 +48,12 @@ impl Summary {
         }
         let mean = xs.iter().sum::<f64>() / n as f64;
         if n == 1 {
-            return Some(Summary {
-                n,
-                mean,
-                sd: 0.0,
-                ci_half: None,
-            });
+            return Some(Summary { n, mean, sd: 0.0, ci_half: None });
         }
         let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
         let sd = var.sqrt();
         let ci_half = t975((n - 1) as f64) * sd / (n as f64).sqrt();
-        Some(Summary {
-            n,
-            mean,
-            sd,
-            ci_half: Some(ci_half),
-        })
+        Some(Summary { n, mean, sd, ci_half: Some(ci_half) })
     }
 
     pub fn ci(&self) -> Option<(f64, f64)> {
@@ -190,10 +180,7 @@ pub fn pct_interval(base: &Summary, variant: &Summary, of: PctOf) -> Option<(f64
             if vlo <= 0.0 {
                 return None;
             }
-            Some((
-                (base.mean - vhi) / vhi * 100.0,
-                (base.mean - vlo) / vlo * 100.0,
-            ))
+            Some(((base.mean - vhi) / vhi * 100.0, (base.mean - vlo) / vlo * 100.0))
         }
     }
 }

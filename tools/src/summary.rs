@@ -59,37 +59,22 @@ pub fn render(log: &ParsedLog, qemu_rc: Option<i64>) -> (String, bool) {
     }
     // Counts.
     let n = log.summaries.len();
-    let bad: Vec<&str> = log
-        .summaries
-        .iter()
-        .filter(|s| s.unexpected_failure())
-        .map(|s| s.name.as_str())
-        .collect();
+    let bad: Vec<&str> =
+        log.summaries.iter().filter(|s| s.unexpected_failure()).map(|s| s.name.as_str()).collect();
     let xf: u64 = log.summaries.iter().filter_map(|s| s.xfailed).sum();
     if n > 0 {
         out.push_str(&format!(
             "Summary lines: {n}, {} without failure, {} with failed > 0{}{}\n",
             n - bad.len(),
             bad.len(),
-            if bad.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", bad.join(", "))
-            },
-            if xf > 0 {
-                format!(", {xf} expected failures (xfailed)")
-            } else {
-                String::new()
-            }
+            if bad.is_empty() { String::new() } else { format!(" ({})", bad.join(", ")) },
+            if xf > 0 { format!(", {xf} expected failures (xfailed)") } else { String::new() }
         ));
     }
     ok &= bad.is_empty();
     match &log.totals {
         Some(t) => {
-            out.push_str(&format!(
-                "kernel: {} passed, {} failed\n",
-                t.passed, t.failed
-            ));
+            out.push_str(&format!("kernel: {} passed, {} failed\n", t.passed, t.failed));
             ok &= t.failed == 0;
         }
         None => {
@@ -108,11 +93,7 @@ pub fn render(log: &ParsedLog, qemu_rc: Option<i64>) -> (String, bool) {
             "leak lines: {} ok, {} LOST{}\n",
             log.leaks.len() - lost.len(),
             lost.len(),
-            if lost.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", lost.join(", "))
-            }
+            if lost.is_empty() { String::new() } else { format!(": {}", lost.join(", ")) }
         ));
     }
     ok &= lost.is_empty();
@@ -139,10 +120,6 @@ pub fn render(log: &ParsedLog, qemu_rc: Option<i64>) -> (String, bool) {
         out.push_str(&format!("qemu: exit status {rc}{what}\n"));
         ok &= rc == 0;
     }
-    out.push_str(if ok {
-        "result: ok\n"
-    } else {
-        "result: FAILED\n"
-    });
+    out.push_str(if ok { "result: ok\n" } else { "result: FAILED\n" });
     (out, ok)
 }

@@ -11,15 +11,11 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 190.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 190.0;
-const COLORS: &[&str] = &[
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-];
+const COLORS: &[&str] =
+    &["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A "nice" tick step for a range.
@@ -71,19 +67,12 @@ pub fn render(r: &Report) -> String {
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = writeln!(
-        s,
-        r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#
-    );
+    let _ = writeln!(s, r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#);
     let title = format!(
         "{}: % change vs {} (positive = faster; {})",
         r.benchmark,
         r.base,
-        if r.icount {
-            "-icount shift=0"
-        } else {
-            "wall clock"
-        }
+        if r.icount { "-icount shift=0" } else { "wall clock" }
     );
     let _ = writeln!(
         s,
@@ -208,10 +197,7 @@ pub fn render(r: &Report) -> String {
         );
     }
     let ly = TOP + 20.0 + 20.0 * vars.len() as f64;
-    let min_line = format!(
-        "and differ by >= {}% of base",
-        crate::compare::fmt_pct(r.min_effect)
-    );
+    let min_line = format!("and differ by >= {}% of base", crate::compare::fmt_pct(r.min_effect));
     for (i, t) in [
         "I / R above a bar: the 95% CIs",
         "of the means do not overlap",

@@ -8,13 +8,7 @@ use tvtool::parse::RowKey;
 use tvtool::stats::{self, Marker, PctOf, Summary};
 
 fn key(name: &str) -> RowKey {
-    RowKey {
-        name: name.into(),
-        p: Some(1),
-        h: Some(0),
-        l: Some(500000),
-        tag: String::new(),
-    }
+    RowKey { name: name.into(), p: Some(1), h: Some(0), l: Some(500000), tag: String::new() }
 }
 
 /// base: constant 1000 on every row; patch: constant 1000 x (1 - d/100) (zero-variance rows,
@@ -24,9 +18,7 @@ fn zero_variance(diffs: &[(&str, f64)]) -> Vec<VariantData> {
     let mut patch = VariantData::new("patch");
     for (name, d) in diffs {
         base.samples.insert(key(name), vec![1000.0; 6]);
-        patch
-            .samples
-            .insert(key(name), vec![1000.0 * (1.0 - d / 100.0); 6]);
+        patch.samples.insert(key(name), vec![1000.0 * (1.0 - d / 100.0); 6]);
     }
     vec![base, patch]
 }
@@ -87,10 +79,7 @@ fn custom_threshold() {
     assert_eq!(marker_of(&r, "pcpu_alloc_test"), Marker::None);
     assert_eq!(marker_of(&r, "vm_map_ram_test"), Marker::I);
     let t = compare::render_text(&r);
-    assert!(
-        t.contains("differences below 20.0% are never marked"),
-        "{t}"
-    );
+    assert!(t.contains("differences below 20.0% are never marked"), "{t}");
     // 0 = the CIs alone
     let r = compare::build_report_with(&data, PctOf::Base, 0.0);
     assert_eq!(marker_of(&r, "fix_size_alloc_test"), Marker::I);
@@ -175,23 +164,14 @@ fn compare_cli_min_effect() {
     let (rc, out, _) = run(&["--min-effect", "0.5"]);
     assert_eq!(rc, Some(0));
     assert!(out.contains("| (I) 1.00%          |"), "{out}");
-    assert!(
-        out.contains("differences below 0.5% are never marked"),
-        "{out}"
-    );
+    assert!(out.contains("differences below 0.5% are never marked"), "{out}");
     let (rc, out, _) = run(&["--min-effect", "0", "--spread"]);
     assert_eq!(rc, Some(0));
     assert!(out.contains("| (I) 1.00%          |"), "{out}");
     assert!(out.contains("minimum effect 0"), "{out}");
     assert!(out.contains("| vm_map_ram_test: p:1, h:0, l:500000 (usec) | 3 | 0.00% | 0.00% | 3 | 0.00% | 0.00% |"), "{out}");
-    assert!(
-        out.contains("all rows and variants: median CV 0.00%"),
-        "{out}"
-    );
+    assert!(out.contains("all rows and variants: median CV 0.00%"), "{out}");
     let (rc, _, err) = run(&["--min-effect=-1"]);
     assert_eq!(rc, Some(2));
-    assert!(
-        err.contains("min_effect must be a percentage >= 0"),
-        "{err}"
-    );
+    assert!(err.contains("min_effect must be a percentage >= 0"), "{err}");
 }

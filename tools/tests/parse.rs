@@ -2,12 +2,8 @@ use std::path::Path;
 use tvtool::parse::{self, parse_log, RowSpec};
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
+        .unwrap()
 }
 
 #[test]
@@ -24,17 +20,9 @@ fn ours_suite_format() {
     assert_eq!(s.worker, Some(0));
     assert_eq!(
         s.row,
-        Some(RowSpec {
-            name: "fix_size_alloc_test".into(),
-            p: 512,
-            h: 1,
-            l: 100000
-        })
+        Some(RowSpec { name: "fix_size_alloc_test".into(), p: 512, h: 1, l: 100000 })
     );
-    assert_eq!(
-        parse::row_key(&log, s, "").label(),
-        "fix_size_alloc_test: p:512, h:1, l:100000"
-    );
+    assert_eq!(parse::row_key(&log, s, "").label(), "fix_size_alloc_test: p:512, h:1, l:100000");
     // params header
     assert_eq!(log.params.len(), 1);
     assert_eq!(log.params[0].map["mm.vfree"], "bulk");
@@ -66,11 +54,7 @@ fn linux_6_12_with_timestamps_no_xfailed() {
     assert_eq!(log.summaries[0].line, 32);
     assert_eq!(log.summaries[10].name, "vm_map_ram_test");
     // align_shift failed: 1 is expected (xfail test, old format)
-    let a = log
-        .summaries
-        .iter()
-        .find(|s| s.name == "align_shift_alloc_test")
-        .unwrap();
+    let a = log.summaries.iter().find(|s| s.name == "align_shift_alloc_test").unwrap();
     assert_eq!((a.passed, a.failed), (0, 1));
     assert!(!a.unexpected_failure());
     assert!(log.summaries.iter().all(|s| !s.unexpected_failure()));
@@ -94,10 +78,7 @@ fn linux_two_workers() {
     assert_eq!(log.summaries.len(), 22);
     assert!(log.summaries[..11].iter().all(|s| s.worker == Some(0)));
     assert!(log.summaries[11..].iter().all(|s| s.worker == Some(1)));
-    assert_eq!(
-        log.workers.iter().map(|w| w.index).collect::<Vec<_>>(),
-        vec![0, 1]
-    );
+    assert_eq!(log.workers.iter().map(|w| w.index).collect::<Vec<_>>(), vec![0, 1]);
     assert_eq!(log.summaries[11].avg_usec, 302792);
 }
 
@@ -110,10 +91,7 @@ fn linux_newest_with_xfailed() {
     assert_eq!(log.summaries[2].name, "no_block_alloc_test");
     assert!(log.summaries.iter().all(|s| !s.unexpected_failure()));
     // no params header, no row: key is the test name alone
-    assert_eq!(
-        parse::row_key(&log, &log.summaries[0], "").label(),
-        "fix_size_alloc_test"
-    );
+    assert_eq!(parse::row_key(&log, &log.summaries[0], "").label(), "fix_size_alloc_test");
 }
 
 #[test]
@@ -136,10 +114,7 @@ fn boot_noise_ignored_and_crlf() {
 
 #[test]
 fn timestamp_strip() {
-    assert_eq!(
-        parse::strip_timestamp("[    8.402236] Summary: x"),
-        "Summary: x"
-    );
+    assert_eq!(parse::strip_timestamp("[    8.402236] Summary: x"), "Summary: x");
     assert_eq!(parse::strip_timestamp("[12345.000001] x"), "x");
     assert_eq!(parse::strip_timestamp("[ok] x"), "[ok] x");
     assert_eq!(parse::strip_timestamp("no ts"), "no ts");
@@ -191,14 +166,11 @@ fn malformed_other_lines() {
     assert!(e.msg.contains("malformed leak line"), "{e}");
     let e = err_of(&format!("{ok}All test took worker0=1 cycles\ntest_vmalloc: leak fix_size_alloc_test free_pages 1->1 free_va 1->1 ok\n"));
     assert_eq!(e.line, 3);
-    let e = err_of(&format!(
-        "test_vmalloc: params a=1 loose\n{ok}All test took worker0=1 cycles\n"
-    ));
+    let e =
+        err_of(&format!("test_vmalloc: params a=1 loose\n{ok}All test took worker0=1 cycles\n"));
     assert_eq!(e.line, 1);
     assert!(e.msg.contains("malformed params line"), "{e}");
-    let e = err_of(&format!(
-        "{ok}All test took worker0=1 cycles\nHOST: qemu rc=zero wall_s=1\n"
-    ));
+    let e = err_of(&format!("{ok}All test took worker0=1 cycles\nHOST: qemu rc=zero wall_s=1\n"));
     assert_eq!(e.line, 3);
 }
 
@@ -207,11 +179,7 @@ fn row_without_summary_is_an_error_naming_the_row() {
     let t = "test_vmalloc: row fix_size_alloc_test p:1 h:0 l:500000\nSummary: fix_size_alloc_test passed: 1 failed: 0 xfailed: 0 repeat: 1 loops: 5 avg: 9 usec\nAll test took worker0=1 cycles\ntest_vmalloc: row fix_size_alloc_test p:4 h:0 l:500000\nboot noise\n";
     let e = err_of(t);
     assert_eq!(e.line, 4);
-    assert!(
-        e.msg
-            .contains("row `fix_size_alloc_test p:4 h:0 l:500000` has no Summary"),
-        "{e}"
-    );
+    assert!(e.msg.contains("row `fix_size_alloc_test p:4 h:0 l:500000` has no Summary"), "{e}");
     // a row closed by the next row without a Summary
     let t2 = "test_vmalloc: row full_fit_alloc_test p:1 h:0 l:500000\ntest_vmalloc: row fix_size_alloc_test p:4 h:0 l:500000\nSummary: fix_size_alloc_test passed: 1 failed: 0 xfailed: 0 repeat: 1 loops: 5 avg: 9 usec\nAll test took worker0=1 cycles\n";
     let e = err_of(t2);
@@ -274,12 +242,6 @@ fn old_cpu_label_accepted() {
 
 #[test]
 fn tag_from_path() {
-    assert_eq!(
-        parse::tag_from_path(Path::new("out/base/all-smp4/run1.log")),
-        "smp:4"
-    );
-    assert_eq!(
-        parse::tag_from_path(Path::new("out/base/suite-seed/run1.log")),
-        ""
-    );
+    assert_eq!(parse::tag_from_path(Path::new("out/base/all-smp4/run1.log")), "smp:4");
+    assert_eq!(parse::tag_from_path(Path::new("out/base/suite-seed/run1.log")), "");
 }

@@ -56,34 +56,19 @@ fn suite_plan_ok_prints_table_and_keeps_logs() {
         out.contains("| micromm/vmalloc | fix_size_alloc_test: p:1, h:0, l:500000 (usec)"),
         "{out}"
     );
-    assert!(
-        out.contains("vm_map_ram_test: p:1, h:0, l:500000 (usec)"),
-        "{out}"
-    );
+    assert!(out.contains("vm_map_ram_test: p:1, h:0, l:500000 (usec)"), "{out}");
     // patch ~500 vs base ~1000: about +100% (the seed's speed-up convention) and significant
     assert!(out.contains("| (I) 9") || out.contains("| (I) 10"), "{out}");
     assert!(out.contains("runs: base n=3, patch n=3"), "{out}");
-    assert!(
-        out.contains("under -icount shift=0 one usec = 1000 guest instructions"),
-        "{out}"
-    );
+    assert!(out.contains("under -icount shift=0 one usec = 1000 guest instructions"), "{out}");
     for v in ["base", "patch"] {
         for r in 1..=3 {
             let log = d.join(format!("out/{v}/suite-seed/run{r}.log"));
             let t = std::fs::read_to_string(&log).unwrap();
-            assert!(
-                t.lines()
-                    .last()
-                    .unwrap()
-                    .starts_with("HOST: qemu rc=0 wall_s="),
-                "{t}"
-            );
+            assert!(t.lines().last().unwrap().starts_with("HOST: qemu rc=0 wall_s="), "{t}");
             assert!(t.contains("HOST: cmd "), "{t}");
             assert!(t.contains("-icount shift=0"), "{t}");
-            assert!(
-                t.contains("test_vmalloc.suite=seed test_vmalloc.loop_scale=0.01"),
-                "{t}"
-            );
+            assert!(t.contains("test_vmalloc.suite=seed test_vmalloc.loop_scale=0.01"), "{t}");
         }
     }
     for f in ["report.json", "report.svg", "table.md", "plan.toml"] {
@@ -102,10 +87,7 @@ fn suite_plan_ok_prints_table_and_keeps_logs() {
         .iter()
         .map(|c| format!("{}{}", c["variant"].as_str().unwrap(), c["run"]))
         .collect();
-    assert_eq!(
-        order,
-        vec!["base1", "patch1", "base2", "patch2", "base3", "patch3"]
-    );
+    assert_eq!(order, vec!["base1", "patch1", "base2", "patch2", "base3", "patch3"]);
     // compare on the kept logs gives the same table
     let c = Command::new(env!("CARGO_BIN_EXE_tvtool"))
         .current_dir(&d)
@@ -144,14 +126,8 @@ fn expect_failure(mode: &str, needle: &str) {
     let d = scratch(mode);
     let o = run_plan(&d, SUITE_PLAN, mode, &["--runs", "2"]);
     let (out, err) = (text(&o.stdout), text(&o.stderr));
-    assert!(
-        !o.status.success(),
-        "{mode}: should fail\nstdout:\n{out}\nstderr:\n{err}"
-    );
-    assert!(
-        err.contains(needle),
-        "{mode}: stderr lacks {needle:?}:\n{err}"
-    );
+    assert!(!o.status.success(), "{mode}: should fail\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains(needle), "{mode}: stderr lacks {needle:?}:\n{err}");
     assert!(err.contains("FAIL "), "{err}");
     assert!(d.join("out/patch/suite-seed/run2.log").is_file());
 }
@@ -168,10 +144,7 @@ fn lost_leak_makes_run_fail() {
 
 #[test]
 fn missing_row_makes_run_fail() {
-    expect_failure(
-        "missing",
-        "expected row `vm_map_ram_test p:1 h:0 l:500000` missing",
-    );
+    expect_failure("missing", "expected row `vm_map_ram_test p:1 h:0 l:500000` missing");
 }
 
 #[test]
@@ -216,21 +189,12 @@ base = "mm.vfree=single"
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{err}");
     // `base = "base"` puts base first although listed second
-    assert!(
-        out.contains("| base              | patch              |"),
-        "{out}"
-    );
-    assert!(
-        out.contains("fix_size_alloc_test: p:512, h:1, l:100000 (usec)"),
-        "{out}"
-    );
+    assert!(out.contains("| base              | patch              |"), "{out}");
+    assert!(out.contains("fix_size_alloc_test: p:512, h:1, l:100000 (usec)"), "{out}");
     let t =
         std::fs::read_to_string(d.join("out/base/fix_size_alloc_test-p512-h1-l100000/run2.log"))
             .unwrap();
-    assert!(
-        t.contains("HOST: row fix_size_alloc_test p:512 h:1 l:100000"),
-        "{t}"
-    );
+    assert!(t.contains("HOST: row fix_size_alloc_test p:512 h:1 l:100000"), "{t}");
     // mask bit 0, nr_pages, use_huge, scaled loops
     assert!(
         t.contains("test_vmalloc.run_test_mask=1 test_vmalloc.nr_pages=512 test_vmalloc.use_huge=1 test_vmalloc.test_loop_count=1000"),
@@ -258,19 +222,10 @@ patch = "mm.vfree=bulk"
     let o = run_plan(&d, plan, "ok", &[]);
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(
-        out.contains("vrealloc_test: p:1, h:0, l:1000, smp:4 (usec)"),
-        "{out}"
-    );
-    assert!(
-        out.contains("no_block_alloc_test: p:1, h:0, l:1000, smp:1 (usec)"),
-        "{out}"
-    );
+    assert!(out.contains("vrealloc_test: p:1, h:0, l:1000, smp:4 (usec)"), "{out}");
+    assert!(out.contains("no_block_alloc_test: p:1, h:0, l:1000, smp:1 (usec)"), "{out}");
     let t = std::fs::read_to_string(d.join("out/patch/all-smp4/run1.log")).unwrap();
-    assert!(
-        t.contains("-smp 4") && t.contains("test_vmalloc.nr_threads=4"),
-        "{t}"
-    );
+    assert!(t.contains("-smp 4") && t.contains("test_vmalloc.nr_threads=4"), "{t}");
     assert!(t.contains("All test took worker3="), "{t}");
     // a worker short of nr_threads is a failure
     let d = scratch("smp-few");
@@ -289,26 +244,12 @@ fn shipped_plans_load_and_expand() {
     assert_eq!(seed.runs, 6);
     assert!(seed.icount);
     let v = seed.variant_list();
-    assert_eq!(
-        v[0],
-        (
-            "base".to_string(),
-            "mm.vfree=single mm.vmalloc_large_order=on".to_string()
-        )
-    );
-    assert_eq!(
-        v[1],
-        (
-            "patch".to_string(),
-            "mm.vfree=bulk mm.vmalloc_large_order=on".to_string()
-        )
-    );
+    assert_eq!(v[0], ("base".to_string(), "mm.vfree=single mm.vmalloc_large_order=on".to_string()));
+    assert_eq!(v[1], ("patch".to_string(), "mm.vfree=bulk mm.vmalloc_large_order=on".to_string()));
     let cells = plan::cells(&seed, seed.runs).unwrap();
     assert_eq!(cells.len(), 12);
     assert_eq!(cells[0].expect.rows.len(), 19);
-    assert!(cells[0]
-        .append
-        .contains("test_vmalloc.suite=seed test_vmalloc.loop_scale=0.02"));
+    assert!(cells[0].append.contains("test_vmalloc.suite=seed test_vmalloc.loop_scale=0.02"));
     let args = plan::qemu_args(&seed, "k.img", &cells[1]);
     let s = args.join(" ");
     assert!(s.starts_with("-M virt -cpu cortex-a72 -smp 1 -m 2G -nographic -no-reboot -semihosting -kernel k.img -append"), "{s}");
@@ -335,10 +276,8 @@ fn bad_plans_are_rejected() {
     assert!(Plan::parse("name='x'\n[variants]\n").is_err());
     assert!(Plan::parse("name='x'\nbogus=1\n[variants]\na='b'\n").is_err());
     assert!(Plan::parse("name='x'\nrows=['nope_test p:1 h:0 l:1']\n[variants]\na='b'\n").is_err());
-    assert!(
-        Plan::parse("name='x'\nrows=['fix_size_alloc_test p:1 h:3 l:1']\n[variants]\na='b'\n")
-            .is_err()
-    );
+    assert!(Plan::parse("name='x'\nrows=['fix_size_alloc_test p:1 h:3 l:1']\n[variants]\na='b'\n")
+        .is_err());
     assert!(Plan::parse("name='x'\nmachine='sbsa-ref'\n[variants]\na='b'\n").is_err());
     let p = Plan::parse("name='x'\nmachine='raspi4b'\n[variants]\na='b'\n").unwrap();
     let cells = tvtool::plan::cells(&p, 1).unwrap();
@@ -367,10 +306,7 @@ fn plan_min_effect_and_cli_override() {
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
     assert!(!out.contains("| (I) "), "{out}");
-    assert!(
-        out.contains("differences below 60.0% are never marked"),
-        "{out}"
-    );
+    assert!(out.contains("differences below 60.0% are never marked"), "{out}");
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("out/report.json")).unwrap()).unwrap();
     assert_eq!(j["report"]["min_effect"], 60.0);
@@ -382,15 +318,9 @@ fn plan_min_effect_and_cli_override() {
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("| (I) "), "{out}");
-    assert!(
-        out.contains("differences below 1.5% are never marked"),
-        "{out}"
-    );
+    assert!(out.contains("differences below 1.5% are never marked"), "{out}");
     assert!(out.contains("Run-to-run spread"), "{out}");
-    assert!(
-        out.contains("| vm_map_ram_test: p:1, h:0, l:500000 (usec) | 3 |"),
-        "{out}"
-    );
+    assert!(out.contains("| vm_map_ram_test: p:1, h:0, l:500000 (usec) | 3 |"), "{out}");
     // bad values
     assert!(tvtool::plan::Plan::parse(
         &SUITE_PLAN.replace("runs = 3", "runs = 3\nmin_effect = -1.0")
@@ -411,10 +341,7 @@ fn seed_wall_plan_is_the_seed_plan_without_icount() {
     assert!(wall.runs >= 6);
     assert_eq!(wall.rows, seed.rows);
     assert_eq!(wall.variant_list(), seed.variant_list());
-    assert_eq!(
-        (wall.suite.clone(), wall.loop_scale),
-        (seed.suite.clone(), seed.loop_scale)
-    );
+    assert_eq!((wall.suite.clone(), wall.loop_scale), (seed.suite.clone(), seed.loop_scale));
     assert_eq!(wall.common_args, seed.common_args);
     assert_eq!(
         (wall.smp.values(), &wall.cpu, &wall.mem),

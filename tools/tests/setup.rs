@@ -8,12 +8,8 @@ use tvtool::parse::{self, parse_log};
 use tvtool::stats::PctOf;
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
+        .unwrap()
 }
 
 fn err_of(t: &str) -> parse::ParseError {
@@ -30,10 +26,7 @@ fn setup_lines_parse_and_scale() {
     assert_eq!(log.setups[0].name, "full_fit_alloc_test");
     assert_eq!(log.setups[0].usec, 20000);
     assert_eq!(log.setups[0].line, 10);
-    assert_eq!(
-        log.setups[0].row.as_ref().unwrap().name,
-        "full_fit_alloc_test"
-    );
+    assert_eq!(log.setups[0].row.as_ref().unwrap().name, "full_fit_alloc_test");
     // dmesg timestamp accepted
     assert_eq!(log.setups[1].usec, 50000);
     let s = &log.summaries;
@@ -88,11 +81,7 @@ fn workers_setups_are_averaged_per_test() {
     v.add_log(&log, "");
     let r = compare::build_report(&[v], PctOf::Base);
     // row value: mean over workers of avg - setup + setup x 0.5 = 1100 - 200 + 100
-    let ff = r
-        .rows
-        .iter()
-        .find(|r| r.key.name == "full_fit_alloc_test")
-        .unwrap();
+    let ff = r.rows.iter().find(|r| r.key.name == "full_fit_alloc_test").unwrap();
     let c = ff.cells[0].as_ref().unwrap();
     assert!((c.mean - 1000.0).abs() < 1e-9, "{}", c.mean);
     assert_eq!(c.raw_samples, vec![1100.0]);
@@ -140,10 +129,7 @@ fn malformed_and_misplaced_setup_lines_are_errors() {
     // bad loop_scale in the header
     let e = err_of(&format!("test_vmalloc: params loop_scale=abc\n{row}{sum}"));
     assert_eq!(e.line, 1);
-    assert!(
-        e.to_string().contains("loop_scale=abc is not a number"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("loop_scale=abc is not a number"), "{e}");
 }
 
 #[test]
@@ -192,31 +178,16 @@ fn table_marks_setup_rows_and_json_keeps_raw() {
     );
     assert!(!t.contains("WARNING"), "{t}");
     let md = compare::render_markdown(&r);
-    assert!(
-        md.contains("| full_fit_alloc_test: p:1, h:0, l:500000 (usec) * |"),
-        "{md}"
-    );
+    assert!(md.contains("| full_fit_alloc_test: p:1, h:0, l:500000 (usec) * |"), "{md}");
     let j = serde_json::to_value(&r).unwrap();
     let ff = &j["rows"][1];
     assert_eq!(ff["label"], "full_fit_alloc_test: p:1, h:0, l:500000");
     assert_eq!(ff["setup_scaled"], true);
-    assert_eq!(
-        ff["cells"][0]["raw_samples"],
-        serde_json::json!([30000.0, 30000.0])
-    );
-    assert_eq!(
-        ff["cells"][0]["setup_samples"],
-        serde_json::json!([20000.0, 20000.0])
-    );
-    assert_eq!(
-        ff["cells"][0]["samples"],
-        serde_json::json!([10200.0, 10200.0])
-    );
+    assert_eq!(ff["cells"][0]["raw_samples"], serde_json::json!([30000.0, 30000.0]));
+    assert_eq!(ff["cells"][0]["setup_samples"], serde_json::json!([20000.0, 20000.0]));
+    assert_eq!(ff["cells"][0]["samples"], serde_json::json!([10200.0, 10200.0]));
     assert_eq!(j["rows"][0]["setup_scaled"], false);
-    assert_eq!(
-        j["rows"][0]["cells"][0]["setup_samples"],
-        serde_json::json!([null, null])
-    );
+    assert_eq!(j["rows"][0]["cells"][0]["setup_samples"], serde_json::json!([null, null]));
 }
 
 #[test]
@@ -246,30 +217,15 @@ fn compare_and_parse_cli_show_setup() {
     let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ours-setup-suite.log");
     let f = f.to_str().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_tvtool"))
-        .args([
-            "compare",
-            "--base",
-            &format!("a={f}"),
-            "--variant",
-            &format!("b={f}"),
-        ])
+        .args(["compare", "--base", &format!("a={f}"), "--variant", &format!("b={f}")])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
     assert!(out.contains("l:500000 (usec) *"), "{out}");
     assert!(out.contains("rows marked * :"), "{out}");
-    let o = Command::new(env!("CARGO_BIN_EXE_tvtool"))
-        .args(["parse", f])
-        .output()
-        .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_tvtool")).args(["parse", f]).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.contains("avg_usec=30000 setup_usec=20000 loop_scale=0.01 value=10200"),
-        "{out}"
-    );
-    assert!(
-        out.contains(":10: setup full_fit_alloc_test usec=20000"),
-        "{out}"
-    );
+    assert!(out.contains("avg_usec=30000 setup_usec=20000 loop_scale=0.01 value=10200"), "{out}");
+    assert!(out.contains(":10: setup full_fit_alloc_test usec=20000"), "{out}");
 }

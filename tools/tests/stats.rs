@@ -23,11 +23,7 @@ fn more_known_samples() {
     let s = Summary::of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]).unwrap();
     assert_eq!(s.mean, 5.0);
     assert!(close(s.sd, 2.13809, 1e-5));
-    assert!(close(
-        s.ci_half.unwrap(),
-        2.365 * 2.13809 / 8f64.sqrt(),
-        1e-5
-    ));
+    assert!(close(s.ci_half.unwrap(), 2.365 * 2.13809 / 8f64.sqrt(), 1e-5));
     // n = 1: no CI
     let one = Summary::of(&[42.0]).unwrap();
     assert_eq!((one.mean, one.sd, one.ci_half), (42.0, 0.0, None));
@@ -43,11 +39,7 @@ fn t_table() {
     assert_eq!(stats::t975(5.0), 2.571);
     assert_eq!(stats::t975(30.0), 2.042);
     // beyond the table: close to exact values, tending to the normal limit
-    assert!(
-        close(stats::t975(40.0), 2.021, 0.001),
-        "{}",
-        stats::t975(40.0)
-    );
+    assert!(close(stats::t975(40.0), 2.021, 0.001), "{}", stats::t975(40.0));
     assert!(close(stats::t975(60.0), 2.000, 0.001));
     assert!(close(stats::t975(120.0), 1.980, 0.001));
     assert!(close(stats::t975(1e9), 1.96, 0.001));
@@ -57,25 +49,10 @@ fn t_table() {
 
 #[test]
 fn sign_convention() {
-    assert!(close(
-        stats::pct_change(100.0, 50.0, PctOf::Base),
-        50.0,
-        1e-12
-    ));
-    assert!(close(
-        stats::pct_change(100.0, 150.0, PctOf::Base),
-        -50.0,
-        1e-12
-    ));
-    assert!(close(
-        stats::pct_change(100.0, 50.0, PctOf::Variant),
-        100.0,
-        1e-12
-    ));
-    assert_eq!(
-        format!("{:.2}%", stats::pct_change(100.0, 50.0, PctOf::Base)),
-        "50.00%"
-    );
+    assert!(close(stats::pct_change(100.0, 50.0, PctOf::Base), 50.0, 1e-12));
+    assert!(close(stats::pct_change(100.0, 150.0, PctOf::Base), -50.0, 1e-12));
+    assert!(close(stats::pct_change(100.0, 50.0, PctOf::Variant), 100.0, 1e-12));
+    assert_eq!(format!("{:.2}%", stats::pct_change(100.0, 50.0, PctOf::Base)), "50.00%");
 }
 
 #[test]
@@ -89,12 +66,7 @@ fn markers() {
     assert_eq!(stats::marker(&base, &overlap), Marker::None);
     // just touching intervals overlap -> no marker
     let b = Summary::of(&[0.0, 2.0]).unwrap(); // mean 1, half = 12.706*sqrt2/sqrt2 = 12.706
-    let v = Summary {
-        n: 2,
-        mean: 1.0 - 2.0 * 12.706,
-        sd: b.sd,
-        ci_half: b.ci_half,
-    };
+    let v = Summary { n: 2, mean: 1.0 - 2.0 * 12.706, sd: b.sd, ci_half: b.ci_half };
     assert_eq!(stats::marker(&b, &v), Marker::None);
     // n = 1 on either side: never significant
     let one = Summary::of(&[10.0]).unwrap();

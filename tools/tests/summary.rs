@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fx(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn summary(log: &Path, extra: &[&str]) -> (i32, String, String) {
@@ -66,10 +64,7 @@ fn make_run_seed_log_gives_the_19_rows_in_seed_order() {
     assert!(out.contains("|                 | vm_map_ram_test: p:1, h:0, l:500000 (usec)               | 15172.00 "), "{out}");
     assert!(out.contains("19 rows"), "{out}");
     assert!(out.contains("loop_scale=0.010000"), "{out}");
-    assert!(
-        out.contains("Summary lines: 19, 19 without failure, 0 with failed > 0"),
-        "{out}"
-    );
+    assert!(out.contains("Summary lines: 19, 19 without failure, 0 with failed > 0"), "{out}");
     assert!(out.contains("kernel: 19 passed, 0 failed"), "{out}");
     assert!(out.contains("leak lines: 19 ok, 0 LOST"), "{out}");
     assert!(out.contains("qemu: exit status 0\n"), "{out}");
@@ -81,16 +76,10 @@ fn make_run_seed_log_gives_the_19_rows_in_seed_order() {
 fn qemu_status_lost_leak_and_setup_rows() {
     let (rc, out, _) = summary(&fx("ours-make-run-seed.log"), &["--qemu-rc", "3"]);
     assert_eq!(rc, 1);
-    assert!(
-        out.contains("qemu: exit status 3 (the kernel failed or crashed)"),
-        "{out}"
-    );
+    assert!(out.contains("qemu: exit status 3 (the kernel failed or crashed)"), "{out}");
     assert!(out.contains("result: FAILED"), "{out}");
     let (_, out, _) = summary(&fx("ours-make-run-seed.log"), &["--qemu-rc", "124"]);
-    assert!(
-        out.contains("qemu: exit status 124 (timeout: killed)"),
-        "{out}"
-    );
+    assert!(out.contains("qemu: exit status 124 (timeout: killed)"), "{out}");
     // setup lines and a LOST leak line; the HOST trailer gives the rc
     let (rc, out, _) = summary(&fx("ours-setup-suite.log"), &[]);
     assert_eq!(rc, 1);
@@ -98,14 +87,8 @@ fn qemu_status_lost_leak_and_setup_rows() {
         out.contains("| full_fit_alloc_test: p:1, h:0, l:500000 (usec) *       | 10200.00 "),
         "{out}"
     );
-    assert!(
-        out.contains("rows marked * : setup scaled with the loops"),
-        "{out}"
-    );
-    assert!(
-        out.contains("leak lines: 2 ok, 1 LOST: long_busy_list_alloc_test (line 14)"),
-        "{out}"
-    );
+    assert!(out.contains("rows marked * : setup scaled with the loops"), "{out}");
+    assert!(out.contains("leak lines: 2 ok, 1 LOST: long_busy_list_alloc_test (line 14)"), "{out}");
     assert!(out.contains("setup lines: 2"), "{out}");
     assert!(out.contains("under -icount shift=0"), "{out}");
     assert!(out.contains("qemu: exit status 0\n"), "{out}");
@@ -137,20 +120,11 @@ fn truncated_log_prints_what_there_is() {
     let (rc, out, _) = summary(&d, &["--qemu-rc", "124"]);
     assert_eq!(rc, 1);
     assert!(out.contains("15 rows"), "{out}");
-    assert!(
-        out.contains("long_busy_list_alloc_test: p:1, h:0, l:500000 (usec)"),
-        "{out}"
-    );
+    assert!(out.contains("long_busy_list_alloc_test: p:1, h:0, l:500000 (usec)"), "{out}");
     assert!(!out.contains("| pcpu_alloc_test"), "{out}");
     assert!(out.contains("log problem: "), "{out}");
-    assert!(
-        out.contains("row `pcpu_alloc_test p:1 h:0 l:500000` has no Summary line"),
-        "{out}"
-    );
-    assert!(
-        out.contains("kernel: no `N passed, M failed` line"),
-        "{out}"
-    );
+    assert!(out.contains("row `pcpu_alloc_test p:1 h:0 l:500000` has no Summary line"), "{out}");
+    assert!(out.contains("kernel: no `N passed, M failed` line"), "{out}");
     assert!(out.contains("result: FAILED"), "{out}");
     // a malformed line is reported, the rest still shown
     std::fs::write(&d, text.replace("avg: 15172 usec", "avg: x usec")).unwrap();

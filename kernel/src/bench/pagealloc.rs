@@ -28,8 +28,13 @@ fn pairs(order: u32, n: u64) -> u64 {
 
 pub fn run() {
     let n = 20_000;
-    println!("pagealloc: timer {} Hz; under -icount shift=0, ns_per_op = guest instructions per op", arch::timer_hz());
-    for (name, order) in [("order0_pcp", 0u32), ("order2_pcp", 2), ("order4_buddy", 4), ("order9_pcp", 9)] {
+    println!(
+        "pagealloc: timer {} Hz; under -icount shift=0, ns_per_op = guest instructions per op",
+        arch::timer_hz()
+    );
+    for (name, order) in
+        [("order0_pcp", 0u32), ("order2_pcp", 2), ("order4_buddy", 4), ("order9_pcp", 9)]
+    {
         let per = pairs(order, n);
         println!("BENCH pagealloc {name} alloc+free ops={n} ns_per_op={per}");
     }
@@ -39,13 +44,19 @@ pub fn run() {
         let p = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
         kalloc::free_pages_bulk(&[p]);
     }
-    println!("BENCH pagealloc order0_free_pages_bulk alloc+free ops={n} ns_per_op={}", ns(arch::cycles() - t0) / n);
+    println!(
+        "BENCH pagealloc order0_free_pages_bulk alloc+free ops={n} ns_per_op={}",
+        ns(arch::cycles() - t0) / n
+    );
     let t0 = arch::cycles();
     for _ in 0..n {
         let p = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
         kalloc::__free_contig_range(p, 1);
     }
-    println!("BENCH pagealloc order0_free_contig_range alloc+free ops={n} ns_per_op={}", ns(arch::cycles() - t0) / n);
+    println!(
+        "BENCH pagealloc order0_free_contig_range alloc+free ops={n} ns_per_op={}",
+        ns(arch::cycles() - t0) / n
+    );
     // Bulk: 100 order-0 pages in one alloc_pages_bulk, freed one by one and through
     // free_pages_bulk (the seed patch's path; pages from a bulk allocation are mostly contiguous).
     let mut slots = vec![None; 100];
@@ -68,7 +79,11 @@ pub fn run() {
                 }
             }
         }
-        println!("BENCH pagealloc {name} ops={rounds} ns_per_op={} ns_per_page={}", ns(arch::cycles() - t0) / rounds, ns(arch::cycles() - t0) / (rounds * 100));
+        println!(
+            "BENCH pagealloc {name} ops={rounds} ns_per_op={} ns_per_page={}",
+            ns(arch::cycles() - t0) / rounds,
+            ns(arch::cycles() - t0) / (rounds * 100)
+        );
     }
     // cond_resched(), called per page by the baseline vfree and per run by free_pages_bulk:
     // the common path (nothing due: one per-CPU flag test) and the slow path (flag set: mailbox

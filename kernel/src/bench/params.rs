@@ -44,20 +44,37 @@ pub struct Row {
 
 /// The seed table's rows (seed-vfree-patch.txt), in its order.
 pub fn seed_rows() -> Vec<Row> {
-    let r = |name: &str, p, h, l| Row { test: test_index(name).unwrap(), nr_pages: p, use_huge: h, loops: l };
+    let r = |name: &str, p, h, l| Row {
+        test: test_index(name).unwrap(),
+        nr_pages: p,
+        use_huge: h,
+        loops: l,
+    };
     let mut v = Vec::new();
     v.push(r("fix_align_alloc_test", 1, false, 500_000));
     for (p, h, l) in [
-        (1, false, 500_000), (4, false, 500_000), (16, false, 500_000), (16, true, 500_000),
-        (64, false, 100_000), (64, true, 100_000), (256, false, 100_000), (256, true, 100_000),
-        (512, false, 100_000), (512, true, 100_000),
+        (1, false, 500_000),
+        (4, false, 500_000),
+        (16, false, 500_000),
+        (16, true, 500_000),
+        (64, false, 100_000),
+        (64, true, 100_000),
+        (256, false, 100_000),
+        (256, true, 100_000),
+        (512, false, 100_000),
+        (512, true, 100_000),
     ] {
         v.push(r("fix_size_alloc_test", p, h, l));
     }
     for name in [
-        "full_fit_alloc_test", "kvfree_rcu_1_arg_vmalloc_test", "kvfree_rcu_2_arg_vmalloc_test",
-        "long_busy_list_alloc_test", "pcpu_alloc_test", "random_size_align_alloc_test",
-        "random_size_alloc_test", "vm_map_ram_test",
+        "full_fit_alloc_test",
+        "kvfree_rcu_1_arg_vmalloc_test",
+        "kvfree_rcu_2_arg_vmalloc_test",
+        "long_busy_list_alloc_test",
+        "pcpu_alloc_test",
+        "random_size_align_alloc_test",
+        "random_size_alloc_test",
+        "vm_map_ram_test",
     ] {
         v.push(r(name, 1, false, 500_000));
     }
@@ -106,9 +123,15 @@ impl Default for TvParams {
 
 /// Parses "0.01", "1", "1e-2"-free decimal fractions into parts per million.
 fn parse_scale(key: &str, s: &str) -> Result<u32, String> {
-    let bad = || format!("bad value \"{s}\" for test_vmalloc.{key}: expected a decimal number in (0, 1000]");
+    let bad = || {
+        format!("bad value \"{s}\" for test_vmalloc.{key}: expected a decimal number in (0, 1000]")
+    };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() && frac.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 6 {
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 6
+    {
         return Err(bad());
     }
     let i: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
@@ -161,18 +184,31 @@ impl TvParams {
                     p.suite = Some(match v.as_deref() {
                         Some("seed") => Suite::Seed,
                         Some("stress") => Suite::Stress,
-                        other => return Err(format!("bad value \"{}\" for {full}: expected seed or stress", other.unwrap_or(""))),
+                        other => {
+                            return Err(format!(
+                                "bad value \"{}\" for {full}: expected seed or stress",
+                                other.unwrap_or("")
+                            ))
+                        }
                     })
                 }
                 "rows" => {
                     p.warm_rows = match v.as_deref() {
                         Some("cold") => false,
                         Some("warm") => true,
-                        other => return Err(format!("bad value \"{}\" for {full}: expected cold or warm", other.unwrap_or(""))),
+                        other => {
+                            return Err(format!(
+                                "bad value \"{}\" for {full}: expected cold or warm",
+                                other.unwrap_or("")
+                            ))
+                        }
                     }
                 }
                 "loop_scale" => p.loop_scale_ppm = parse_scale(k, v.as_deref().unwrap_or(""))?,
-                "seed" => p.seed = crate::params::parse_uint(&full, v.as_deref()).map_err(|e| e.to_string())?,
+                "seed" => {
+                    p.seed =
+                        crate::params::parse_uint(&full, v.as_deref()).map_err(|e| e.to_string())?
+                }
                 _ => return Err(format!("unknown boot parameter {full}")),
             }
         }
@@ -186,7 +222,11 @@ impl TvParams {
             p.run_test_mask = (1 << TESTS.len()) - 1;
         }
         if p.run_test_mask & ((1 << TESTS.len()) - 1) == 0 {
-            return Err(format!("test_vmalloc.run_test_mask={:#x} selects no test (bits 0..{})", p.run_test_mask, TESTS.len() - 1));
+            return Err(format!(
+                "test_vmalloc.run_test_mask={:#x} selects no test (bits 0..{})",
+                p.run_test_mask,
+                TESTS.len() - 1
+            ));
         }
         Ok(p)
     }
@@ -203,7 +243,12 @@ impl TvParams {
             self.nr_pages, self.use_huge as u8, self.run_test_mask, self.nr_pcpu_objects
         );
         if let Some(suite) = self.suite {
-            s += &format!(" suite={} loop_scale={}.{:06}", if suite == Suite::Seed { "seed" } else { "stress" }, self.loop_scale_ppm / 1_000_000, self.loop_scale_ppm % 1_000_000);
+            s += &format!(
+                " suite={} loop_scale={}.{:06}",
+                if suite == Suite::Seed { "seed" } else { "stress" },
+                self.loop_scale_ppm / 1_000_000,
+                self.loop_scale_ppm % 1_000_000
+            );
             if suite == Suite::Seed {
                 s += if self.warm_rows { " rows=warm" } else { " rows=cold" };
             }
@@ -260,12 +305,23 @@ mod tests {
     #[test]
     fn defaults_are_linux() {
         let p = TvParams::parse(&[], 4).unwrap();
-        assert_eq!((p.nr_threads, p.test_loop_count, p.run_test_mask, p.nr_pcpu_objects), (1, 1_000_000, 7, 35_000));
+        assert_eq!(
+            (p.nr_threads, p.test_loop_count, p.run_test_mask, p.nr_pcpu_objects),
+            (1, 1_000_000, 7, 35_000)
+        );
     }
 
     #[test]
     fn clamping_like_linux() {
-        let p = TvParams::parse(&kv(&[("nr_threads", Some("0")), ("test_repeat_count", Some("-3")), ("nr_pages", Some("0"))]), 4).unwrap();
+        let p = TvParams::parse(
+            &kv(&[
+                ("nr_threads", Some("0")),
+                ("test_repeat_count", Some("-3")),
+                ("nr_pages", Some("0")),
+            ]),
+            4,
+        )
+        .unwrap();
         assert_eq!((p.nr_threads, p.test_repeat_count, p.nr_pages), (1, 1, 1));
     }
 
@@ -287,7 +343,8 @@ mod tests {
 
     #[test]
     fn scale_and_presets() {
-        let p = TvParams::parse(&kv(&[("suite", Some("seed")), ("loop_scale", Some("0.01"))]), 4).unwrap();
+        let p = TvParams::parse(&kv(&[("suite", Some("seed")), ("loop_scale", Some("0.01"))]), 4)
+            .unwrap();
         assert_eq!(p.loop_scale_ppm, 10_000);
         assert_eq!(p.scaled(500_000), 5_000);
         assert_eq!(p.scaled(10), 1);
@@ -300,7 +357,9 @@ mod tests {
         let rows = seed_rows();
         assert_eq!(rows.len(), 19);
         assert_eq!(rows.iter().filter(|r| r.test == 0).count(), 10);
-        assert!(rows.iter().all(|r| r.test == 0 || (r.nr_pages == 1 && !r.use_huge && r.loops == 500_000)));
+        assert!(rows
+            .iter()
+            .all(|r| r.test == 0 || (r.nr_pages == 1 && !r.use_huge && r.loops == 500_000)));
     }
 
     #[test]

@@ -69,7 +69,11 @@ fn touch(p: *mut u8, v: u8) {
 fn fix_size_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
     let size = p.nr_pages as usize * PAGE_SIZE;
     for _ in 0..p.test_loop_count {
-        let ptr = if p.use_huge { vm::vmalloc_huge(size, GfpFlags::GFP_KERNEL) } else { vm::vmalloc(size) };
+        let ptr = if p.use_huge {
+            vm::vmalloc_huge(size, GfpFlags::GFP_KERNEL)
+        } else {
+            vm::vmalloc(size)
+        };
         if ptr.is_null() {
             return Err(());
         }
@@ -176,7 +180,11 @@ const FIX_ALIGN: usize = 2 * 2 * 16 * 1024;
 
 fn fix_align_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
     for _ in 0..p.test_loop_count {
-        let q = vm::__vmalloc_node(5 * PAGE_SIZE, FIX_ALIGN, GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO);
+        let q = vm::__vmalloc_node(
+            5 * PAGE_SIZE,
+            FIX_ALIGN,
+            GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO,
+        );
         if q.is_null() {
             return Err(());
         }
@@ -322,7 +330,13 @@ fn vrealloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
             return Err(());
         }
         unsafe { *q = b'a' };
-        let check = |q: *mut u8| -> Result<(), ()> { if q.is_null() || unsafe { *q } != b'a' { Err(()) } else { Ok(()) } };
+        let check = |q: *mut u8| -> Result<(), ()> {
+            if q.is_null() || unsafe { *q } != b'a' {
+                Err(())
+            } else {
+                Ok(())
+            }
+        };
         // Grow: must move (the area has no room), content kept.
         let r = vm::vrealloc(q, 4 * PAGE_SIZE, GfpFlags::GFP_KERNEL);
         if check(r).is_err() {
@@ -394,7 +408,8 @@ fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize)
     if !p.sequential_test_order {
         params::shuffle(&mut order, &mut rng);
     }
-    let mut w = Worker { results: [TestResult::default(); TESTS.len()], start: arch::cycles(), stop: 0 };
+    let mut w =
+        Worker { results: [TestResult::default(); TESTS.len()], start: arch::cycles(), stop: 0 };
     for &i in &order {
         if p.run_test_mask & (1 << i) == 0 {
             continue;
@@ -412,13 +427,20 @@ fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize)
         let total = arch::cycles() - t0;
         w.results[i].time_us = arch::cycles_to_us(total) / p.test_repeat_count as u64;
         let in_loops = LOOP_CYCLES.this_cpu().load(Ordering::Relaxed);
-        let setup_us = (in_loops > 0).then(|| arch::cycles_to_us(total.saturating_sub(in_loops)) / p.test_repeat_count as u64);
+        let setup_us = (in_loops > 0).then(|| {
+            arch::cycles_to_us(total.saturating_sub(in_loops)) / p.test_repeat_count as u64
+        });
         if let Some((pages0, va0)) = before {
             let (pages1, va1) = settle_and_measure();
             let ok = pages1 >= pages0 && va1 >= va0;
             println!(
                 "test_vmalloc: leak {} free_pages {}->{} free_va {:#x}->{:#x} {}",
-                TESTS[i].0, pages0, pages1, va0, va1, if ok { "ok" } else { "LOST" }
+                TESTS[i].0,
+                pages0,
+                pages1,
+                va0,
+                va1,
+                if ok { "ok" } else { "LOST" }
             );
             if !ok {
                 failures.fetch_add(1, Ordering::SeqCst);
@@ -442,18 +464,24 @@ fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
     let failures = Arc::new(AtomicUsize::new(0));
     // Worker i runs on CPU online[i % n]; several workers on one CPU run one after another.
     if nr > online.len() {
-        println!("test_vmalloc: {} workers on {} CPUs: workers sharing a CPU run one after another", nr, online.len());
+        println!(
+            "test_vmalloc: {} workers on {} CPUs: workers sharing a CPU run one after another",
+            nr,
+            online.len()
+        );
     }
     let leak_lines = leak_check && nr == 1;
     let before = if leak_check && !leak_lines { Some(settle_and_measure()) } else { None };
-    let results: Arc<spin::Mutex<Vec<Option<Worker>>>> = Arc::new(spin::Mutex::new((0..nr).map(|_| None).collect()));
+    let results: Arc<spin::Mutex<Vec<Option<Worker>>>> =
+        Arc::new(spin::Mutex::new((0..nr).map(|_| None).collect()));
     let cpus_used = online.len().min(nr);
     let barrier = Arc::new(smp::Barrier::new(cpus_used));
     let done = Arc::new(AtomicUsize::new(0));
     let me = arch::smp_processor_id();
     let params = Arc::new(p.clone());
     let job = |slot: usize| {
-        let (results, barrier, done, params, failures) = (results.clone(), barrier.clone(), done.clone(), params.clone(), failures.clone());
+        let (results, barrier, done, params, failures) =
+            (results.clone(), barrier.clone(), done.clone(), params.clone(), failures.clone());
         move || {
             barrier.wait();
             let mut id = slot;
@@ -491,7 +519,13 @@ fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
             }
             println!(
                 "Summary: {} passed: {} failed: {} xfailed: {} repeat: {} loops: {} avg: {} usec",
-                TESTS[i].0, r.passed, r.failed, r.xfailed, p.test_repeat_count, p.test_loop_count, r.time_us
+                TESTS[i].0,
+                r.passed,
+                r.failed,
+                r.xfailed,
+                p.test_repeat_count,
+                p.test_loop_count,
+                r.time_us
             );
         }
         println!("All test took worker{}={} cycles", id, w.stop - w.start);
@@ -499,7 +533,14 @@ fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
     if let Some((pages0, va0)) = before {
         let (pages1, va1) = settle_and_measure();
         let ok = pages1 >= pages0 && va1 >= va0;
-        println!("test_vmalloc: leak all free_pages {}->{} free_va {:#x}->{:#x} {}", pages0, pages1, va0, va1, if ok { "ok" } else { "LOST" });
+        println!(
+            "test_vmalloc: leak all free_pages {}->{} free_va {:#x}->{:#x} {}",
+            pages0,
+            pages1,
+            va0,
+            va1,
+            if ok { "ok" } else { "LOST" }
+        );
         if !ok {
             failures.fetch_add(1, Ordering::SeqCst);
             leak_report();
@@ -513,7 +554,13 @@ fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
 pub fn run(pairs: &[(String, Option<String>)]) -> Result<(usize, usize), String> {
     let p = TvParams::parse(pairs, smp::num_online_cpus() as u32)?;
     let cfg = crate::config::get();
-    println!("test_vmalloc: params {} {} timer_hz={} cpus={}", p.describe(), cfg.mm_switches(), arch::timer_hz(), smp::num_online_cpus());
+    println!(
+        "test_vmalloc: params {} {} timer_hz={} cpus={}",
+        p.describe(),
+        cfg.mm_switches(),
+        arch::timer_hz(),
+        smp::num_online_cpus()
+    );
     let rows: Vec<(Option<params::Row>, TvParams)> = match p.suite {
         Some(Suite::Seed) => params::seed_rows()
             .into_iter()
@@ -536,17 +583,28 @@ pub fn run(pairs: &[(String, Option<String>)]) -> Result<(usize, usize), String>
     let suite_before = if warm { Some(settle_and_measure()) } else { None };
     for (row, q) in rows {
         if let Some(r) = row {
-            println!("test_vmalloc: row {} p:{} h:{} l:{}", TESTS[r.test].0, r.nr_pages, r.use_huge as u8, r.loops);
+            println!(
+                "test_vmalloc: row {} p:{} h:{} l:{}",
+                TESTS[r.test].0, r.nr_pages, r.use_huge as u8, r.loops
+            );
         }
         let f = do_concurrent_test(&q, !warm);
-        let selected = (0..TESTS.len()).filter(|i| q.run_test_mask & (1 << i) != 0).count() * q.nr_threads as usize;
+        let selected = (0..TESTS.len()).filter(|i| q.run_test_mask & (1 << i) != 0).count()
+            * q.nr_threads as usize;
         failed += f.min(selected.max(1));
         passed += selected.saturating_sub(f);
     }
     if let Some((pages0, va0)) = suite_before {
         let (pages1, va1) = settle_and_measure();
         let ok = pages1 >= pages0 && va1 >= va0;
-        println!("test_vmalloc: leak suite free_pages {}->{} free_va {:#x}->{:#x} {}", pages0, pages1, va0, va1, if ok { "ok" } else { "LOST" });
+        println!(
+            "test_vmalloc: leak suite free_pages {}->{} free_va {:#x}->{:#x} {}",
+            pages0,
+            pages1,
+            va0,
+            va1,
+            if ok { "ok" } else { "LOST" }
+        );
         if !ok {
             failed += 1;
             leak_report();

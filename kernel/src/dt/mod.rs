@@ -11,9 +11,9 @@
 //! property is length-checked, and failures come back as a [`DtError`] with a readable message.
 
 mod raw;
-mod tree;
 #[cfg(test)]
 mod tests;
+mod tree;
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -155,18 +155,36 @@ impl ConsoleKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DtError {
     /// Shorter than the 40-byte header.
-    TooSmall { len: usize },
+    TooSmall {
+        len: usize,
+    },
     BadMagic(u32),
     /// The header's totalsize exceeds the buffer.
-    Truncated { totalsize: u32, len: usize },
-    Version { version: u32, last_comp: u32 },
+    Truncated {
+        totalsize: u32,
+        len: usize,
+    },
+    Version {
+        version: u32,
+        last_comp: u32,
+    },
     BadHeader(String),
-    BadStructure { offset: usize, what: String },
+    BadStructure {
+        offset: usize,
+        what: String,
+    },
     /// The fdt crate rejected a blob that passed our own checks.
     Fdt(String),
-    BadProperty { node: String, prop: &'static str, what: String },
+    BadProperty {
+        node: String,
+        prop: &'static str,
+        what: String,
+    },
     NoMemory,
-    NoConsole { stdout_path: String, reason: String },
+    NoConsole {
+        stdout_path: String,
+        reason: String,
+    },
 }
 
 impl fmt::Display for DtError {
@@ -174,9 +192,15 @@ impl fmt::Display for DtError {
         f.write_str("device tree: ")?;
         match self {
             DtError::TooSmall { len } => {
-                write!(f, "buffer of {len} bytes is smaller than the {}-byte header", raw::HEADER_SIZE)
+                write!(
+                    f,
+                    "buffer of {len} bytes is smaller than the {}-byte header",
+                    raw::HEADER_SIZE
+                )
             }
-            DtError::BadMagic(m) => write!(f, "bad magic {m:#010x} (expected {:#010x})", raw::FDT_MAGIC),
+            DtError::BadMagic(m) => {
+                write!(f, "bad magic {m:#010x} (expected {:#010x})", raw::FDT_MAGIC)
+            }
             DtError::Truncated { totalsize, len } => {
                 write!(f, "truncated: header says {totalsize} bytes, buffer has {len}")
             }
@@ -263,7 +287,8 @@ fn parse_inner(dtb: &[u8], strict: bool) -> Result<BootInfo, DtError> {
         Err(_) => None,
     };
 
-    let first_compatible = |c: &str| (0..t.nodes.len()).find(|&i| t.is_compatible(i, c) && t.available(i));
+    let first_compatible =
+        |c: &str| (0..t.nodes.len()).find(|&i| t.is_compatible(i, c) && t.available(i));
     let psci = ["arm,psci-1.0", "arm,psci-0.2", "arm,psci"]
         .iter()
         .find_map(|c| first_compatible(c))
@@ -286,15 +311,22 @@ fn parse_inner(dtb: &[u8], strict: bool) -> Result<BootInfo, DtError> {
         console,
         dma_limit: dma_limit(&t)?,
         // Optional hardware: a watchdog we cannot locate just means no power-off by watchdog.
-        watchdog: first_compatible("brcm,bcm2835-pm-wdt").and_then(|i| t.mmio(i).ok()).map(|(b, _)| b),
-        gic: ["arm,cortex-a15-gic", "arm,gic-400"].iter().find_map(|c| first_compatible(c)).and_then(|i| {
-            let regs = t.reg(i).ok()?;
-            if regs.len() < 2 {
-                return None;
-            }
-            Some((t.translate(i, regs[0].0).ok()?, t.translate(i, regs[1].0).ok()?))
-        }),
-        bootargs: chosen.and_then(|c| t.prop(c, "bootargs")).map_or(Vec::new(), |v| v.strip_suffix(&[0]).unwrap_or(v).to_vec()),
+        watchdog: first_compatible("brcm,bcm2835-pm-wdt")
+            .and_then(|i| t.mmio(i).ok())
+            .map(|(b, _)| b),
+        gic: ["arm,cortex-a15-gic", "arm,gic-400"]
+            .iter()
+            .find_map(|c| first_compatible(c))
+            .and_then(|i| {
+                let regs = t.reg(i).ok()?;
+                if regs.len() < 2 {
+                    return None;
+                }
+                Some((t.translate(i, regs[0].0).ok()?, t.translate(i, regs[1].0).ok()?))
+            }),
+        bootargs: chosen
+            .and_then(|c| t.prop(c, "bootargs"))
+            .map_or(Vec::new(), |v| v.strip_suffix(&[0]).unwrap_or(v).to_vec()),
         stdout_path: stdout_path.into(),
         dtb_size: h.totalsize as u64,
     })
@@ -337,7 +369,11 @@ fn memory(t: &Tree) -> Result<Vec<MemRange>, DtError> {
 
 /// /reserved-memory children (Linux `fdt_scan_reserved_mem()`): static `reg` ranges are
 /// reserved; `size`-only (dynamically placed) ones are only listed.
-fn reserved_memory(t: &Tree, out: &mut Vec<Reserved>, dynamic: &mut Vec<(String, u64)>) -> Result<(), DtError> {
+fn reserved_memory(
+    t: &Tree,
+    out: &mut Vec<Reserved>,
+    dynamic: &mut Vec<(String, u64)>,
+) -> Result<(), DtError> {
     let Some(rm) = t.child(0, "reserved-memory") else { return Ok(()) };
     for i in t.children(rm).filter(|&i| t.available(i)) {
         let name = &t.nodes[i].name;
@@ -361,7 +397,8 @@ fn reserved_memory(t: &Tree, out: &mut Vec<Reserved>, dynamic: &mut Vec<(String,
                     what: format!("{} bytes, expected #size-cells {sc} x 4", v.len()),
                 });
             }
-            let size = v.chunks_exact(4).fold(0u64, |a, c| a << 32 | raw::be32(c, 0).unwrap_or(0) as u64);
+            let size =
+                v.chunks_exact(4).fold(0u64, |a, c| a << 32 | raw::be32(c, 0).unwrap_or(0) as u64);
             dynamic.push((name.clone(), size));
         }
     }
@@ -375,7 +412,9 @@ fn cpus(t: &Tree) -> Result<Vec<Cpu>, DtError> {
     let default_method = t.str(cpus, "enable-method");
     let mut out = Vec::new();
     for i in t.children(cpus) {
-        if t.str(i, "device_type") != Some("cpu") || t.str(i, "status").is_some_and(|s| s.starts_with("fail")) {
+        if t.str(i, "device_type") != Some("cpu")
+            || t.str(i, "status").is_some_and(|s| s.starts_with("fail"))
+        {
             continue;
         }
         // Multi-threaded cores list several ids; the first is the thread Linux boots (hwid 0).
@@ -389,7 +428,9 @@ fn cpus(t: &Tree) -> Result<Vec<Cpu>, DtError> {
             Some("psci") => EnableMethod::Psci,
             Some("spin-table") => match t.prop(i, "cpu-release-addr") {
                 Some(v) if v.len() == 8 || v.len() == 4 => EnableMethod::SpinTable {
-                    release_addr: v.chunks_exact(4).fold(0, |a, c| a << 32 | raw::be32(c, 0).unwrap_or(0) as u64),
+                    release_addr: v
+                        .chunks_exact(4)
+                        .fold(0, |a, c| a << 32 | raw::be32(c, 0).unwrap_or(0) as u64),
                 },
                 _ => EnableMethod::Other("spin-table without a valid cpu-release-addr".into()),
             },
@@ -431,7 +472,10 @@ fn console(t: &Tree, stdout_path: &str) -> Result<Console, String> {
 /// Node `i` as a console, or why it cannot be one.
 fn uart(t: &Tree, i: usize) -> Result<Console, String> {
     let Some(&(_, kind)) = ConsoleKind::ALL.iter().find(|(c, _)| t.is_compatible(i, c)) else {
-        return Err(format!("compatible \"{}\" is not a supported UART", t.str(i, "compatible").unwrap_or("")));
+        return Err(format!(
+            "compatible \"{}\" is not a supported UART",
+            t.str(i, "compatible").unwrap_or("")
+        ));
     };
     if !t.available(i) {
         return Err(format!("status is \"{}\"", t.str(i, "status").unwrap_or("")));
@@ -454,7 +498,8 @@ fn uart(t: &Tree, i: usize) -> Result<Console, String> {
 /// Each entry maps bus addresses onto the CPU window [parent, parent + size).
 fn dma_limit(t: &Tree) -> Result<Option<u64>, DtError> {
     let soc = t.child(0, "soc").or_else(|| {
-        t.children(0).find(|&i| t.is_compatible(i, "simple-bus") && t.prop(i, "dma-ranges").is_some())
+        t.children(0)
+            .find(|&i| t.is_compatible(i, "simple-bus") && t.prop(i, "dma-ranges").is_some())
     });
     let Some(ranges) = soc.map(|s| t.ranges(s, "dma-ranges")).transpose()?.flatten() else {
         return Ok(None);

@@ -67,7 +67,10 @@ pub fn header(dtb: &[u8]) -> Result<Header, DtError> {
         return Err(DtError::Truncated { totalsize: h.totalsize, len: dtb.len() });
     }
     if (h.totalsize as usize) < HEADER_SIZE {
-        return Err(DtError::BadHeader(format!("totalsize {} is smaller than the header", h.totalsize)));
+        return Err(DtError::BadHeader(format!(
+            "totalsize {} is smaller than the header",
+            h.totalsize
+        )));
     }
     // Version 17 added size_dt_struct, which both our walk and the fdt crate rely on.
     if version < 17 || last_comp > 17 {
@@ -130,7 +133,8 @@ pub fn check_structure(dtb: &[u8], h: &Header) -> Result<(), DtError> {
                 if depth == 0 && seen_root {
                     return Err(err(at, "a second root node"));
                 }
-                let (_, next) = cstr(s, p).ok_or_else(|| err(p, "node name is unterminated or not UTF-8"))?;
+                let (_, next) =
+                    cstr(s, p).ok_or_else(|| err(p, "node name is unterminated or not UTF-8"))?;
                 p = align4(next);
                 depth += 1;
                 if depth > MAX_DEPTH {
@@ -150,11 +154,15 @@ pub fn check_structure(dtb: &[u8], h: &Header) -> Result<(), DtError> {
                 if !props_ok {
                     return Err(err(at, "property outside a node or after a child node"));
                 }
-                let len = be32(s, p).ok_or_else(|| err(p, "property header runs past the block"))? as usize;
-                let nameoff = be32(s, p + 4).ok_or_else(|| err(p, "property header runs past the block"))?;
+                let len = be32(s, p).ok_or_else(|| err(p, "property header runs past the block"))?
+                    as usize;
+                let nameoff =
+                    be32(s, p + 4).ok_or_else(|| err(p, "property header runs past the block"))?;
                 p += 8;
                 let end = p.checked_add(len).filter(|&e| e <= s.len());
-                p = align4(end.ok_or_else(|| err(at, "property value runs past the structure block"))?);
+                p = align4(
+                    end.ok_or_else(|| err(at, "property value runs past the structure block"))?,
+                );
                 if cstr(strs, nameoff as usize).is_none() {
                     return Err(DtError::BadStructure {
                         offset: at,
@@ -176,7 +184,10 @@ pub fn check_structure(dtb: &[u8], h: &Header) -> Result<(), DtError> {
                 return Ok(());
             }
             other => {
-                return Err(DtError::BadStructure { offset: at, what: format!("unknown token {other:#x}") });
+                return Err(DtError::BadStructure {
+                    offset: at,
+                    what: format!("unknown token {other:#x}"),
+                });
             }
         }
     }
@@ -200,7 +211,9 @@ pub fn mem_reserve(dtb: &[u8], h: &Header) -> Result<Vec<(u64, u64)>, DtError> {
             return Ok(out);
         }
         if base.checked_add(size).is_none() {
-            return Err(DtError::BadHeader(format!("/memreserve/ entry {base:#x}+{size:#x} overflows")));
+            return Err(DtError::BadHeader(format!(
+                "/memreserve/ entry {base:#x}+{size:#x} overflows"
+            )));
         }
         out.push((base, size));
         off += 16;

@@ -62,7 +62,18 @@ impl Builder {
         let str_off = st_off + self.st.len();
         let total = str_off + self.strings.len();
         let mut b = Vec::new();
-        for w in [0xd00dfeed, total, st_off, str_off, rsv_off, 17, 16, 0, self.strings.len(), self.st.len()] {
+        for w in [
+            0xd00dfeed,
+            total,
+            st_off,
+            str_off,
+            rsv_off,
+            17,
+            16,
+            0,
+            self.strings.len(),
+            self.st.len(),
+        ] {
             b.extend_from_slice(&(w as u32).to_be_bytes());
         }
         for &(a, s) in self.rsv.iter().chain(&[(0, 0)]) {
@@ -81,14 +92,21 @@ fn mini() -> Builder {
     b.rsv.push((0x4800_0000, 0x1000));
     b.begin("").cells("#address-cells", &[2]).cells("#size-cells", &[2]);
     b.str("compatible", "linux,dummy-virt").str("model", "mini");
-    b.begin("memory@40000000").str("device_type", "memory").cells("reg", &[0, 0x4000_0000, 0, 0x1000_0000]).end();
+    b.begin("memory@40000000")
+        .str("device_type", "memory")
+        .cells("reg", &[0, 0x4000_0000, 0, 0x1000_0000])
+        .end();
     b.begin("memory@50000000").str("device_type", "memory");
     b.cells("reg", &[0, 0x5000_0000, 0, 0x1000_0000, 0, 0x9000_0000, 0, 0]).end();
     b.begin("psci").str("compatible", "arm,psci-1.0").str("method", "hvc").end();
     b.begin("cpus").cells("#address-cells", &[1]).cells("#size-cells", &[0]);
     b.begin("cpu-map").end();
     for n in 0..2 {
-        b.begin(&format!("cpu@{n}")).str("device_type", "cpu").cells("reg", &[n]).str("enable-method", "psci").end();
+        b.begin(&format!("cpu@{n}"))
+            .str("device_type", "cpu")
+            .cells("reg", &[n])
+            .str("enable-method", "psci")
+            .end();
     }
     b.end();
     b.begin("apb-pclk").str("compatible", "fixed-clock").cells("clock-frequency", &[24_000_000]);
@@ -109,8 +127,14 @@ fn mini_blob() -> Vec<u8> {
 fn mini_with_bootargs(bootargs: &[u8]) -> Vec<u8> {
     let mut b = Builder::default();
     b.begin("").cells("#address-cells", &[2]).cells("#size-cells", &[2]);
-    b.begin("memory@40000000").str("device_type", "memory").cells("reg", &[0, 0x4000_0000, 0, 0x1000_0000]).end();
-    b.begin("pl011@9000000").str("compatible", "arm,pl011").cells("reg", &[0, 0x0900_0000, 0, 0x1000]).end();
+    b.begin("memory@40000000")
+        .str("device_type", "memory")
+        .cells("reg", &[0, 0x4000_0000, 0, 0x1000_0000])
+        .end();
+    b.begin("pl011@9000000")
+        .str("compatible", "arm,pl011")
+        .cells("reg", &[0, 0x0900_0000, 0, 0x1000])
+        .end();
     b.begin("chosen").prop("bootargs", bootargs).str("stdout-path", "/pl011@9000000").end();
     b.end();
     b.finish()
@@ -141,7 +165,10 @@ fn bootargs_are_kept_as_raw_bytes() {
 fn mini_with(reserved: [u32; 4], console_size: [u32; 2]) -> Vec<u8> {
     let mut b = Builder::default();
     b.begin("").cells("#address-cells", &[2]).cells("#size-cells", &[2]);
-    b.begin("memory@40000000").str("device_type", "memory").cells("reg", &[0, 0x4000_0000, 0, 0x1000_0000]).end();
+    b.begin("memory@40000000")
+        .str("device_type", "memory")
+        .cells("reg", &[0, 0x4000_0000, 0, 0x1000_0000])
+        .end();
     b.begin("reserved-memory").cells("#address-cells", &[2]).cells("#size-cells", &[2]);
     b.begin("r@0").cells("reg", &reserved).end().end();
     b.begin("pl011@9000000").str("compatible", "arm,pl011");
@@ -156,9 +183,19 @@ fn wrapping_ranges_are_refused() {
     // Found by the fuzz target's BootInfo checks (fuzz/corpus/dt/reserved-wraps.dtb,
     // console-wraps.dtb): both used to be accepted and handed to the boot as wrapped ranges.
     let ok = parse(&mini_with([0, 0x4800_0000, 0, 0x1000], [0, 0x1000])).unwrap();
-    assert_eq!(ok.reserved[0], Reserved { base: 0x4800_0000, size: 0x1000, kind: ReservedKind::ReservedMemory("r@0".into()) });
+    assert_eq!(
+        ok.reserved[0],
+        Reserved {
+            base: 0x4800_0000,
+            size: 0x1000,
+            kind: ReservedKind::ReservedMemory("r@0".into())
+        }
+    );
     let e = parse(&mini_with([0xffff_ffff, 0xffff_f000, 0, 0x2000], [0, 0x1000])).unwrap_err();
-    assert_eq!(e.to_string(), "device tree: /reserved-memory/r@0: bad `reg`: 0xfffffffffffff000+0x2000 overflows");
+    assert_eq!(
+        e.to_string(),
+        "device tree: /reserved-memory/r@0: bad `reg`: 0xfffffffffffff000+0x2000 overflows"
+    );
     // Ending exactly at 2^64 - 1 + 1 would wrap too; ending one byte below is fine.
     assert!(parse(&mini_with([0xffff_ffff, 0xffff_f000, 0, 0xfff], [0, 0x1000])).is_ok());
     let e = parse(&mini_with([0, 0x4800_0000, 0, 0x1000], [0xffff_ffff, 0xffff_ffff])).unwrap_err();
@@ -166,7 +203,12 @@ fn wrapping_ranges_are_refused() {
         matches!(&e, DtError::NoConsole { reason, .. } if reason.contains("reg 0x9000000+0xffffffffffffffff overflows")),
         "{e}"
     );
-    assert_eq!(parse_lenient(&mini_with([0, 0x4800_0000, 0, 0x1000], [0xffff_ffff, 0xffff_ffff])).unwrap().console, None);
+    assert_eq!(
+        parse_lenient(&mini_with([0, 0x4800_0000, 0, 0x1000], [0xffff_ffff, 0xffff_ffff]))
+            .unwrap()
+            .console,
+        None
+    );
 }
 
 #[test]
@@ -176,12 +218,18 @@ fn mini_parses() {
     assert_eq!(i.model, "mini");
     // Adjacent banks merge; the zero-sized one is dropped.
     assert_eq!(i.memory, vec![MemRange { base: 0x4000_0000, size: 0x2000_0000 }]);
-    assert_eq!(i.reserved, vec![Reserved { base: 0x4800_0000, size: 0x1000, kind: ReservedKind::MemReserve }]);
+    assert_eq!(
+        i.reserved,
+        vec![Reserved { base: 0x4800_0000, size: 0x1000, kind: ReservedKind::MemReserve }]
+    );
     assert_eq!(i.cpus.len(), 2);
     assert_eq!(i.cpus[1], Cpu { mpidr: 1, enable: EnableMethod::Psci });
     assert_eq!(i.psci, Some(PsciConduit::Hvc));
     let c = i.console.unwrap();
-    assert_eq!((c.kind, c.base, c.size, c.clock_hz), (ConsoleKind::Pl011, 0x0900_0000, 0x1000, Some(24_000_000)));
+    assert_eq!(
+        (c.kind, c.base, c.size, c.clock_hz),
+        (ConsoleKind::Pl011, 0x0900_0000, 0x1000, Some(24_000_000))
+    );
     assert_eq!((c.path.as_str(), c.fallback_reason), ("/pl011@9000000", None));
     assert_eq!(i.bootargs, b"a=1 b");
     assert_eq!((i.dma_limit, i.watchdog, i.timer_freq), (None, None, None));
@@ -195,7 +243,10 @@ fn reserve_dtb_replaces() {
     i.reserve_dtb(0x1000);
     i.reserve_dtb(0x4400_0000);
     let dtb: Vec<_> = i.reserved.iter().filter(|r| r.kind == ReservedKind::Dtb).collect();
-    assert_eq!(dtb, [&Reserved { base: 0x4400_0000, size: blob.len() as u64, kind: ReservedKind::Dtb }]);
+    assert_eq!(
+        dtb,
+        [&Reserved { base: 0x4400_0000, size: blob.len() as u64, kind: ReservedKind::Dtb }]
+    );
 }
 
 /// Pi-like bus: ranges translation, 2/1 root cells, aliases, dma-ranges, reserved-memory.
@@ -204,33 +255,60 @@ fn pi_like_translation() {
     let mut b = Builder::default();
     b.begin("").cells("#address-cells", &[2]).cells("#size-cells", &[1]);
     b.prop("compatible", b"raspberrypi,4-model-b\0brcm,bcm2711\0");
-    b.begin("aliases").str("serial0", "/soc/serial@7e201000").str("serial1", "/soc/serial@7e215040").end();
+    b.begin("aliases")
+        .str("serial0", "/soc/serial@7e201000")
+        .str("serial1", "/soc/serial@7e215040")
+        .end();
     b.begin("chosen").str("stdout-path", "serial1:115200n8").end();
     b.begin("memory@0").str("device_type", "memory").cells("reg", &[0, 0, 0x3c00_0000]).end();
-    b.begin("reserved-memory").cells("#address-cells", &[2]).cells("#size-cells", &[1]).prop("ranges", &[]);
+    b.begin("reserved-memory")
+        .cells("#address-cells", &[2])
+        .cells("#size-cells", &[1])
+        .prop("ranges", &[]);
     b.begin("linux,cma").cells("size", &[0x400_0000]).end();
     b.begin("fw@1000").cells("reg", &[0, 0x1000, 0x2000]).end();
     b.begin("nvram@0").cells("reg", &[0, 0, 0x100]).str("status", "disabled").end();
     b.end();
     b.begin("cpus").cells("#address-cells", &[1]).cells("#size-cells", &[0]);
     b.str("enable-method", "brcm,bcm2836-smp");
-    b.begin("cpu@0").str("device_type", "cpu").cells("reg", &[0]).str("enable-method", "spin-table");
+    b.begin("cpu@0")
+        .str("device_type", "cpu")
+        .cells("reg", &[0])
+        .str("enable-method", "spin-table");
     b.cells("cpu-release-addr", &[0, 0xd8]).end();
     b.begin("cpu@1").str("device_type", "cpu").cells("reg", &[1]).end();
     b.begin("l2-cache0").cells("cache-size", &[0x10_0000]).end();
     b.end();
-    b.begin("soc").str("compatible", "simple-bus").cells("#address-cells", &[1]).cells("#size-cells", &[1]);
-    b.cells("ranges", &[0x7e00_0000, 0, 0xfe00_0000, 0x180_0000, 0x4000_0000, 0, 0xff80_0000, 0x80_0000]);
+    b.begin("soc")
+        .str("compatible", "simple-bus")
+        .cells("#address-cells", &[1])
+        .cells("#size-cells", &[1]);
+    b.cells(
+        "ranges",
+        &[0x7e00_0000, 0, 0xfe00_0000, 0x180_0000, 0x4000_0000, 0, 0xff80_0000, 0x80_0000],
+    );
     b.cells("dma-ranges", &[0xc000_0000, 0, 0, 0x4000_0000]);
-    b.begin("serial@7e201000").prop("compatible", b"arm,pl011\0arm,primecell\0").cells("reg", &[0x7e20_1000, 0x200]).end();
-    b.begin("serial@7e215040").str("compatible", "brcm,bcm2835-aux-uart").cells("reg", &[0x7e21_5040, 0x40]).end();
+    b.begin("serial@7e201000")
+        .prop("compatible", b"arm,pl011\0arm,primecell\0")
+        .cells("reg", &[0x7e20_1000, 0x200])
+        .end();
+    b.begin("serial@7e215040")
+        .str("compatible", "brcm,bcm2835-aux-uart")
+        .cells("reg", &[0x7e21_5040, 0x40])
+        .end();
     b.begin("watchdog@7e100000").prop("compatible", b"brcm,bcm2711-pm\0brcm,bcm2835-pm-wdt\0");
     b.cells("reg", &[0x7e10_0000, 0x114, 0x7e00_a000, 0x24]).end();
-    b.begin("bus").cells("#address-cells", &[1]).cells("#size-cells", &[1]).cells("ranges", &[0, 0x4000_0000, 0x1_0000]);
+    b.begin("bus")
+        .cells("#address-cells", &[1])
+        .cells("#size-cells", &[1])
+        .cells("ranges", &[0, 0x4000_0000, 0x1_0000]);
     b.begin("dev@40").str("compatible", "brcm,bcm2835-aux-uart").cells("reg", &[0x40, 8]).end();
     b.end();
     b.end();
-    b.begin("timer").str("compatible", "arm,armv8-timer").cells("clock-frequency", &[54_000_000]).end();
+    b.begin("timer")
+        .str("compatible", "arm,armv8-timer")
+        .cells("clock-frequency", &[54_000_000])
+        .end();
     b.end();
     let blob = b.finish();
     let i = parse(&blob).unwrap();
@@ -239,16 +317,26 @@ fn pi_like_translation() {
     assert_eq!(i.memory, vec![MemRange { base: 0, size: 0x3c00_0000 }]);
     assert_eq!(
         i.reserved,
-        vec![Reserved { base: 0x1000, size: 0x2000, kind: ReservedKind::ReservedMemory("fw@1000".into()) }]
+        vec![Reserved {
+            base: 0x1000,
+            size: 0x2000,
+            kind: ReservedKind::ReservedMemory("fw@1000".into())
+        }]
     );
     assert_eq!(i.dynamic_reserved, vec![("linux,cma".into(), 0x400_0000)]);
     assert_eq!(i.cpus[0].enable, EnableMethod::SpinTable { release_addr: 0xd8 });
     assert_eq!(i.cpus[1].enable, EnableMethod::Other("brcm,bcm2836-smp".into()));
     assert_eq!(i.cpus.len(), 2);
     let c = i.console.as_ref().unwrap();
-    assert_eq!((c.kind, c.base, c.size, c.clock_hz), (ConsoleKind::MiniUart, 0xfe21_5040, 0x40, None));
+    assert_eq!(
+        (c.kind, c.base, c.size, c.clock_hz),
+        (ConsoleKind::MiniUart, 0xfe21_5040, 0x40, None)
+    );
     assert_eq!(c.path, "/soc/serial@7e215040");
-    assert_eq!((i.dma_limit, i.watchdog, i.timer_freq), (Some(0x4000_0000), Some(0xfe10_0000), Some(54_000_000)));
+    assert_eq!(
+        (i.dma_limit, i.watchdog, i.timer_freq),
+        (Some(0x4000_0000), Some(0xfe10_0000), Some(54_000_000))
+    );
 
     // Two levels of ranges: 0x40 -> 0x4000_0040 (bus) -> 0xff80_0040 (soc).
     let t = tree::Tree::build(&blob).unwrap();
@@ -271,9 +359,16 @@ fn console_fallbacks() {
         }
         b.begin("chosen").str("stdout-path", "/uart@1000:115200").end();
         b.begin("uart@1000").str("compatible", "ns16550a").cells("reg", &[0x1000, 8]).end();
-        b.begin("serial@2000").str("compatible", "arm,pl011").cells("reg", &[0x2000, 8]).str("status", "disabled").end();
+        b.begin("serial@2000")
+            .str("compatible", "arm,pl011")
+            .cells("reg", &[0x2000, 8])
+            .str("status", "disabled")
+            .end();
         b.begin("serial@3000").str("compatible", "arm,pl011").cells("reg", &[0x3000, 8]).end();
-        b.begin("serial@4000").str("compatible", "brcm,bcm2835-aux-uart").cells("reg", &[0x4000, 8]).end();
+        b.begin("serial@4000")
+            .str("compatible", "brcm,bcm2835-aux-uart")
+            .cells("reg", &[0x4000, 8])
+            .end();
         b.end();
         b.finish()
     };
@@ -295,12 +390,19 @@ fn console_fallbacks() {
     let mut b = Builder::default();
     b.begin("").cells("#address-cells", &[1]).cells("#size-cells", &[1]);
     b.begin("memory").cells("reg", &[0, 0x1000]).end();
-    b.begin("serial@2000").str("compatible", "arm,pl011").cells("reg", &[0x2000, 8]).str("status", "disabled").end();
+    b.begin("serial@2000")
+        .str("compatible", "arm,pl011")
+        .cells("reg", &[0x2000, 8])
+        .str("status", "disabled")
+        .end();
     b.end();
     let blob = b.finish();
     let e = parse(&blob).unwrap_err();
     assert!(matches!(e, DtError::NoConsole { .. }));
-    assert!(e.to_string().starts_with("device tree: no usable console (stdout-path \"\": missing"), "{e}");
+    assert!(
+        e.to_string().starts_with("device tree: no usable console (stdout-path \"\": missing"),
+        "{e}"
+    );
     assert_eq!(parse_lenient(&blob).unwrap().console, None);
 }
 
@@ -317,9 +419,18 @@ fn missing_memory() {
 #[test]
 fn bad_reg_length() {
     let mut b = Builder::default();
-    b.begin("").begin("memory@0").str("device_type", "memory").cells("reg", &[0, 0, 0, 0]).end().end();
+    b.begin("")
+        .begin("memory@0")
+        .str("device_type", "memory")
+        .cells("reg", &[0, 0, 0, 0])
+        .end()
+        .end();
     let e = parse(&b.finish()).unwrap_err();
-    assert!(e.to_string().starts_with("device tree: /memory@0: bad `reg`: length 16 is not a multiple of 12"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("device tree: /memory@0: bad `reg`: length 16 is not a multiple of 12"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -327,12 +438,18 @@ fn header_errors() {
     let blob = mini_blob();
     let mut bad = blob.clone();
     bad[..4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    assert_eq!(parse(&bad).unwrap_err().to_string(), "device tree: bad magic 0x12345678 (expected 0xd00dfeed)");
+    assert_eq!(
+        parse(&bad).unwrap_err().to_string(),
+        "device tree: bad magic 0x12345678 (expected 0xd00dfeed)"
+    );
 
     let mut big = blob.clone();
     big[4..8].copy_from_slice(&0x10_0000u32.to_be_bytes());
     let e = parse(&big).unwrap_err();
-    assert_eq!(e.to_string(), format!("device tree: truncated: header says 1048576 bytes, buffer has {}", blob.len()));
+    assert_eq!(
+        e.to_string(),
+        format!("device tree: truncated: header says 1048576 bytes, buffer has {}", blob.len())
+    );
 
     let mut off = blob.clone(); // struct offset beyond totalsize
     off[8..12].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
@@ -450,7 +567,10 @@ fn fixture(name: &str) -> Option<Vec<u8>> {
         return None;
     };
     let path = std::path::Path::new(&dir).join(name);
-    Some(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run scripts/dt-fixtures.sh)", path.display())))
+    Some(
+        std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/dt-fixtures.sh)", path.display())),
+    )
 }
 
 fn check_virt(name: &str, smp: u64, mem: u64, psci: PsciConduit) {
@@ -468,14 +588,21 @@ fn check_virt(name: &str, smp: u64, mem: u64, psci: PsciConduit) {
     assert_eq!(i.psci, Some(psci));
     let c = i.console.as_ref().unwrap();
     assert_eq!((c.kind, c.base, c.size), (ConsoleKind::Pl011, 0x0900_0000, 0x1000));
-    assert_eq!((c.clock_hz, c.path.as_str(), &c.fallback_reason), (Some(24_000_000), "/pl011@9000000", &None));
+    assert_eq!(
+        (c.clock_hz, c.path.as_str(), &c.fallback_reason),
+        (Some(24_000_000), "/pl011@9000000", &None)
+    );
     assert_eq!(i.stdout_path, "/pl011@9000000");
     assert_eq!((i.dma_limit, i.watchdog, i.timer_freq), (None, None, None));
     let p = crate::params::split(crate::params::cmdline(&i.bootargs).unwrap());
     let kv: Vec<_> = p.iter().map(|p| (p.key, p.value)).collect();
     assert_eq!(
         kv,
-        [("console", Some("ttyAMA0")), ("test_vmalloc.nr_threads", Some("4")), ("mm.vfree", Some("bulk"))]
+        [
+            ("console", Some("ttyAMA0")),
+            ("test_vmalloc.nr_threads", Some("4")),
+            ("mm.vfree", Some("bulk"))
+        ]
     );
 }
 
@@ -511,7 +638,10 @@ fn virt_virtualization_smc() {
 fn check_pi_common(i: &BootInfo) {
     assert_eq!(i.board, Board::RaspberryPi4);
     assert_eq!(i.model, "Raspberry Pi 4 Model B");
-    assert_eq!(i.reserved, vec![Reserved { base: 0, size: 0x1000, kind: ReservedKind::MemReserve }]);
+    assert_eq!(
+        i.reserved,
+        vec![Reserved { base: 0, size: 0x1000, kind: ReservedKind::MemReserve }]
+    );
     assert_eq!(i.dynamic_reserved, vec![("linux,cma".into(), 0x400_0000)]);
     let cpus: Vec<_> = [0xd8, 0xe0, 0xe8, 0xf0]
         .iter()
@@ -523,7 +653,10 @@ fn check_pi_common(i: &BootInfo) {
     assert_eq!(i.timer_freq, None);
     assert_eq!(i.stdout_path, "serial1:115200n8");
     let c = i.console.as_ref().unwrap();
-    assert_eq!((c.kind, c.base, c.size, c.clock_hz), (ConsoleKind::MiniUart, 0xfe21_5040, 0x40, None));
+    assert_eq!(
+        (c.kind, c.base, c.size, c.clock_hz),
+        (ConsoleKind::MiniUart, 0xfe21_5040, 0x40, None)
+    );
     assert_eq!((c.path.as_str(), &c.fallback_reason), ("/soc/serial@7e215040", &None));
     assert_eq!((i.dma_limit, i.watchdog), (Some(0x4000_0000), Some(0xfe10_0000)));
 }

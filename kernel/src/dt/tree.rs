@@ -53,9 +53,9 @@ fn flatten<'a>(n: FdtNode<'a>, parent: Option<usize>) -> Result<Node<'a>, DtErro
 /// Reads `cells` big-endian u32 cells as one number, keeping the low 64 bits like Linux's
 /// `of_read_number()`.
 fn read_cells(b: &[u8], cells: u32) -> u64 {
-    b.chunks_exact(4).take(cells as usize).fold(0u64, |acc, c| {
-        (acc << 32) | u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64
-    })
+    b.chunks_exact(4)
+        .take(cells as usize)
+        .fold(0u64, |acc, c| (acc << 32) | u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
 }
 
 /// Splits a property into `(a, b, c)` tuples of the given cell counts (c may be 0).
@@ -65,7 +65,10 @@ fn tuples(b: &[u8], cells: [u32; 3]) -> Result<Vec<[u64; 3]>, String> {
     }
     let width = cells.iter().sum::<u32>() as usize * 4;
     if width == 0 || !b.len().is_multiple_of(width) {
-        return Err(format!("length {} is not a multiple of {width} bytes (cells {cells:?})", b.len()));
+        return Err(format!(
+            "length {} is not a multiple of {width} bytes (cells {cells:?})",
+            b.len()
+        ));
     }
     Ok(b.chunks_exact(width)
         .map(|t| {
@@ -176,7 +179,8 @@ impl<'a> Tree<'a> {
     }
 
     pub fn by_phandle(&self, ph: u32) -> Option<usize> {
-        (0..self.nodes.len()).find(|&i| self.u32(i, "phandle").or(self.u32(i, "linux,phandle")) == Some(ph))
+        (0..self.nodes.len())
+            .find(|&i| self.u32(i, "phandle").or(self.u32(i, "linux,phandle")) == Some(ph))
     }
 
     /// `#address-cells`/`#size-cells` a node defines for its children (spec defaults 2 and 1).
@@ -217,14 +221,19 @@ impl<'a> Tree<'a> {
         let mut bus = self.nodes[i].parent;
         while let Some(b) = bus.filter(|&b| b != 0) {
             let Some(ranges) = self.ranges(b, "ranges")? else {
-                return Err(self.bad(b, "ranges", "missing, so the bus is not memory-mapped".into()));
+                return Err(self.bad(
+                    b,
+                    "ranges",
+                    "missing, so the bus is not memory-mapped".into(),
+                ));
             };
             if !ranges.is_empty() {
                 let hit = ranges.iter().find(|[c, _, s]| addr >= *c && addr - c < *s);
-                let [c, p, _] = hit.ok_or_else(|| self.bad(b, "ranges", format!("no entry covers {addr:#x}")))?;
-                addr = (addr - c)
-                    .checked_add(*p)
-                    .ok_or_else(|| self.bad(b, "ranges", format!("{addr:#x} overflows when translated")))?;
+                let [c, p, _] =
+                    hit.ok_or_else(|| self.bad(b, "ranges", format!("no entry covers {addr:#x}")))?;
+                addr = (addr - c).checked_add(*p).ok_or_else(|| {
+                    self.bad(b, "ranges", format!("{addr:#x} overflows when translated"))
+                })?;
             }
             bus = self.nodes[b].parent;
         }

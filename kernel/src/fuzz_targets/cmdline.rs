@@ -79,18 +79,34 @@ fn check_values(key: &str, v: &str) {
         if n >= 0 {
             assert_eq!(params::parse_int(key, Some(&format!("{n:#x}"))), Ok(n), "int {v:?} as hex");
         } else {
-            assert_eq!(params::parse_int(key, Some(&format!("-{:#o}", n.unsigned_abs()).replace("0o", "0"))), Ok(n), "int {v:?} as octal");
+            assert_eq!(
+                params::parse_int(
+                    key,
+                    Some(&format!("-{:#o}", n.unsigned_abs()).replace("0o", "0"))
+                ),
+                Ok(n),
+                "int {v:?} as octal"
+            );
         }
     }
     let u = params::parse_uint(key, Some(v));
     if let Ok(n) = u {
-        for s in [n.to_string(), format!("{n:#X}"), format!("0{n:o}"), format!("+{n}"), format!("{n}\n")] {
+        for s in
+            [n.to_string(), format!("{n:#X}"), format!("0{n:o}"), format!("+{n}"), format!("{n}\n")]
+        {
             assert_eq!(params::parse_uint(key, Some(&s)), Ok(n), "uint {v:?} as {s:?}");
         }
-        assert_eq!(params::parse_int(key, Some(v)).ok(), i64::try_from(n).ok(), "int and uint disagree on {v:?}");
+        assert_eq!(
+            params::parse_int(key, Some(v)).ok(),
+            i64::try_from(n).ok(),
+            "int and uint disagree on {v:?}"
+        );
     }
     let digits = v.strip_prefix('+').unwrap_or(v);
-    if !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) && (!digits.starts_with('0') || digits == "0") {
+    if !digits.is_empty()
+        && digits.bytes().all(|c| c.is_ascii_digit())
+        && (!digits.starts_with('0') || digits == "0")
+    {
         assert_eq!(u.as_ref().ok(), digits.parse::<u64>().ok().as_ref(), "decimal {v:?}");
     }
     if let Some(h) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
@@ -168,7 +184,11 @@ fn check_config_against_lookup(s: &str, c: &Config) {
     let norm = |k: &str| k.replace('-', "_");
     let tv: Vec<(String, Option<String>)> = params::split(s)
         .iter()
-        .filter_map(|p| norm(p.key).strip_prefix("test_vmalloc.").map(|n| (n.to_string(), p.value.map(String::from))))
+        .filter_map(|p| {
+            norm(p.key)
+                .strip_prefix("test_vmalloc.")
+                .map(|n| (n.to_string(), p.value.map(String::from)))
+        })
         .collect();
     assert_eq!(c.test_vmalloc, tv, "test_vmalloc pairs of {s:?}");
     for k in &c.ignored {
@@ -191,7 +211,10 @@ fn check_tv_round_trip(p: &TvParams, cpus: u32) {
         kv("use_huge", if p.use_huge { "on".into() } else { "off".into() }),
         kv("run_test_mask", p.run_test_mask.to_string()),
         kv("nr_pcpu_objects", p.nr_pcpu_objects.to_string()),
-        kv("loop_scale", format!("{}.{:06}", p.loop_scale_ppm / 1_000_000, p.loop_scale_ppm % 1_000_000)),
+        kv(
+            "loop_scale",
+            format!("{}.{:06}", p.loop_scale_ppm / 1_000_000, p.loop_scale_ppm % 1_000_000),
+        ),
         kv("seed", p.seed.to_string()),
         kv("rows", if p.warm_rows { "warm".into() } else { "cold".into() }),
     ]);
@@ -201,7 +224,9 @@ fn check_tv_round_trip(p: &TvParams, cpus: u32) {
         None => {}
     }
     assert_eq!(TvParams::parse(&pairs, cpus).as_ref(), Ok(p), "TvParams round trip via {pairs:?}");
-    assert!(p.nr_threads >= 1 && p.test_repeat_count >= 1 && p.test_loop_count >= 1 && p.nr_pages >= 1);
+    assert!(
+        p.nr_threads >= 1 && p.test_repeat_count >= 1 && p.test_loop_count >= 1 && p.nr_pages >= 1
+    );
     assert!(p.loop_scale_ppm >= 1 && p.loop_scale_ppm <= 1_000_000_000 && p.scaled(1) >= 1);
 }
 
@@ -223,10 +248,17 @@ pub fn check(data: &[u8]) {
 
     let ps = params::split(s);
     for p in &ps {
-        assert!(is_sub(s, p.key) && p.value.is_none_or(|v| is_sub(s, v)), "{p:?} does not borrow from the line");
+        assert!(
+            is_sub(s, p.key) && p.value.is_none_or(|v| is_sub(s, v)),
+            "{p:?} does not borrow from the line"
+        );
         assert!(!(p.key == "--" && p.value.is_none()), "split returned the end marker");
         if p.value.is_none() && !p.key.contains('"') {
-            assert!(!p.key.contains('=') || p.key.starts_with('='), "bare key {:?} holds '='", p.key);
+            assert!(
+                !p.key.contains('=') || p.key.starts_with('='),
+                "bare key {:?} holds '='",
+                p.key
+            );
         }
         if let Some(v) = p.value {
             check_values(p.key, v);

@@ -9,7 +9,12 @@ use crate::dt::{self, BootInfo, DtError};
 use alloc::string::ToString;
 
 pub(crate) fn check_info(data: &[u8], i: &BootInfo) {
-    assert!(i.dtb_size >= 40 && i.dtb_size <= data.len() as u64, "dtb_size {} for {} bytes", i.dtb_size, data.len());
+    assert!(
+        i.dtb_size >= 40 && i.dtb_size <= data.len() as u64,
+        "dtb_size {} for {} bytes",
+        i.dtb_size,
+        data.len()
+    );
     for m in &i.memory {
         assert!(m.size > 0, "empty memory range {m:x?}");
         assert!(m.base.checked_add(m.size).is_some(), "memory range {m:x?} wraps");
@@ -22,7 +27,12 @@ pub(crate) fn check_info(data: &[u8], i: &BootInfo) {
         assert!(r.base.checked_add(r.size).is_some(), "reservation {r:x?} wraps");
     }
     if let Some(c) = &i.console {
-        assert!(c.base.checked_add(c.size).is_some(), "console range {:#x}+{:#x} wraps", c.base, c.size);
+        assert!(
+            c.base.checked_add(c.size).is_some(),
+            "console range {:#x}+{:#x} wraps",
+            c.base,
+            c.size
+        );
         assert!(c.path.starts_with('/'), "console path {:?}", c.path);
     }
     // The command line the boot would read from this tree.
@@ -40,7 +50,10 @@ pub fn check(data: &[u8]) {
     match (&strict, &lenient) {
         (Ok(a), Ok(b)) => {
             assert_eq!(a, b, "strict and lenient parses differ");
-            assert!(!a.memory.is_empty() && a.console.is_some(), "strict parse without memory or console");
+            assert!(
+                !a.memory.is_empty() && a.console.is_some(),
+                "strict parse without memory or console"
+            );
         }
         (Ok(_), Err(e)) => panic!("strict parse accepted what the lenient one refused: {e}"),
         (Err(e), Ok(i)) => {
@@ -64,7 +77,11 @@ pub fn check(data: &[u8]) {
     if data.len() >= 8 {
         let total = u32::from_be_bytes([data[4], data[5], data[6], data[7]]) as usize;
         if (40..data.len()).contains(&total) {
-            assert_eq!(dt::parse_lenient(&data[..total]), lenient, "bytes past totalsize {total} changed the result");
+            assert_eq!(
+                dt::parse_lenient(&data[..total]),
+                lenient,
+                "bytes past totalsize {total} changed the result"
+            );
         }
     }
 }

@@ -9,7 +9,10 @@
 //! every counter and `check()` right. Node caches draw from a page source that can be limited,
 //! so the `NoMemory` paths (which must change nothing) are exercised too.
 use super::Input;
-use crate::mm::kva::{BusyArea, BusyTree, KvaAllocator, KvaError, PageSource, VaPool, VaRange, MAX_VA_SIZE_PAGES, PAGE_SIZE as P, SLAB_PAGE_SIZE};
+use crate::mm::kva::{
+    BusyArea, BusyTree, KvaAllocator, KvaError, PageSource, VaPool, VaRange, MAX_VA_SIZE_PAGES,
+    PAGE_SIZE as P, SLAB_PAGE_SIZE,
+};
 use crate::mm::kva_model::{model_fit, model_fit_top, FreeRanges};
 use alloc::alloc::{alloc, dealloc, Layout};
 use alloc::collections::{BTreeMap, VecDeque};
@@ -117,9 +120,20 @@ fn decode(inp: &mut Input) -> Op {
                 b => [23, 26, 30, 40, 63][b as usize % 5],
             };
             let flags = inp.u8();
-            Op::Alloc { node, pages, align_shift, window: inp.u8(), top: flags.is_multiple_of(8), pool_first: flags & 0x10 != 0 }
+            Op::Alloc {
+                node,
+                pages,
+                align_shift,
+                window: inp.u8(),
+                top: flags.is_multiple_of(8),
+                pool_first: flags & 0x10 != 0,
+            }
         }
-        6 => Op::Reserve { k: inp.u16() as usize, off: inp.u16() as u64, pages: 1 + inp.u8() as u64 % 64 },
+        6 => Op::Reserve {
+            k: inp.u16() as usize,
+            off: inp.u16() as u64,
+            pages: 1 + inp.u8() as u64 % 64,
+        },
         7..=9 => Op::Free { k: inp.u16() as usize, by_inner: inp.u8() & 1 != 0 },
         10 => Op::Purge,
         11 => Op::Decay { node: inp.u8() as usize % NODES, full: inp.u8() & 1 != 0 },
@@ -154,21 +168,45 @@ impl Harness {
         if self.steps.is_multiple_of(FULL_EVERY) {
             return self.verify(what);
         }
-        assert!(self.kva.iter_free().map(|r| (r.va_start, r.va_end)).eq(self.m.free.iter().map(|(&s, &e)| (s, e))), "after {what:?}: free tree != model");
+        assert!(
+            self.kva.iter_free().map(|r| (r.va_start, r.va_end)).eq(self
+                .m
+                .free
+                .iter()
+                .map(|(&s, &e)| (s, e))),
+            "after {what:?}: free tree != model"
+        );
         let free_bytes: u64 = self.m.free.iter().map(|(s, e)| e - s).sum();
-        assert_eq!((self.kva.free_bytes(), self.kva.nr_free_ranges()), (free_bytes, self.m.free.len()), "after {what:?}: free counters");
+        assert_eq!(
+            (self.kva.free_bytes(), self.kva.nr_free_ranges()),
+            (free_bytes, self.m.free.len()),
+            "after {what:?}: free counters"
+        );
         let mut total = free_bytes + self.m.pending.iter().map(|(s, e)| e - s).sum::<u64>();
         for (n, node) in self.nodes.iter().enumerate() {
             let busy = self.m.busy.iter().filter(|(_, &(_, nn, _))| nn == n);
             let busy_bytes: u64 = busy.clone().map(|(&s, &(e, _, _))| e - s).sum();
-            assert_eq!((node.busy.len(), node.busy.bytes()), (busy.count(), busy_bytes), "after {what:?}: node {n} busy counters");
+            assert_eq!(
+                (node.busy.len(), node.busy.bytes()),
+                (busy.count(), busy_bytes),
+                "after {what:?}: node {n} busy counters"
+            );
             let lazy_bytes: u64 = self.m.lazy[n].iter().map(|(s, e)| e - s).sum();
-            assert_eq!((node.lazy.len(), node.lazy.bytes()), (self.m.lazy[n].len(), lazy_bytes), "after {what:?}: node {n} lazy counters");
-            let pool_bytes: u64 = self.m.pool[n].iter().map(|(&i, l)| (i as u64 + 1) * P * l.len() as u64).sum();
+            assert_eq!(
+                (node.lazy.len(), node.lazy.bytes()),
+                (self.m.lazy[n].len(), lazy_bytes),
+                "after {what:?}: node {n} lazy counters"
+            );
+            let pool_bytes: u64 =
+                self.m.pool[n].iter().map(|(&i, l)| (i as u64 + 1) * P * l.len() as u64).sum();
             assert_eq!(node.pool.bytes(), pool_bytes, "after {what:?}: node {n} pool bytes");
             total += busy_bytes + lazy_bytes + pool_bytes;
         }
-        assert_eq!(total, self.end - self.start, "after {what:?}: free + busy + lazy + pooled + pending != span (space lost)");
+        assert_eq!(
+            total,
+            self.end - self.start,
+            "after {what:?}: free + busy + lazy + pooled + pending != span (space lost)"
+        );
     }
 
     /// Everything the model knows, compared with the structures.
@@ -183,9 +221,21 @@ impl Harness {
         assert_eq!(self.kva.nr_free_ranges(), model.len(), "after {what:?}: nr_free_ranges");
         let free_bytes: u64 = model.iter().map(|(s, e)| e - s).sum();
         assert_eq!(self.kva.free_bytes(), free_bytes, "after {what:?}: free_bytes");
-        assert_eq!(self.kva.largest_free(), model.iter().map(|(s, e)| e - s).max().unwrap_or(0), "after {what:?}: largest_free");
-        assert_eq!(self.kva.slab_stats().pages, self.kva.page_source().live, "after {what:?}: free-tree slab pages");
-        assert_eq!(self.kva.slab_stats().objects_in_use, model.len(), "after {what:?}: free-tree nodes");
+        assert_eq!(
+            self.kva.largest_free(),
+            model.iter().map(|(s, e)| e - s).max().unwrap_or(0),
+            "after {what:?}: largest_free"
+        );
+        assert_eq!(
+            self.kva.slab_stats().pages,
+            self.kva.page_source().live,
+            "after {what:?}: free-tree slab pages"
+        );
+        assert_eq!(
+            self.kva.slab_stats().objects_in_use,
+            model.len(),
+            "after {what:?}: free-tree nodes"
+        );
 
         let mut all: Vec<(u64, u64)> = model.clone();
         for (n, node) in self.nodes.iter().enumerate() {
@@ -207,15 +257,35 @@ impl Harness {
             let (mut areas, mut bytes) = (0, 0);
             for (&idx, list) in &self.m.pool[n] {
                 let size = (idx as u64 + 1) * P;
-                assert_eq!(node.pool.len_of(size), list.len(), "after {what:?}: node {n} pool of {size:#x}");
+                assert_eq!(
+                    node.pool.len_of(size),
+                    list.len(),
+                    "after {what:?}: node {n} pool of {size:#x}"
+                );
                 areas += list.len();
                 bytes += size * list.len() as u64;
                 all.extend(list.iter().copied());
             }
-            assert_eq!((node.pool.nr_areas(), node.pool.bytes()), (areas, bytes), "after {what:?}: node {n} pool counters");
-            assert_eq!(node.busy.bytes(), busy.iter().map(|a| a.va_end - a.va_start).sum::<u64>(), "after {what:?}: busy bytes");
-            assert_eq!(node.lazy.bytes(), lazy.iter().map(|(s, e)| e - s).sum::<u64>(), "after {what:?}: lazy bytes");
-            assert_eq!((node.busy.len(), node.lazy.len()), (busy.len(), lazy.len()), "after {what:?}: node {n} tree lengths");
+            assert_eq!(
+                (node.pool.nr_areas(), node.pool.bytes()),
+                (areas, bytes),
+                "after {what:?}: node {n} pool counters"
+            );
+            assert_eq!(
+                node.busy.bytes(),
+                busy.iter().map(|a| a.va_end - a.va_start).sum::<u64>(),
+                "after {what:?}: busy bytes"
+            );
+            assert_eq!(
+                node.lazy.bytes(),
+                lazy.iter().map(|(s, e)| e - s).sum::<u64>(),
+                "after {what:?}: lazy bytes"
+            );
+            assert_eq!(
+                (node.busy.len(), node.lazy.len()),
+                (busy.len(), lazy.len()),
+                "after {what:?}: node {n} tree lengths"
+            );
             all.extend(busy.iter().map(|a| (a.va_start, a.va_end)));
             all.extend(lazy);
             for (name, st, live) in [
@@ -223,7 +293,10 @@ impl Harness {
                 ("lazy", node.lazy.slab_stats(), node.lazy.page_source().live),
                 ("pool", node.pool.slab_stats(), node.pool.page_source().live),
             ] {
-                assert_eq!(st.pages, live, "after {what:?}: node {n} {name} slab pages vs page source");
+                assert_eq!(
+                    st.pages, live,
+                    "after {what:?}: node {n} {name} slab pages vs page source"
+                );
             }
         }
         all.extend(self.m.pending.iter().copied());
@@ -232,7 +305,11 @@ impl Harness {
             assert!(w[0].1 <= w[1].0, "after {what:?}: {:x?} and {:x?} overlap", w[0], w[1]);
         }
         let total: u64 = all.iter().map(|(s, e)| e - s).sum();
-        assert_eq!(total, self.end - self.start, "after {what:?}: free + busy + lazy + pooled + pending != span (space lost)");
+        assert_eq!(
+            total,
+            self.end - self.start,
+            "after {what:?}: free + busy + lazy + pooled + pending != span (space lost)"
+        );
     }
 
     /// An area taken out of the free space becomes busy on `node` (busy inserts never fail:
@@ -258,14 +335,32 @@ impl Harness {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn alloc(&mut self, op: &Op, node: usize, size: u64, align: u64, vstart: u64, vend: u64, top: bool) {
-        let got = if top { self.kva.alloc_top_down(size, align, vstart, vend) } else { self.kva.alloc(size, align, vstart, vend) };
+    fn alloc(
+        &mut self,
+        op: &Op,
+        node: usize,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+        top: bool,
+    ) {
+        let got = if top {
+            self.kva.alloc_top_down(size, align, vstart, vend)
+        } else {
+            self.kva.alloc(size, align, vstart, vend)
+        };
         if vstart >= vend || !align.is_power_of_two() {
             assert_eq!(got, Err(KvaError::Invalid), "{op:?}");
             return;
         }
         if top {
-            let expect = self.m.free.iter().rev().find_map(|(&s, &e)| model_fit_top(s, e, size, align, vstart, vend));
+            let expect = self
+                .m
+                .free
+                .iter()
+                .rev()
+                .find_map(|(&s, &e)| model_fit_top(s, e, size, align, vstart, vend));
             match (got, expect) {
                 (Ok(a), Some(b)) => assert_eq!(a, b, "{op:?}: top-down not the highest fit"),
                 (Err(KvaError::NoSpace), None) => return,
@@ -293,13 +388,30 @@ impl Harness {
         match got {
             Ok(nva) => {
                 assert_eq!(nva % align, 0, "{op:?}: misaligned {nva:#x}");
-                assert!(nva >= vstart && nva as u128 + size as u128 <= vend as u128, "{op:?}: {nva:#x} outside the window");
-                let (bs, be) = self.m.free.block_containing(nva).unwrap_or_else(|| panic!("{op:?}: {nva:#x} is not free"));
-                assert!(nva + size <= be, "{op:?}: [{nva:#x}, +{size:#x}) not inside one free block");
+                assert!(
+                    nva >= vstart && nva as u128 + size as u128 <= vend as u128,
+                    "{op:?}: {nva:#x} outside the window"
+                );
+                let (bs, be) = self
+                    .m
+                    .free
+                    .block_containing(nva)
+                    .unwrap_or_else(|| panic!("{op:?}: {nva:#x} is not free"));
+                assert!(
+                    nva + size <= be,
+                    "{op:?}: [{nva:#x}, +{size:#x}) not inside one free block"
+                );
                 if !top {
-                    assert_eq!(model_fit(bs, be, size, align, vstart), Some(nva), "{op:?}: not the block's first aligned fit");
+                    assert_eq!(
+                        model_fit(bs, be, size, align, vstart),
+                        Some(nva),
+                        "{op:?}: not the block's first aligned fit"
+                    );
                     if let Some((ss, _, _)) = strict {
-                        assert!(bs <= ss, "{op:?}: higher than the lowest block of the search length");
+                        assert!(
+                            bs <= ss,
+                            "{op:?}: higher than the lowest block of the search length"
+                        );
                         if (be - bs) as u128 >= length {
                             assert_eq!(bs, ss, "{op:?}: not the lowest block of the search length");
                         }
@@ -313,19 +425,31 @@ impl Harness {
             }
             Err(KvaError::NoSpace) => {
                 if let Some((_, _, nva)) = strict {
-                    assert!(nva as u128 + size as u128 > vend as u128, "{op:?}: NoSpace but the model fits at {nva:#x}");
+                    assert!(
+                        nva as u128 + size as u128 > vend as u128,
+                        "{op:?}: NoSpace but the model fits at {nva:#x}"
+                    );
                 }
                 if !adjust {
-                    assert!(any.is_none_or(|(_, _, nva)| nva as u128 + size as u128 > vend as u128), "{op:?}: NoSpace but {any:x?} fits");
+                    assert!(
+                        any.is_none_or(|(_, _, nva)| nva as u128 + size as u128 > vend as u128),
+                        "{op:?}: NoSpace but {any:x?} fits"
+                    );
                 }
             }
             Err(KvaError::NoMemory) => {
                 // Only a no-edge split needs a node; the tree must be unchanged (verify checks).
-                assert!(self.kva.page_source().live >= self.kva.page_source().limit, "{op:?}: NoMemory with pages left");
+                assert!(
+                    self.kva.page_source().live >= self.kva.page_source().limit,
+                    "{op:?}: NoMemory with pages left"
+                );
             }
             Err(e) => {
                 // Invalid only for an overflowing size + align - 1.
-                assert!(e == KvaError::Invalid && size.checked_add(align - 1).is_none(), "{op:?}: unexpected {e:?}");
+                assert!(
+                    e == KvaError::Invalid && size.checked_add(align - 1).is_none(),
+                    "{op:?}: unexpected {e:?}"
+                );
             }
         }
     }
@@ -377,12 +501,18 @@ impl Harness {
                         self.m.free.carve(a, b);
                         self.make_busy(k % NODES, a, b);
                     }
-                    Err(KvaError::NoMemory) => assert!(a > s && b < e, "{op:?}: NoMemory without a no-edge split"),
+                    Err(KvaError::NoMemory) => {
+                        assert!(a > s && b < e, "{op:?}: NoMemory without a no-edge split")
+                    }
                     Err(err) => panic!("{op:?}: reserve [{a:#x}, {b:#x}) of a free block: {err:?}"),
                 }
                 // A busy range can never be reserved again.
                 if let Some((&bs, &(be, _, _))) = self.m.busy.iter().next() {
-                    assert_eq!(self.kva.reserve(bs, be), Err(KvaError::NoSpace), "{op:?}: reserving a busy range");
+                    assert_eq!(
+                        self.kva.reserve(bs, be),
+                        Err(KvaError::NoSpace),
+                        "{op:?}: reserving a busy range"
+                    );
                 }
             }
             Op::Free { k, by_inner } => {
@@ -391,7 +521,9 @@ impl Harness {
                 }
                 let (&s, &(e, node, v)) = self.m.busy.iter().nth(k % self.m.busy.len()).unwrap();
                 let got = if by_inner {
-                    self.nodes[node].busy.remove_containing(s + (k as u64 % ((e - s) / P)) * P + (k as u64 % P))
+                    self.nodes[node]
+                        .busy
+                        .remove_containing(s + (k as u64 % ((e - s) / P)) * P + (k as u64 % P))
                 } else {
                     self.nodes[node].busy.remove(s)
                 };
@@ -429,18 +561,33 @@ impl Harness {
                     assert!(self.nodes[n].lazy.is_empty());
                     let mut areas = Vec::new();
                     let count = detached.drain(|a| areas.push(a));
-                    let want: Vec<(u64, u64)> = core::mem::take(&mut self.m.lazy[n]).into_iter().collect();
+                    let want: Vec<(u64, u64)> =
+                        core::mem::take(&mut self.m.lazy[n]).into_iter().collect();
                     assert_eq!(count, want.len(), "{op:?}: drained count");
-                    assert_eq!(areas.iter().map(|a| (a.va_start, a.va_end)).collect::<Vec<_>>(), want, "{op:?}: drain order");
-                    assert!(detached.is_empty() && detached.bytes() == 0, "{op:?}: drained tree not empty");
+                    assert_eq!(
+                        areas.iter().map(|a| (a.va_start, a.va_end)).collect::<Vec<_>>(),
+                        want,
+                        "{op:?}: drain order"
+                    );
+                    assert!(
+                        detached.is_empty() && detached.bytes() == 0,
+                        "{op:?}: drained tree not empty"
+                    );
                     detached.check().unwrap_or_else(|e| panic!("{op:?}: drained tree: {e}"));
                     detached.shrink();
-                    assert_eq!(detached.page_source().live, 0, "{op:?}: a drained and shrunk tree kept pages");
+                    assert_eq!(
+                        detached.page_source().live,
+                        0,
+                        "{op:?}: a drained and shrunk tree kept pages"
+                    );
                     for a in areas {
                         let pages = ((a.va_end - a.va_start) / P) as usize;
                         if self.nodes[n].pool.pool_put(a.va_start, a.va_end) {
                             assert!(pages <= MAX_VA_SIZE_PAGES, "{op:?}: pooled {pages} pages");
-                            self.m.pool[n].entry(pages - 1).or_default().push_front((a.va_start, a.va_end));
+                            self.m.pool[n]
+                                .entry(pages - 1)
+                                .or_default()
+                                .push_front((a.va_start, a.va_end));
                         } else {
                             self.give_back(a.va_start, a.va_end);
                         }
@@ -468,38 +615,79 @@ impl Harness {
                     node.pool.shrink();
                     assert_eq!(node.pool.slab_stats().empty_pages, 0);
                 }
-                assert_eq!(self.kva.slab_stats().empty_pages, 0, "{op:?}: empty slab pages after shrink");
+                assert_eq!(
+                    self.kva.slab_stats().empty_pages,
+                    0,
+                    "{op:?}: empty slab pages after shrink"
+                );
             }
             Op::DoubleFree { k, kind } => {
                 // Ranges that are free (or busy elsewhere) must be refused with Overlap and
                 // change nothing.
-                let pick = |m: &BTreeMap<u64, u64>| m.iter().nth(k % m.len().max(1)).map(|(&s, &e)| (s, e));
+                let pick = |m: &BTreeMap<u64, u64>| {
+                    m.iter().nth(k % m.len().max(1)).map(|(&s, &e)| (s, e))
+                };
                 match kind {
                     0 => {
                         if let Some((s, e)) = pick(&self.m.free) {
                             let (a, b) = (s + (e - s) / P / 2 * P, e);
-                            assert_eq!(self.kva.free(a.min(b - P), b), Err(KvaError::Overlap), "{op:?}");
+                            assert_eq!(
+                                self.kva.free(a.min(b - P), b),
+                                Err(KvaError::Overlap),
+                                "{op:?}"
+                            );
                             if e < self.end {
-                                assert_eq!(self.kva.free(e - P, e + P), Err(KvaError::Overlap), "{op:?}");
+                                assert_eq!(
+                                    self.kva.free(e - P, e + P),
+                                    Err(KvaError::Overlap),
+                                    "{op:?}"
+                                );
                             }
                         }
                     }
                     1 => {
-                        if let Some((&s, &(e, node, _))) = self.m.busy.iter().nth(k % self.m.busy.len().max(1)) {
-                            assert_eq!(self.nodes[node].busy.insert(s, e, 0), Err(KvaError::Overlap), "{op:?}");
-                            assert_eq!(self.nodes[node].busy.insert(e - P, e + P, 0), Err(KvaError::Overlap), "{op:?}");
+                        if let Some((&s, &(e, node, _))) =
+                            self.m.busy.iter().nth(k % self.m.busy.len().max(1))
+                        {
+                            assert_eq!(
+                                self.nodes[node].busy.insert(s, e, 0),
+                                Err(KvaError::Overlap),
+                                "{op:?}"
+                            );
+                            assert_eq!(
+                                self.nodes[node].busy.insert(e - P, e + P, 0),
+                                Err(KvaError::Overlap),
+                                "{op:?}"
+                            );
                         }
                     }
                     2 => {
-                        assert_eq!(self.kva.free(self.start.wrapping_sub(P), self.start + P), Err(KvaError::Invalid));
-                        assert_eq!(self.kva.free(self.end - P, self.end.saturating_add(P)), Err(KvaError::Invalid));
-                        assert_eq!(self.kva.free(self.start + P, self.start + P), Err(KvaError::Invalid));
-                        assert_eq!(self.kva.alloc(0, P, self.start, self.end), Err(KvaError::Invalid));
-                        assert_eq!(self.kva.alloc(P, 3 * P, self.start, self.end), Err(KvaError::Invalid));
+                        assert_eq!(
+                            self.kva.free(self.start.wrapping_sub(P), self.start + P),
+                            Err(KvaError::Invalid)
+                        );
+                        assert_eq!(
+                            self.kva.free(self.end - P, self.end.saturating_add(P)),
+                            Err(KvaError::Invalid)
+                        );
+                        assert_eq!(
+                            self.kva.free(self.start + P, self.start + P),
+                            Err(KvaError::Invalid)
+                        );
+                        assert_eq!(
+                            self.kva.alloc(0, P, self.start, self.end),
+                            Err(KvaError::Invalid)
+                        );
+                        assert_eq!(
+                            self.kva.alloc(P, 3 * P, self.start, self.end),
+                            Err(KvaError::Invalid)
+                        );
                     }
                     _ => {
                         // Reserve of a range that is not entirely free.
-                        if let Some((&s, &(e, _, _))) = self.m.busy.iter().nth(k % self.m.busy.len().max(1)) {
+                        if let Some((&s, &(e, _, _))) =
+                            self.m.busy.iter().nth(k % self.m.busy.len().max(1))
+                        {
                             assert_eq!(self.kva.reserve(s, e), Err(KvaError::NoSpace), "{op:?}");
                         }
                     }
@@ -507,10 +695,12 @@ impl Harness {
             }
             Op::Find { k, off } => {
                 let addr = self.start + off * P / 4 % span + k as u64 % P;
-                let want = self.m.busy.range(..=addr).next_back().filter(|(_, &(e, _, _))| addr < e);
+                let want =
+                    self.m.busy.range(..=addr).next_back().filter(|(_, &(e, _, _))| addr < e);
                 for (n, node) in self.nodes.iter().enumerate() {
                     let got = node.busy.find(addr).map(|a| (a.va_start, a.va_end, a.value));
-                    let exp = want.filter(|(_, &(_, nn, _))| nn == n).map(|(&s, &(e, _, v))| (s, e, v));
+                    let exp =
+                        want.filter(|(_, &(_, nn, _))| nn == n).map(|(&s, &(e, _, v))| (s, e, v));
                     assert_eq!(got, exp, "{op:?}: find({addr:#x}) on node {n}");
                 }
             }
@@ -525,7 +715,12 @@ pub fn run(data: &[u8]) {
     let span = [64 * MIB, 16 * MIB, 1 << 30, 256 * MIB][conf as usize % 4];
     // Node-cache page limits: unlimited, or a few pages (63 nodes each) to reach NoMemory.
     let limits = if conf & 0x10 != 0 {
-        [1 + (conf as usize >> 5) % 3, 1 + inp.u8() as usize % 2, 1 + inp.u8() as usize % 2, usize::MAX]
+        [
+            1 + (conf as usize >> 5) % 3,
+            1 + inp.u8() as usize % 2,
+            1 + inp.u8() as usize % 2,
+            usize::MAX,
+        ]
     } else {
         [usize::MAX; 4]
     };
@@ -557,7 +752,11 @@ pub fn run(data: &[u8]) {
     h.verify(&"teardown");
     assert!(h.m.pending.is_empty(), "ranges still pending after teardown");
     let free: Vec<VaRange> = h.kva.iter_free().collect();
-    assert_eq!(free, [VaRange { va_start: h.start, va_end: h.end }], "free tree not whole again after teardown");
+    assert_eq!(
+        free,
+        [VaRange { va_start: h.start, va_end: h.end }],
+        "free tree not whole again after teardown"
+    );
     h.kva.shrink();
     assert_eq!(h.kva.page_source().live, 1, "only the page holding the last free node stays");
     for node in &mut h.nodes {
@@ -565,7 +764,11 @@ pub fn run(data: &[u8]) {
         node.lazy.shrink();
         node.pool.shrink();
         assert!(node.busy.is_empty() && node.lazy.is_empty() && node.pool.is_empty());
-        for live in [node.busy.page_source().live, node.lazy.page_source().live, node.pool.page_source().live] {
+        for live in [
+            node.busy.page_source().live,
+            node.lazy.page_source().live,
+            node.pool.page_source().live,
+        ] {
             assert_eq!(live, 0, "node cache pages left after shrink");
         }
     }

@@ -42,7 +42,8 @@ pub fn kva(data: &[u8]) {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target by its directory name under fuzz/corpus/ (and its cargo-fuzz target name).
-pub const TARGETS: [Target; 4] = [("dt", dt), ("cmdline", cmdline), ("page_alloc", page_alloc), ("kva", kva)];
+pub const TARGETS: [Target; 4] =
+    [("dt", dt), ("cmdline", cmdline), ("page_alloc", page_alloc), ("kva", kva)];
 
 /// Reads an operation sequence: each call takes the next bytes, zeros once it runs out.
 pub(crate) struct Input<'a> {

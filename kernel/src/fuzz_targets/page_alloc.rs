@@ -6,7 +6,9 @@
 //! as after boot.
 use super::Input;
 use crate::mm::gfp::{gfp_zone, GfpFlags as G, MAX_NR_ZONES};
-use crate::mm::page_alloc::{num_pages_contiguous, BadPage, PageAllocConfig, PageAllocator, VerifyReport};
+use crate::mm::page_alloc::{
+    num_pages_contiguous, BadPage, PageAllocConfig, PageAllocator, VerifyReport,
+};
 use crate::mm::stat::VmEvent;
 use crate::mm::{Memblock, Page, MAX_PAGE_ORDER, PAGE_SHIFT};
 use alloc::collections::BTreeMap;
@@ -29,7 +31,12 @@ fn layout(i: u8) -> Layout {
         // The same with unaligned reservations (kernel image, DTB, firmware page, 16 bytes).
         1 => (
             &[(0x4000_0000, 8 << 20), (0x40c0_0000, 4 << 20)],
-            &[(0x4000_0000, 0x2_3000), (0x4040_5000, 0x1000), (0x40ff_e000, 0x2000), (0x4063_0000, 0x10)],
+            &[
+                (0x4000_0000, 0x2_3000),
+                (0x4040_5000, 0x1000),
+                (0x40ff_e000, 0x2000),
+                (0x4063_0000, 0x10),
+            ],
             Some(0x403f_ffff),
         ),
         // Three zones: RAM straddles 4 GiB (DMA 8 MiB, DMA32 8 MiB, NORMAL 8 MiB), one page
@@ -65,9 +72,14 @@ struct Model {
 
 impl Model {
     fn take(&mut self, pa: &PageAllocator, pfn: u64, order: u32, compound: bool) {
-        assert_eq!(pfn & ((1 << order) - 1), 0, "pfn {pfn:#x} handed out misaligned for order {order}");
+        assert_eq!(
+            pfn & ((1 << order) - 1),
+            0,
+            "pfn {pfn:#x} handed out misaligned for order {order}"
+        );
         for p in pfn..pfn + (1 << order) {
-            let i = p.checked_sub(self.min_pfn).map(|i| i as usize).filter(|&i| i < self.bitmap.len());
+            let i =
+                p.checked_sub(self.min_pfn).map(|i| i as usize).filter(|&i| i < self.bitmap.len());
             let i = i.unwrap_or_else(|| panic!("pfn {p:#x} outside mem_map handed out"));
             assert!(!self.bitmap[i], "pfn {p:#x} handed out twice");
             self.bitmap[i] = true;
@@ -91,7 +103,11 @@ impl Model {
         if n == 0 {
             return None;
         }
-        self.owned.iter().filter(|(&p, &(o, c))| pred(p, o, c)).nth(k % n).map(|(&p, &(o, c))| (p, o, c))
+        self.owned
+            .iter()
+            .filter(|(&p, &(o, c))| pred(p, o, c))
+            .nth(k % n)
+            .map(|(&p, &(o, c))| (p, o, c))
     }
     /// Maximal run of owned order-0 pages starting at `pfn`, at most `len`.
     fn run0(&self, pfn: u64, len: usize) -> Vec<u64> {
@@ -125,14 +141,33 @@ impl Checker {
     /// After every step: conservation and the counters (cheap). Every [`FULL_EVERY`]th step
     /// and at the end (`full`): also `verify()` with every free block checked against the
     /// owned blocks.
-    fn check(&mut self, pa: &PageAllocator, md: &Model, what: &dyn core::fmt::Debug, full: bool) -> Option<VerifyReport> {
+    fn check(
+        &mut self,
+        pa: &PageAllocator,
+        md: &Model,
+        what: &dyn core::fmt::Debug,
+        full: bool,
+    ) -> Option<VerifyReport> {
         self.steps += 1;
         let (buddy, pcp) = (pa.nr_free_pages_total(), pa.nr_pcp_pages());
-        assert_eq!(buddy + pcp + md.owned_pages, pa.totalram_pages(), "after {what:?}: free {buddy} + pcp {pcp} + owned {} != managed", md.owned_pages);
+        assert_eq!(
+            buddy + pcp + md.owned_pages,
+            pa.totalram_pages(),
+            "after {what:?}: free {buddy} + pcp {pcp} + owned {} != managed",
+            md.owned_pages
+        );
         let (z, o) = event_balance(pa);
         let owned = md.owned_pages as i128;
-        assert_eq!(z - self.baseline.0, owned, "after {what:?}: pgalloc_<zone> - pgfree != owned pages");
-        assert_eq!(o - self.baseline.1, owned, "after {what:?}: pgalloc_order - pgfree_order (pages) != owned pages");
+        assert_eq!(
+            z - self.baseline.0,
+            owned,
+            "after {what:?}: pgalloc_<zone> - pgfree != owned pages"
+        );
+        assert_eq!(
+            o - self.baseline.1,
+            owned,
+            "after {what:?}: pgalloc_order - pgfree_order (pages) != owned pages"
+        );
         if !full && !self.steps.is_multiple_of(FULL_EVERY) {
             return None;
         }
@@ -147,8 +182,16 @@ impl Checker {
                 }
             })
             .unwrap_or_else(|e| panic!("after {what:?}: {e}"));
-        assert_eq!(rep.buddy_pages.iter().sum::<u64>(), buddy, "after {what:?}: free lists vs NR_FREE_PAGES");
-        assert_eq!(rep.pcp_pages.iter().sum::<u64>(), pcp, "after {what:?}: pcp lists vs pcp->count");
+        assert_eq!(
+            rep.buddy_pages.iter().sum::<u64>(),
+            buddy,
+            "after {what:?}: free lists vs NR_FREE_PAGES"
+        );
+        assert_eq!(
+            rep.pcp_pages.iter().sum::<u64>(),
+            pcp,
+            "after {what:?}: pcp lists vs pcp->count"
+        );
         Some(rep)
     }
 }
@@ -183,9 +226,24 @@ fn decode(inp: &mut Input, nr_cpus: usize) -> Op {
         }
         5 | 6 => Op::Free { cpu: cpu(inp), k: inp.u16() as usize },
         7 => Op::Split { k: inp.u16() as usize },
-        8 => Op::BulkAlloc { cpu: cpu(inp), n: 1 + inp.u8() as usize % 100, pre: inp.u8(), gfp: inp.u8() },
-        9 | 10 => Op::FreeContig { cpu: cpu(inp), k: inp.u16() as usize, len: 1 + inp.u16() as usize % 700, how: inp.u8() % 3 },
-        11 => Op::FreeBulkScattered { cpu: cpu(inp), k: inp.u16() as usize, n: 1 + inp.u8() as usize % 64, step: 1 + inp.u8() as usize % 3 },
+        8 => Op::BulkAlloc {
+            cpu: cpu(inp),
+            n: 1 + inp.u8() as usize % 100,
+            pre: inp.u8(),
+            gfp: inp.u8(),
+        },
+        9 | 10 => Op::FreeContig {
+            cpu: cpu(inp),
+            k: inp.u16() as usize,
+            len: 1 + inp.u16() as usize % 700,
+            how: inp.u8() % 3,
+        },
+        11 => Op::FreeBulkScattered {
+            cpu: cpu(inp),
+            k: inp.u16() as usize,
+            n: 1 + inp.u8() as usize % 64,
+            step: 1 + inp.u8() as usize % 3,
+        },
         12 => Op::Drain { cpu: cpu(inp), other: cpu(inp), kind: inp.u8() % 3 },
         13 => Op::Misuse { k: inp.u16() as usize, kind: inp.u8() % 7 },
         14 => Op::Decay { cpu: cpu(inp) },
@@ -216,9 +274,11 @@ pub fn run(data: &[u8]) {
         _ => {}
     }
     let pa = PageAllocator::new(&pages, min_pfn, &mb, &cfg).unwrap();
-    let reserved_pfns: Vec<u64> = (min_pfn..max_pfn).filter(|&p| pa.pfn_to_page(p).unwrap().is_reserved()).collect();
+    let reserved_pfns: Vec<u64> =
+        (min_pfn..max_pfn).filter(|&p| pa.pfn_to_page(p).unwrap().is_reserved()).collect();
     let mut ck = Checker { baseline: event_balance(&pa), steps: 0 };
-    let mut md = Model { owned: BTreeMap::new(), owned_pages: 0, bitmap: vec![false; pages.len()], min_pfn };
+    let mut md =
+        Model { owned: BTreeMap::new(), owned_pages: 0, bitmap: vec![false; pages.len()], min_pfn };
     let initial = ck.check(&pa, &md, &"boot", true).unwrap();
 
     for _ in 0..MAX_OPS {
@@ -236,7 +296,11 @@ pub fn run(data: &[u8]) {
                 if let Some(p) = got {
                     md.take(&pa, p, order, g.contains(G::__GFP_COMP) && order > 0);
                     let z = pa.pfn_to_page(p).unwrap().zone_idx() as usize;
-                    assert!(z <= gfp_zone(g), "{op:?}: block {p:#x} from zone {z} above gfp_zone {}", gfp_zone(g));
+                    assert!(
+                        z <= gfp_zone(g),
+                        "{op:?}: block {p:#x} from zone {z} above gfp_zone {}",
+                        gfp_zone(g)
+                    );
                 }
             }
             Op::Free { cpu, k } => {
@@ -248,7 +312,10 @@ pub fn run(data: &[u8]) {
             Op::Split { k } => {
                 if let Some((p, o, compound)) = md.nth(k, |_, o, _| o > 0) {
                     if compound {
-                        assert_eq!(pa.split_page(p, o).map_err(|e| e.what), Err(BadPage::SplitCompound));
+                        assert_eq!(
+                            pa.split_page(p, o).map_err(|e| e.what),
+                            Err(BadPage::SplitCompound)
+                        );
                     } else {
                         assert_eq!(pa.split_page(p, o), Ok(()), "{op:?}");
                         md.release(p);
@@ -259,10 +326,13 @@ pub fn run(data: &[u8]) {
                 }
             }
             Op::BulkAlloc { cpu, n, pre, gfp } => {
-                let g = if gfp % 2 == 0 { G::GFP_KERNEL | G::__GFP_NOWARN } else { gfp_of(gfp / 2) };
+                let g =
+                    if gfp % 2 == 0 { G::GFP_KERNEL | G::__GFP_NOWARN } else { gfp_of(gfp / 2) };
                 let g = g - G::__GFP_COMP;
                 let mut arr = vec![None; n];
-                let marks: Vec<usize> = (0..n).filter(|i| pre != 0 && (i * 7 + pre as usize).is_multiple_of(11)).collect();
+                let marks: Vec<usize> = (0..n)
+                    .filter(|i| pre != 0 && (i * 7 + pre as usize).is_multiple_of(11))
+                    .collect();
                 for &i in &marks {
                     arr[i] = Some(u64::MAX - i as u64);
                 }
@@ -270,7 +340,11 @@ pub fn run(data: &[u8]) {
                 assert!(got <= n, "{op:?}: returned {got}");
                 for (i, slot) in arr.iter().enumerate() {
                     if marks.contains(&i) {
-                        assert_eq!(*slot, Some(u64::MAX - i as u64), "{op:?}: pre-filled slot {i} overwritten");
+                        assert_eq!(
+                            *slot,
+                            Some(u64::MAX - i as u64),
+                            "{op:?}: pre-filled slot {i} overwritten"
+                        );
                     } else if let Some(p) = *slot {
                         assert!(i < got, "{op:?}: slot {i} filled beyond the returned count {got}");
                         md.take(&pa, p, 0, false);
@@ -293,7 +367,10 @@ pub fn run(data: &[u8]) {
                         _ => {
                             let mut calls = 0;
                             let r = pa.free_pages_bulk(cpu, &run, || calls += 1);
-                            assert_eq!(calls, 1, "{op:?}: one contiguous run, {calls} resched calls");
+                            assert_eq!(
+                                calls, 1,
+                                "{op:?}: one contiguous run, {calls} resched calls"
+                            );
                             r
                         }
                     };
@@ -301,10 +378,12 @@ pub fn run(data: &[u8]) {
                 }
             }
             Op::FreeBulkScattered { cpu, k, n, step } => {
-                let zeros: Vec<u64> = md.owned.iter().filter(|(_, &(o, _))| o == 0).map(|(&p, _)| p).collect();
+                let zeros: Vec<u64> =
+                    md.owned.iter().filter(|(_, &(o, _))| o == 0).map(|(&p, _)| p).collect();
                 if !zeros.is_empty() {
                     let start = k % zeros.len();
-                    let mut pick: Vec<u64> = zeros[start..].iter().step_by(step).take(n).copied().collect();
+                    let mut pick: Vec<u64> =
+                        zeros[start..].iter().step_by(step).take(n).copied().collect();
                     if k & 0x8000 != 0 {
                         pick.reverse(); // descending: every page its own run
                     }
@@ -357,12 +436,22 @@ pub fn run(data: &[u8]) {
         pa.drain_pages(0, cpu);
     }
     let end = ck.check(&pa, &md, &"free everything and drain", true).unwrap();
-    assert_eq!(end.pcp_pages, [0; MAX_NR_ZONES], "pages left on pcp lists after draining every CPU");
+    assert_eq!(
+        end.pcp_pages, [0; MAX_NR_ZONES],
+        "pages left on pcp lists after draining every CPU"
+    );
     assert_eq!(end.nr_free, initial.nr_free, "buddy differs from boot after freeing everything");
 }
 
 /// A misuse must be refused with the right reason and change nothing (the caller checks).
-fn misuse(pa: &PageAllocator, md: &mut Model, reserved_pfns: &[u64], k: usize, kind: u8, nr_cpus: usize) {
+fn misuse(
+    pa: &PageAllocator,
+    md: &mut Model,
+    reserved_pfns: &[u64],
+    k: usize,
+    kind: u8,
+    nr_cpus: usize,
+) {
     match kind {
         0 => {
             // Double free (the first goes to a pcp list or the buddy).
@@ -371,14 +460,20 @@ fn misuse(pa: &PageAllocator, md: &mut Model, reserved_pfns: &[u64], k: usize, k
                 assert_eq!(pa.__free_pages(0, p, o), Ok(()));
                 let e = pa.__free_pages(1 % nr_cpus, p, o).unwrap_err();
                 assert!(
-                    matches!(e.what, BadPage::DoubleFreePcp { .. } | BadPage::DoubleFreeBuddy { .. } | BadPage::NotAllocated),
+                    matches!(
+                        e.what,
+                        BadPage::DoubleFreePcp { .. }
+                            | BadPage::DoubleFreeBuddy { .. }
+                            | BadPage::NotAllocated
+                    ),
                     "double free of {p:#x}/{o}: {e}"
                 );
             }
         }
         1 => {
             if let Some((p, o, _)) = md.nth(k, |_, _, _| true) {
-                let wrong = if o < 10 && p & ((2 << o) - 1) == 0 { Some(o + 1) } else { o.checked_sub(1) };
+                let wrong =
+                    if o < 10 && p & ((2 << o) - 1) == 0 { Some(o + 1) } else { o.checked_sub(1) };
                 if let Some(w) = wrong {
                     let e = pa.__free_pages(0, p, w).unwrap_err();
                     assert_eq!(e.what, BadPage::WrongOrder { freed: w, allocated: o }, "{p:#x}");
@@ -387,25 +482,44 @@ fn misuse(pa: &PageAllocator, md: &mut Model, reserved_pfns: &[u64], k: usize, k
         }
         2 => {
             if let Some((p, _, _)) = md.nth(k, |_, o, _| o > 0) {
-                assert_eq!(pa.__free_page(0, p + 1).unwrap_err().what, BadPage::NotAllocated, "tail page {:#x}", p + 1);
+                assert_eq!(
+                    pa.__free_page(0, p + 1).unwrap_err().what,
+                    BadPage::NotAllocated,
+                    "tail page {:#x}",
+                    p + 1
+                );
             }
         }
         3 => {
             if !reserved_pfns.is_empty() {
                 let q = reserved_pfns[k % reserved_pfns.len()];
-                assert_eq!(pa.__free_page(0, q).unwrap_err().what, BadPage::Reserved, "reserved {q:#x}");
-                assert_eq!(pa.put_page(0, q).unwrap_err().what, BadPage::Reserved, "put_page reserved {q:#x}");
+                assert_eq!(
+                    pa.__free_page(0, q).unwrap_err().what,
+                    BadPage::Reserved,
+                    "reserved {q:#x}"
+                );
+                assert_eq!(
+                    pa.put_page(0, q).unwrap_err().what,
+                    BadPage::Reserved,
+                    "put_page reserved {q:#x}"
+                );
             }
         }
         4 => {
             if let Some((p, _, _)) = md.nth(k, |_, _, _| true) {
-                assert_eq!(pa.__free_pages(0, p | 1, 1).unwrap_err().what, BadPage::Misaligned { order: 1 });
+                assert_eq!(
+                    pa.__free_pages(0, p | 1, 1).unwrap_err().what,
+                    BadPage::Misaligned { order: 1 }
+                );
             }
         }
         5 => {
             let beyond = md.min_pfn + md.bitmap.len() as u64 + (k as u64 % 3);
             assert_eq!(pa.__free_page(0, beyond).unwrap_err().what, BadPage::OutOfRange);
-            assert_eq!(pa.__free_pages(0, md.min_pfn, 11).unwrap_err().what, BadPage::BadOrder { order: 11 });
+            assert_eq!(
+                pa.__free_pages(0, md.min_pfn, 11).unwrap_err().what,
+                BadPage::BadOrder { order: 11 }
+            );
         }
         _ => {
             // A maximal order-0 run plus the page after it (never a freeable page): the run is

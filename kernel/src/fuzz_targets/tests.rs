@@ -24,7 +24,11 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 fn replay(target: &str, min: usize) {
     let f = super::TARGETS.iter().find(|(n, _)| *n == target).unwrap().1;
     let list = files(&corpus_dir(target));
-    assert!(list.len() >= min, "fuzz/corpus/{target} has {} files, expected at least {min}", list.len());
+    assert!(
+        list.len() >= min,
+        "fuzz/corpus/{target} has {} files, expected at least {min}",
+        list.len()
+    );
     for p in &list {
         let data = std::fs::read(p).unwrap();
         // The name is printed first so that a failing input is named in the test output.
@@ -37,7 +41,9 @@ fn replay(target: &str, min: usize) {
 fn corpus_replay_dt() {
     replay("dt", 10);
     if let Some(dir) = std::env::var_os("DT_FIXTURES") {
-        for p in files(Path::new(&dir)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "dtb")) {
+        for p in
+            files(Path::new(&dir)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "dtb"))
+        {
             std::eprintln!("replay dt: {}", p.display());
             super::dt(&std::fs::read(&p).unwrap());
         }
@@ -65,10 +71,18 @@ fn every_target_has_a_corpus_and_a_fuzz_binary() {
     for (name, _) in super::TARGETS {
         assert!(corpus_dir(name).is_dir(), "fuzz/corpus/{name} missing");
         let src = root.join("fuzz_targets").join(format!("{name}.rs"));
-        let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-        assert!(text.contains(&format!("kernel::fuzz_targets::{name}(")), "{} does not call the shared check", src.display());
+        let text =
+            std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        assert!(
+            text.contains(&format!("kernel::fuzz_targets::{name}(")),
+            "{} does not call the shared check",
+            src.display()
+        );
         let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
-        assert!(manifest.contains(&format!("name = \"{name}\"")), "fuzz/Cargo.toml has no [[bin]] {name}");
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "fuzz/Cargo.toml has no [[bin]] {name}"
+        );
     }
 }
 
@@ -96,8 +110,15 @@ fn dt_checks_refuse_unusable_boot_info() {
     let good = BootInfo {
         model: "m".into(),
         board: Board::Unknown,
-        memory: std::vec![MemRange { base: 0x4000_0000, size: 0x1000 }, MemRange { base: 0x5000_0000, size: 0x1000 }],
-        reserved: std::vec![Reserved { base: 0x4000_0000, size: 0x1000, kind: ReservedKind::MemReserve }],
+        memory: std::vec![
+            MemRange { base: 0x4000_0000, size: 0x1000 },
+            MemRange { base: 0x5000_0000, size: 0x1000 }
+        ],
+        reserved: std::vec![Reserved {
+            base: 0x4000_0000,
+            size: 0x1000,
+            kind: ReservedKind::MemReserve
+        }],
         dynamic_reserved: Vec::new(),
         cpus: Vec::new(),
         psci: None,
@@ -122,7 +143,10 @@ fn dt_checks_refuse_unusable_boot_info() {
     for (n, f) in bad.iter().enumerate().take(4) {
         let mut i = good.clone();
         f(&mut i);
-        assert!(catch_unwind(|| super::dt::check_info(&blob, &i)).is_err(), "rule {n} did not fire");
+        assert!(
+            catch_unwind(|| super::dt::check_info(&blob, &i)).is_err(),
+            "rule {n} did not fire"
+        );
     }
     // Bad bootargs are not a dt finding (the boot refuses them): the check passes.
     let mut i = good.clone();
@@ -135,9 +159,10 @@ fn dt_checks_refuse_unusable_boot_info() {
 #[test]
 fn op_sequences_of_any_length_run() {
     for conf in 0..=255u8 {
-        let v: Vec<u8> = core::iter::once(conf).chain((0..(conf as usize % 48)).map(|i| (i * 37 + 11) as u8)).collect();
+        let v: Vec<u8> = core::iter::once(conf)
+            .chain((0..(conf as usize % 48)).map(|i| (i * 37 + 11) as u8))
+            .collect();
         super::page_alloc(&v);
         super::kva(&v);
     }
 }
-

@@ -28,7 +28,11 @@ pub const fn find_buddy_pfn(pfn: u64, order: u32) -> u64 {
 impl<'m> PageAllocator<'m> {
     /// `spin_lock_irqsave(&zone->lock)`, counted.
     #[inline]
-    pub(super) fn zone_lock<'a>(&self, cpu: usize, zone: &'a Zone) -> SpinMutexGuard<'a, ZoneFreeLists> {
+    pub(super) fn zone_lock<'a>(
+        &self,
+        cpu: usize,
+        zone: &'a Zone,
+    ) -> SpinMutexGuard<'a, ZoneFreeLists> {
         self.events(cpu).count(VmEvent::ZoneLock, 1);
         zone.lock.lock()
     }
@@ -57,7 +61,14 @@ impl<'m> PageAllocator<'m> {
 
     /// Linux `__add_to_free_list` + `set_buddy_order`.
     #[inline]
-    fn __add_to_free_list(&self, zone: &Zone, zf: &mut ZoneFreeLists, pfn: u64, order: u32, tail: bool) {
+    fn __add_to_free_list(
+        &self,
+        zone: &Zone,
+        zf: &mut ZoneFreeLists,
+        pfn: u64,
+        order: u32,
+        tail: bool,
+    ) {
         let page = self.mem_map.page(pfn);
         page.set_order(order);
         page.insert_flags(PageFlags::PG_BUDDY);
@@ -94,11 +105,27 @@ impl<'m> PageAllocator<'m> {
 
     /// Linux `__free_one_page`: free a (prepared, refcount 0) block of `order` at `pfn`,
     /// merging with free buddies up to MAX_PAGE_ORDER. zone->lock held.
-    pub(super) fn __free_one_page(&self, zone: &Zone, zf: &mut ZoneFreeLists, mut pfn: u64, mut order: u32, fpi: u32) {
+    pub(super) fn __free_one_page(
+        &self,
+        zone: &Zone,
+        zf: &mut ZoneFreeLists,
+        mut pfn: u64,
+        mut order: u32,
+        fpi: u32,
+    ) {
         let zone_idx = zone.idx as u8;
-        debug_assert!(pfn & ((1 << order) - 1) == 0, "pfn {:#x} not aligned to order {}", pfn, order);
+        debug_assert!(
+            pfn & ((1 << order) - 1) == 0,
+            "pfn {:#x} not aligned to order {}",
+            pfn,
+            order
+        );
         debug_assert!(zone.zone_spans_pfn(pfn));
-        debug_assert!(!self.mem_map.page(pfn).flags().intersects(PageFlags::PG_BUDDY | PageFlags::PG_PCP));
+        debug_assert!(!self
+            .mem_map
+            .page(pfn)
+            .flags()
+            .intersects(PageFlags::PG_BUDDY | PageFlags::PG_PCP));
         Self::account_freepages(zone, 1 << order);
 
         let mut buddy_pfn = 0;
@@ -112,14 +139,22 @@ impl<'m> PageAllocator<'m> {
             pfn &= buddy_pfn;
             order += 1;
         }
-        let to_tail = fpi & FPI_TO_TAIL != 0 || self.buddy_merge_likely(pfn, buddy_pfn, order, zone_idx);
+        let to_tail =
+            fpi & FPI_TO_TAIL != 0 || self.buddy_merge_likely(pfn, buddy_pfn, order, zone_idx);
         self.__add_to_free_list(zone, zf, pfn, order, to_tail);
     }
 
     /// Linux `expand`: hand out the lowest `2^low` pages of the `2^high` block at `pfn`,
     /// returning each upper half to the free list of its order. Returns the pages put back.
     #[inline]
-    fn expand(&self, zone: &Zone, zf: &mut ZoneFreeLists, pfn: u64, low: u32, mut high: u32) -> u64 {
+    fn expand(
+        &self,
+        zone: &Zone,
+        zf: &mut ZoneFreeLists,
+        pfn: u64,
+        low: u32,
+        mut high: u32,
+    ) -> u64 {
         let mut size = 1u64 << high;
         let mut nr_added = 0;
         while high > low {
@@ -133,7 +168,14 @@ impl<'m> PageAllocator<'m> {
 
     /// Linux `page_del_and_expand`.
     #[inline]
-    fn page_del_and_expand(&self, zone: &Zone, zf: &mut ZoneFreeLists, pfn: u64, low: u32, high: u32) {
+    fn page_del_and_expand(
+        &self,
+        zone: &Zone,
+        zf: &mut ZoneFreeLists,
+        pfn: u64,
+        low: u32,
+        high: u32,
+    ) {
         let mut nr_pages = 1i64 << high;
         self.__del_page_from_free_list(zone, zf, pfn, high);
         nr_pages -= self.expand(zone, zf, pfn, low, high) as i64;
@@ -142,7 +184,12 @@ impl<'m> PageAllocator<'m> {
 
     /// Linux `__rmqueue_smallest`: the first block of the smallest non-empty order >= `order`,
     /// split down to `order`.
-    pub(super) fn __rmqueue_smallest(&self, zone: &Zone, zf: &mut ZoneFreeLists, order: u32) -> Option<u64> {
+    pub(super) fn __rmqueue_smallest(
+        &self,
+        zone: &Zone,
+        zf: &mut ZoneFreeLists,
+        order: u32,
+    ) -> Option<u64> {
         for current_order in order..=MAX_PAGE_ORDER as u32 {
             if let Some(pfn) = zf.free_list[current_order as usize].first_pfn(&self.mem_map) {
                 self.page_del_and_expand(zone, zf, pfn, order, current_order);
@@ -196,7 +243,11 @@ impl<'m> PageAllocator<'m> {
     /// naturally aligned blocks, at most MAX_PAGE_ORDER.
     fn __free_pages_memory(&self, zone: &Zone, mut start: u64, end: u64) {
         while start < end {
-            let mut order = if start != 0 { (start.trailing_zeros() as usize).min(MAX_PAGE_ORDER) } else { MAX_PAGE_ORDER } as u32;
+            let mut order = if start != 0 {
+                (start.trailing_zeros() as usize).min(MAX_PAGE_ORDER)
+            } else {
+                MAX_PAGE_ORDER
+            } as u32;
             while start + (1 << order) > end {
                 order -= 1;
             }

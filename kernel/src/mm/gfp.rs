@@ -106,7 +106,8 @@ pub const ALLOC_CMA: AllocFlags = 0x80;
 pub const ALLOC_NOFRAGMENT: AllocFlags = 0x100;
 pub const ALLOC_HIGHATOMIC: AllocFlags = 0x200;
 pub const ALLOC_KSWAPD: AllocFlags = 0x800;
-pub const ALLOC_RESERVES: AllocFlags = ALLOC_NON_BLOCK | ALLOC_MIN_RESERVE | ALLOC_HIGHATOMIC | ALLOC_OOM;
+pub const ALLOC_RESERVES: AllocFlags =
+    ALLOC_NON_BLOCK | ALLOC_MIN_RESERVE | ALLOC_HIGHATOMIC | ALLOC_OOM;
 
 /// Linux `alloc_flags_nonblocking`.
 #[inline]

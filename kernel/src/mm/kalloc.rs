@@ -158,7 +158,9 @@ pub fn nr_vmalloc_pages() -> i64 {
 /// one cache-line-sized block per instruction; a byte loop only if DCZID_EL0 prohibits it.
 pub fn zero_pages(pfn: u64, nr: usize) {
     let dczid: u64;
-    unsafe { core::arch::asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags))
+    };
     let va = pfn_to_virt(pfn);
     if dczid & (1 << 4) != 0 {
         unsafe { core::ptr::write_bytes(va, 0, nr * PAGE_SIZE) };
@@ -175,7 +177,8 @@ pub fn zero_pages(pfn: u64, nr: usize) {
 
 /// Linux warn_alloc's `nopage_rs`: one allocation-failure warning per 10 s (timer time, so
 /// deterministic under -icount), shared by the page allocator and vmalloc as in Linux.
-static NOPAGE_RS: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit::new(10 * 62_500_000, 1);
+static NOPAGE_RS: crate::ratelimit::RateLimit =
+    crate::ratelimit::RateLimit::new(10 * 62_500_000, 1);
 
 /// Allocation-failure warning (Linux: warn_alloc), rate limited. The interval is in counter
 /// ticks at QEMU's 62.5 MHz; other counter rates scale it (a Pi 4's 54 MHz: 11.6 s).

@@ -36,12 +36,17 @@ struct Class {
 }
 unsafe impl Send for Class {}
 
-static CLASSES: [spin::Mutex<Class>; NR_CLASSES] = [const { spin::Mutex::new(Class { partial: null_mut(), nr_slabs: 0 }) }; NR_CLASSES];
+static CLASSES: [spin::Mutex<Class>; NR_CLASSES] =
+    [const { spin::Mutex::new(Class { partial: null_mut(), nr_slabs: 0 }) }; NR_CLASSES];
 
 fn class_of(size: usize) -> Option<usize> {
     let s = size.max(1 << MIN_SHIFT).next_power_of_two();
     let shift = s.trailing_zeros();
-    if shift > MAX_SHIFT { None } else { Some((shift - MIN_SHIFT) as usize) }
+    if shift > MAX_SHIFT {
+        None
+    } else {
+        Some((shift - MIN_SHIFT) as usize)
+    }
 }
 
 fn obj_size(class: usize) -> usize {
@@ -139,7 +144,13 @@ pub fn kfree(ptr: *mut u8, size: usize) {
     let s = ((ptr as usize) & !(PAGE_SIZE - 1)) as *mut Slab;
     let mut c = CLASSES[class].lock();
     unsafe {
-        assert_eq!((*s).class as usize, class, "kfree: object at {:p} is not a {}-byte object", ptr, obj_size(class));
+        assert_eq!(
+            (*s).class as usize,
+            class,
+            "kfree: object at {:p} is not a {}-byte object",
+            ptr,
+            obj_size(class)
+        );
         let was_full = (*s).free.is_null();
         let o = ptr as *mut FreeObj;
         (*o).next = (*s).free;

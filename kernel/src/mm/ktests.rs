@@ -21,7 +21,9 @@ ktest!(page_alloc_until_oom_then_free_everything, {
     // Largest blocks first, then smaller ones, until even order 0 fails: null, not a panic.
     let mut held: Vec<(u64, u32)> = Vec::new();
     for order in (0..=10u32).rev() {
-        while let Some(pfn) = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, order) {
+        while let Some(pfn) =
+            kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, order)
+        {
             held.push((pfn, order));
         }
     }
@@ -59,7 +61,13 @@ ktest!(page_alloc_reports_misuse, {
     kalloc::try_free_pages(pfn, 0).map_err(|e| alloc::format!("first free failed: {e}"))?;
     let e = kalloc::try_free_pages(pfn, 0).err().ok_or("double free not detected")?;
     kassert_eq!(e.pfn, pfn);
-    kassert!(matches!(e.what, BadPage::DoubleFreePcp { .. } | BadPage::DoubleFreeBuddy { .. } | BadPage::NotAllocated), "{e}");
+    kassert!(
+        matches!(
+            e.what,
+            BadPage::DoubleFreePcp { .. } | BadPage::DoubleFreeBuddy { .. } | BadPage::NotAllocated
+        ),
+        "{e}"
+    );
     crate::println!("    (expected) {e}");
 
     let pfn = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).ok_or("alloc")?;
@@ -76,7 +84,10 @@ ktest!(page_alloc_reports_misuse, {
     // Refcount underflow: put a page whose count is already zero.
     let pfn = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).ok_or("alloc")?;
     kalloc::try_free_pages(pfn, 0).map_err(|e| alloc::format!("{e}"))?;
-    let e = kalloc::allocator().put_page(arch::smp_processor_id(), pfn).err().ok_or("put_page of a free page not detected")?;
+    let e = kalloc::allocator()
+        .put_page(arch::smp_processor_id(), pfn)
+        .err()
+        .ok_or("put_page of a free page not detected")?;
     crate::println!("    (expected) {e}");
     kassert_eq!(settled_free(), before);
     Ok(())
@@ -107,11 +118,21 @@ ktest!(kernel_image_is_mapped_w_xor_x, {
     let f = text.flags();
     kassert!(f.contains(PteFlags::RDONLY) && !f.contains(PteFlags::PXN), "text not RX: {:?}", f);
     let ro = pt.walk(&KernelPt, ((&raw const _erodata) as u64) - 8).ok_or("rodata unmapped")?;
-    kassert!(ro.flags().contains(PteFlags::RDONLY) && ro.flags().contains(PteFlags::PXN), "rodata not R: {:?}", ro.flags());
+    kassert!(
+        ro.flags().contains(PteFlags::RDONLY) && ro.flags().contains(PteFlags::PXN),
+        "rodata not R: {:?}",
+        ro.flags()
+    );
     let bss = pt.walk(&KernelPt, (&raw const __bss_start) as u64).ok_or("bss unmapped")?;
-    kassert!(!bss.flags().contains(PteFlags::RDONLY) && bss.flags().contains(PteFlags::PXN), "data not RW+XN: {:?}", bss.flags());
+    kassert!(
+        !bss.flags().contains(PteFlags::RDONLY) && bss.flags().contains(PteFlags::PXN),
+        "data not RW+XN: {:?}",
+        bss.flags()
+    );
     // The linear map uses blocks where RAM is aligned.
-    let lin = pt.walk(&KernelPt, arch::PAGE_OFFSET + (arch::mmu::kimage_pa() & !0x3fff_ffff)).ok_or("linear map")?;
+    let lin = pt
+        .walk(&KernelPt, arch::PAGE_OFFSET + (arch::mmu::kimage_pa() & !0x3fff_ffff))
+        .ok_or("linear map")?;
     kassert!(lin.level <= 2, "linear map not using blocks (level {})", lin.level);
     Ok(())
 });
@@ -146,39 +167,64 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
                 if i % 16 == 0 {
                     // Bulk order-0 allocation, split high-order blocks, and the patch's frees.
                     let mut slots = [None; 32];
-                    let got = kalloc::alloc_pages_bulk(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, 32, &mut slots);
+                    let got = kalloc::alloc_pages_bulk(
+                        GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN,
+                        32,
+                        &mut slots,
+                    );
                     let mut pfns = [0u64; 32];
                     for (k, s) in slots.iter().take(got).enumerate() {
                         let pfn = s.unwrap();
                         pfns[k] = pfn;
-                        unsafe { (kalloc::pfn_to_virt(pfn) as *mut u64).write_volatile(me << 32 | pfn) };
+                        unsafe {
+                            (kalloc::pfn_to_virt(pfn) as *mut u64).write_volatile(me << 32 | pfn)
+                        };
                     }
                     let order = rng.below(5);
-                    let big = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, order);
+                    let big =
+                        kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, order);
                     if let Some(b) = big {
                         kalloc::split_page(b, order);
                         for k in 0..(1u64 << order) {
-                            unsafe { (kalloc::pfn_to_virt(b + k) as *mut u64).write_volatile(me << 32 | (b + k)) };
+                            unsafe {
+                                (kalloc::pfn_to_virt(b + k) as *mut u64)
+                                    .write_volatile(me << 32 | (b + k))
+                            };
                         }
                     }
                     for &pfn in &pfns[..got] {
-                        if unsafe { (kalloc::pfn_to_virt(pfn) as *mut u64).read_volatile() } != me << 32 | pfn {
+                        if unsafe { (kalloc::pfn_to_virt(pfn) as *mut u64).read_volatile() }
+                            != me << 32 | pfn
+                        {
                             errors.fetch_add(1, Ordering::SeqCst);
                         }
                     }
                     if let Some(b) = big {
                         for k in 0..(1u64 << order) {
-                            if unsafe { (kalloc::pfn_to_virt(b + k) as *mut u64).read_volatile() } != me << 32 | (b + k) {
+                            if unsafe { (kalloc::pfn_to_virt(b + k) as *mut u64).read_volatile() }
+                                != me << 32 | (b + k)
+                            {
                                 errors.fetch_add(1, Ordering::SeqCst);
                             }
                         }
-                        if rng.below(2) == 0 { kalloc::__free_contig_range(b, 1 << order) } else { kalloc::free_contig_range(b, 1 << order) }
+                        if rng.below(2) == 0 {
+                            kalloc::__free_contig_range(b, 1 << order)
+                        } else {
+                            kalloc::free_contig_range(b, 1 << order)
+                        }
                     }
                     kalloc::free_pages_bulk(&pfns[..got]);
                 }
                 if held.len() < 48 && (rng.below(2) == 0 || held.is_empty()) {
-                    let order = match rng.below(16) { 0 => 10, 1 => 9, 2..=4 => rng.below(9), _ => rng.below(4) };
-                    if let Some(pfn) = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, order) {
+                    let order = match rng.below(16) {
+                        0 => 10,
+                        1 => 9,
+                        2..=4 => rng.below(9),
+                        _ => rng.below(4),
+                    };
+                    if let Some(pfn) =
+                        kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_NOWARN, order)
+                    {
                         let p = kalloc::pfn_to_virt(pfn) as *mut u64;
                         unsafe {
                             p.write_volatile(me << 32 | i as u64);

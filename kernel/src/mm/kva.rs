@@ -377,7 +377,13 @@ impl<P: PageSource> NodeCache<P> {
             head = o;
         }
         let page = p as *mut SlabPage;
-        page.write(SlabPage { next: null_mut(), prev: null_mut(), freelist: head, inuse: 0, full: 0 });
+        page.write(SlabPage {
+            next: null_mut(),
+            prev: null_mut(),
+            freelist: head,
+            inuse: 0,
+            full: 0,
+        });
         self.partial.push_front(page);
         Some(page)
     }
@@ -434,7 +440,11 @@ impl<P: PageSource> NodeCache<P> {
                 p = (*p).next;
             }
         }
-        SlabStats { pages: self.partial.len + self.full.len, objects_in_use: self.inuse, empty_pages: empty }
+        SlabStats {
+            pages: self.partial.len + self.full.len,
+            objects_in_use: self.inuse,
+            empty_pages: empty,
+        }
     }
 
     pub fn page_source(&self) -> &P {
@@ -679,7 +689,11 @@ impl<const AUG: bool> RawTree<AUG> {
     /// Finds where `[start, end)` would be linked. Returns `(parent, as_left, prev, next)` with
     /// the would-be neighbours, or `Err(Overlap)` if it overlaps a node (Linux `find_va_links`
     /// + `get_va_next_sibling`).
-    unsafe fn find_links(&self, start: u64, end: u64) -> Result<(*mut VaNode, bool, *mut VaNode, *mut VaNode), KvaError> {
+    unsafe fn find_links(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<(*mut VaNode, bool, *mut VaNode, *mut VaNode), KvaError> {
         let (mut parent, mut as_left) = (null_mut(), false);
         let (mut prev, mut next) = (null_mut(), null_mut());
         let mut n = self.root;
@@ -788,7 +802,12 @@ impl<const AUG: bool> RawTree<AUG> {
         }
     }
 
-    unsafe fn check_node(n: *mut VaNode, parent: *mut VaNode, lo: u64, hi: u64) -> Result<(u32, u64, usize, u64), &'static str> {
+    unsafe fn check_node(
+        n: *mut VaNode,
+        parent: *mut VaNode,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(u32, u64, usize, u64), &'static str> {
         if n.is_null() {
             return Ok((0, 0, 0, 0));
         }
@@ -839,7 +858,13 @@ unsafe fn is_within_this_va(va: *const VaNode, size: u64, align: u64, vstart: u6
 /// Top-down counterpart: the highest aligned start with `[nva, nva + size)` inside the block and
 /// inside `[vstart, vend)`.
 #[inline]
-unsafe fn fits_top(va: *const VaNode, size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
+unsafe fn fits_top(
+    va: *const VaNode,
+    size: u64,
+    align: u64,
+    vstart: u64,
+    vend: u64,
+) -> Option<u64> {
     let top = (*va).va_end.min(vend);
     if top < size {
         return None;
@@ -919,12 +944,19 @@ impl<P: PageSource> KvaAllocator<P> {
     /// With the adjusted length the result is the lowest fitting block among those at least
     /// `size + align - 1` long, or a lower, smaller block that happened to lie on the search
     /// path — exactly Linux's behaviour.
-    pub fn alloc(&mut self, size: u64, align: u64, vstart: u64, vend: u64) -> Result<u64, KvaError> {
+    pub fn alloc(
+        &mut self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Result<u64, KvaError> {
         if size == 0 || !align.is_power_of_two() || vstart >= vend {
             return Err(KvaError::Invalid);
         }
         let adjust = align > PAGE_SIZE && vend - vstart != size;
-        let length = if adjust { size.checked_add(align - 1).ok_or(KvaError::Invalid)? } else { size };
+        let length =
+            if adjust { size.checked_add(align - 1).ok_or(KvaError::Invalid)? } else { size };
         unsafe {
             let va = self.find_vmap_lowest_match(size, align, vstart, length);
             if va.is_null() {
@@ -943,7 +975,13 @@ impl<P: PageSource> KvaAllocator<P> {
     }
 
     /// Linux `find_vmap_lowest_match`.
-    unsafe fn find_vmap_lowest_match(&self, size: u64, align: u64, mut vstart: u64, length: u64) -> *mut VaNode {
+    unsafe fn find_vmap_lowest_match(
+        &self,
+        size: u64,
+        align: u64,
+        mut vstart: u64,
+        length: u64,
+    ) -> *mut VaNode {
         let mut node = self.tree.root;
         while !node.is_null() {
             if get_subtree_max_size((*node).left) >= length && vstart < (*node).va_start {
@@ -990,7 +1028,13 @@ impl<P: PageSource> KvaAllocator<P> {
     /// the left subtree, climbing back (lowering the navigation bound below an ancestor) on
     /// failure. O(log n) typically; O(k log n) when k blocks are large enough but rejected by
     /// alignment or the window. The block is carved with `va_clip`.
-    pub fn alloc_top_down(&mut self, size: u64, align: u64, vstart: u64, vend: u64) -> Result<u64, KvaError> {
+    pub fn alloc_top_down(
+        &mut self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        vend: u64,
+    ) -> Result<u64, KvaError> {
         if size == 0 || !align.is_power_of_two() || vstart >= vend {
             return Err(KvaError::Invalid);
         }
@@ -998,13 +1042,20 @@ impl<P: PageSource> KvaAllocator<P> {
             return Err(KvaError::NoSpace);
         }
         unsafe {
-            let (va, nva) = self.find_vmap_highest_match(size, align, vstart, vend).ok_or(KvaError::NoSpace)?;
+            let (va, nva) =
+                self.find_vmap_highest_match(size, align, vstart, vend).ok_or(KvaError::NoSpace)?;
             self.va_clip(va, nva, size)?;
             Ok(nva)
         }
     }
 
-    unsafe fn find_vmap_highest_match(&self, size: u64, align: u64, vstart: u64, mut vend: u64) -> Option<(*mut VaNode, u64)> {
+    unsafe fn find_vmap_highest_match(
+        &self,
+        size: u64,
+        align: u64,
+        vstart: u64,
+        mut vend: u64,
+    ) -> Option<(*mut VaNode, u64)> {
         let mut node = self.tree.root;
         while !node.is_null() {
             if get_subtree_max_size((*node).right) >= size && vend > (*node).va_end {
@@ -1025,7 +1076,10 @@ impl<P: PageSource> KvaAllocator<P> {
                     if let Some(nva) = fits_top(node, size, align, vstart, vend) {
                         return Some((node, nva));
                     }
-                    if get_subtree_max_size((*node).left) >= size && vstart < (*node).va_start && vend >= (*node).va_end {
+                    if get_subtree_max_size((*node).left) >= size
+                        && vstart < (*node).va_start
+                        && vend >= (*node).va_end
+                    {
                         // Every block of the left subtree ends at or below va_start, so this
                         // only stops the search from re-entering the subtree it came from.
                         vend = (*node).va_end - 1;
@@ -1448,7 +1502,12 @@ unsafe impl<P: PageSource + Send> Send for VaPool<P> {}
 
 impl<P: PageSource> VaPool<P> {
     pub const fn new(page_source: P) -> Self {
-        VaPool { lists: [PoolList::EMPTY; MAX_VA_SIZE_PAGES], cache: NodeCache::new(page_source), nr_areas: 0, bytes: 0 }
+        VaPool {
+            lists: [PoolList::EMPTY; MAX_VA_SIZE_PAGES],
+            cache: NodeCache::new(page_source),
+            nr_areas: 0,
+            bytes: 0,
+        }
     }
 
     /// Linux `size_to_va_pool`: the list index for an area of `size` bytes, if pooled.
@@ -1699,25 +1758,45 @@ mod tests {
             let kva = KvaAllocator::new(start, end, TestPages::new()).unwrap();
             let mut model = Model::default();
             model.free.insert(start, end);
-            let h = Harness { kva, model, live: Vec::new(), start, end, allocs_ok: 0, allocs_nospace: 0, path_hits: 0, max_free_ranges: 1 };
+            let h = Harness {
+                kva,
+                model,
+                live: Vec::new(),
+                start,
+                end,
+                allocs_ok: 0,
+                allocs_nospace: 0,
+                path_hits: 0,
+                max_free_ranges: 1,
+            };
             h.verify();
             h
         }
 
         fn verify(&self) {
             self.kva.check().unwrap();
-            let tree: Vec<(u64, u64)> = self.kva.iter_free().map(|r| (r.va_start, r.va_end)).collect();
+            let tree: Vec<(u64, u64)> =
+                self.kva.iter_free().map(|r| (r.va_start, r.va_end)).collect();
             let model: Vec<(u64, u64)> = self.model.free.iter().map(|(&s, &e)| (s, e)).collect();
             assert_eq!(tree, model, "free tree differs from model");
             assert_eq!(self.kva.nr_free_ranges(), model.len());
             assert_eq!(self.kva.free_bytes(), model.iter().map(|(s, e)| e - s).sum::<u64>());
-            assert_eq!(self.kva.largest_free(), model.iter().map(|(s, e)| e - s).max().unwrap_or(0));
+            assert_eq!(
+                self.kva.largest_free(),
+                model.iter().map(|(s, e)| e - s).max().unwrap_or(0)
+            );
             let st = self.kva.slab_stats();
             assert_eq!(st.objects_in_use, model.len());
             assert_eq!(st.pages, self.kva.page_source().live);
         }
 
-        fn alloc(&mut self, size: u64, align: u64, vstart: u64, vend: u64) -> Result<u64, KvaError> {
+        fn alloc(
+            &mut self,
+            size: u64,
+            align: u64,
+            vstart: u64,
+            vend: u64,
+        ) -> Result<u64, KvaError> {
             let got = self.kva.alloc(size, align, vstart, vend);
             let adjust = align > P && vend - vstart != size;
             let length: u128 = if adjust { size as u128 + align as u128 - 1 } else { size as u128 };
@@ -1738,10 +1817,18 @@ mod tests {
             match got {
                 Ok(nva) => {
                     assert_eq!(nva % align, 0, "misaligned");
-                    assert!(nva >= vstart && nva as u128 + size as u128 <= vend as u128, "outside window");
-                    let (bs, be) = self.model.block_containing(nva).expect("returned range not free");
+                    assert!(
+                        nva >= vstart && nva as u128 + size as u128 <= vend as u128,
+                        "outside window"
+                    );
+                    let (bs, be) =
+                        self.model.block_containing(nva).expect("returned range not free");
                     assert!(nva + size <= be, "returned range not free");
-                    assert_eq!(model_fit(bs, be, size, align, vstart), Some(nva), "not the block's first aligned fit");
+                    assert_eq!(
+                        model_fit(bs, be, size, align, vstart),
+                        Some(nva),
+                        "not the block's first aligned fit"
+                    );
                     if let Some((ss, _, _)) = strict {
                         assert!(bs <= ss, "higher than the lowest block of the search length");
                         if (be - bs) as u128 >= length {
@@ -1760,7 +1847,10 @@ mod tests {
                 }
                 Err(KvaError::NoSpace) => {
                     if let Some((_, _, nva)) = strict {
-                        assert!(nva as u128 + size as u128 > vend as u128, "NoSpace but the model fits at {nva:#x}");
+                        assert!(
+                            nva as u128 + size as u128 > vend as u128,
+                            "NoSpace but the model fits at {nva:#x}"
+                        );
                     }
                     self.allocs_nospace += 1;
                 }
@@ -1770,9 +1860,20 @@ mod tests {
             got
         }
 
-        fn alloc_top(&mut self, size: u64, align: u64, vstart: u64, vend: u64) -> Result<u64, KvaError> {
+        fn alloc_top(
+            &mut self,
+            size: u64,
+            align: u64,
+            vstart: u64,
+            vend: u64,
+        ) -> Result<u64, KvaError> {
             let got = self.kva.alloc_top_down(size, align, vstart, vend);
-            let expect = self.model.free.iter().rev().find_map(|(&s, &e)| model_fit_top(s, e, size, align, vstart, vend));
+            let expect = self
+                .model
+                .free
+                .iter()
+                .rev()
+                .find_map(|(&s, &e)| model_fit_top(s, e, size, align, vstart, vend));
             match (got, expect) {
                 (Ok(a), Some(b)) => {
                     assert_eq!(a, b, "top-down not the highest fit");
@@ -1814,19 +1915,25 @@ mod tests {
             while !self.live.is_empty() {
                 self.free_idx(self.live.len() - 1);
             }
-            assert_eq!(self.kva.iter_free().collect::<Vec<_>>(), [VaRange { va_start: self.start, va_end: self.end }]);
+            assert_eq!(
+                self.kva.iter_free().collect::<Vec<_>>(),
+                [VaRange { va_start: self.start, va_end: self.end }]
+            );
             self.kva.shrink();
             assert_eq!(self.kva.page_source().live, 1, "only the page holding the last node stays");
-            assert_eq!(self.kva.slab_stats(), SlabStats { pages: 1, objects_in_use: 1, empty_pages: 0 });
+            assert_eq!(
+                self.kva.slab_stats(),
+                SlabStats { pages: 1, objects_in_use: 1, empty_pages: 0 }
+            );
         }
     }
 
     fn random_align(rng: &mut Rng) -> u64 {
         match rng.below(100) {
             0..=54 => P,
-            55..=64 => 1 << rng.below(12), // <= PAGE_SIZE
+            55..=64 => 1 << rng.below(12),        // <= PAGE_SIZE
             65..=94 => 1 << (13 + rng.below(10)), // 8 KiB .. 4 MiB
-            95..=98 => 1 << (23 + rng.below(8)), // 8 MiB .. 1 GiB
+            95..=98 => 1 << (23 + rng.below(8)),  // 8 MiB .. 1 GiB
             _ => 1 << [40u64, 47, 48, 63][rng.below(4) as usize],
         }
     }
@@ -1916,7 +2023,13 @@ mod tests {
         let mut total_nospace = 0;
         let mut path_hits = 0;
         let mut max_free = 0;
-        for seed in [0x1234_5678_9abc_def1u64, 0xdead_beef_cafe_f00d, 42, 0x0bad_5eed, 0x7777_aaaa_0000_0001] {
+        for seed in [
+            0x1234_5678_9abc_def1u64,
+            0xdead_beef_cafe_f00d,
+            42,
+            0x0bad_5eed,
+            0x7777_aaaa_0000_0001,
+        ] {
             let mut h = run_random(seed, 10_000, BASE, BASE + 16 * GIB);
             total_ok += h.allocs_ok;
             total_nospace += h.allocs_nospace;
@@ -1969,9 +2082,21 @@ mod tests {
         let mut a = KvaAllocator::new(BASE, end, TestPages::new()).unwrap();
         // BASE = 2^64 - 2^47: aligning it up to 2^48 or more overflows u64.
         for shift in [48u32, 50, 56, 62, 63] {
-            assert_eq!(a.alloc(P, 1 << shift, BASE, end), Err(KvaError::NoSpace), "align 2^{shift}");
-            assert_eq!(a.alloc_top_down(P, 1 << shift, BASE, end), Err(KvaError::NoSpace), "align 2^{shift}");
-            assert_eq!(a.alloc(P, 1 << shift, 0, u64::MAX), Err(KvaError::NoSpace), "align 2^{shift}");
+            assert_eq!(
+                a.alloc(P, 1 << shift, BASE, end),
+                Err(KvaError::NoSpace),
+                "align 2^{shift}"
+            );
+            assert_eq!(
+                a.alloc_top_down(P, 1 << shift, BASE, end),
+                Err(KvaError::NoSpace),
+                "align 2^{shift}"
+            );
+            assert_eq!(
+                a.alloc(P, 1 << shift, 0, u64::MAX),
+                Err(KvaError::NoSpace),
+                "align 2^{shift}"
+            );
         }
         // Larger than the whole range but BASE itself is 2^47 (so 2^40) aligned: the first
         // succeeds at BASE, the next has no aligned spot.
@@ -2216,7 +2341,10 @@ mod tests {
         p.check().unwrap();
         // LIFO within a size, exact size only.
         assert_eq!(p.pool_get(3 * P, P), None);
-        assert_eq!(p.pool_get(2 * P, P), Some(VaRange { va_start: BASE + 8 * P, va_end: BASE + 10 * P }));
+        assert_eq!(
+            p.pool_get(2 * P, P),
+            Some(VaRange { va_start: BASE + 8 * P, va_end: BASE + 10 * P })
+        );
         assert_eq!(p.pool_get(2 * P, P), Some(VaRange { va_start: BASE, va_end: BASE + 2 * P }));
         assert_eq!(p.pool_get(2 * P, P), None);
         assert_eq!(p.pool_get(P, P).unwrap().va_start, BASE + 16 * P);
@@ -2240,10 +2368,16 @@ mod tests {
         assert!(p.pool_put(misaligned, misaligned + 4 * P)); // head
         assert_eq!(p.pool_get(4 * P, 64 * 1024), None, "misaligned head: rotated, give up");
         assert_eq!(p.len_of(4 * P), 2);
-        assert_eq!(p.pool_get(4 * P, 64 * 1024), Some(VaRange { va_start: aligned, va_end: aligned + 4 * P }));
+        assert_eq!(
+            p.pool_get(4 * P, 64 * 1024),
+            Some(VaRange { va_start: aligned, va_end: aligned + 4 * P })
+        );
         assert_eq!(p.pool_get(4 * P, 64 * 1024), None, "only the misaligned one is left");
         assert_eq!(p.len_of(4 * P), 1);
-        assert_eq!(p.pool_get(4 * P, P), Some(VaRange { va_start: misaligned, va_end: misaligned + 4 * P }));
+        assert_eq!(
+            p.pool_get(4 * P, P),
+            Some(VaRange { va_start: misaligned, va_end: misaligned + 4 * P })
+        );
         assert_eq!(p.pool_get(4 * P, 3), None, "align not a power of two");
         p.check().unwrap();
     }
@@ -2258,7 +2392,9 @@ mod tests {
             assert!(p.pool_put(BASE + GIB + i * 16 * P, BASE + GIB + i * 16 * P + 3 * P));
         }
         for i in 0..100 {
-            assert!(p.pool_put(BASE + 2 * GIB + i * 512 * P, BASE + 2 * GIB + i * 512 * P + 256 * P));
+            assert!(
+                p.pool_put(BASE + 2 * GIB + i * 512 * P, BASE + 2 * GIB + i * 512 * P + 256 * P)
+            );
         }
         let mut out = Vec::new();
         assert_eq!(p.decay(false, |r| out.push(r)), 2 + 25, "10 >> 2 + 3 >> 2 (none) + 100 >> 2");
@@ -2322,7 +2458,8 @@ mod tests {
                 p.check().unwrap();
             }
             // Nothing handed out twice: pool + tree + live cover disjoint ranges.
-            let mut all: Vec<(u64, u64)> = live.iter().map(|(_, r)| (r.va_start, r.va_end)).collect();
+            let mut all: Vec<(u64, u64)> =
+                live.iter().map(|(_, r)| (r.va_start, r.va_end)).collect();
             all.extend(kva.iter_free().map(|r| (r.va_start, r.va_end)));
             let pooled: u64 = pools.iter().map(|p| p.bytes()).sum();
             all.sort_unstable();
@@ -2361,7 +2498,8 @@ mod tests {
             let end = start + (1 + rng.below(12)) * P;
             match rng.below(10) {
                 0..=4 => {
-                    let overlaps = model.range(..end).next_back().is_some_and(|(_, &(e, _))| e > start);
+                    let overlaps =
+                        model.range(..end).next_back().is_some_and(|(_, &(e, _))| e > start);
                     let r = t.insert(start, end, op);
                     if overlaps {
                         assert_eq!(r, Err(KvaError::Overlap));
@@ -2371,12 +2509,20 @@ mod tests {
                     }
                 }
                 5..=6 => {
-                    let exp = model.remove(&start).map(|(e, v)| BusyArea { va_start: start, va_end: e, value: v });
+                    let exp = model.remove(&start).map(|(e, v)| BusyArea {
+                        va_start: start,
+                        va_end: e,
+                        value: v,
+                    });
                     assert_eq!(t.remove(start), exp);
                 }
                 7 => {
                     let addr = start + rng.below(8 * P);
-                    let exp = model.range(..=addr).next_back().filter(|(_, &(e, _))| addr < e).map(|(&s, &(e, v))| (s, e, v));
+                    let exp = model
+                        .range(..=addr)
+                        .next_back()
+                        .filter(|(_, &(e, _))| addr < e)
+                        .map(|(&s, &(e, v))| (s, e, v));
                     let got = t.remove_containing(addr);
                     assert_eq!(got.map(|a| (a.va_start, a.va_end, a.value)), exp);
                     if let Some((s, _, _)) = exp {
@@ -2385,14 +2531,20 @@ mod tests {
                 }
                 _ => {
                     let addr = start + rng.below(8 * P);
-                    let exp = model.range(..=addr).next_back().filter(|(_, &(e, _))| addr < e).map(|(&s, &(e, v))| (s, e, v));
+                    let exp = model
+                        .range(..=addr)
+                        .next_back()
+                        .filter(|(_, &(e, _))| addr < e)
+                        .map(|(&s, &(e, v))| (s, e, v));
                     assert_eq!(t.find(addr).map(|a| (a.va_start, a.va_end, a.value)), exp);
                 }
             }
             if op % 97 == 0 {
                 t.check().unwrap();
-                let got: Vec<(u64, u64, u64)> = t.iter().map(|a| (a.va_start, a.va_end, a.value)).collect();
-                let exp: Vec<(u64, u64, u64)> = model.iter().map(|(&s, &(e, v))| (s, e, v)).collect();
+                let got: Vec<(u64, u64, u64)> =
+                    t.iter().map(|a| (a.va_start, a.va_end, a.value)).collect();
+                let exp: Vec<(u64, u64, u64)> =
+                    model.iter().map(|(&s, &(e, v))| (s, e, v)).collect();
                 assert_eq!(got, exp);
                 assert_eq!(t.first().map(|a| a.va_start), model.keys().next().copied());
                 assert_eq!(t.last().map(|a| a.va_start), model.keys().next_back().copied());

@@ -6,7 +6,10 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::gfp::GfpFlags;
 use super::kalloc;
-use super::kva::{BusyArea, BusyTree, KvaAllocator, KvaError, PageSource, VaPool, MAX_VA_SIZE_PAGES, OBJS_PER_PAGE};
+use super::kva::{
+    BusyArea, BusyTree, KvaAllocator, KvaError, PageSource, VaPool, MAX_VA_SIZE_PAGES,
+    OBJS_PER_PAGE,
+};
 use super::PAGE_SIZE;
 use crate::arch::NR_CPUS;
 

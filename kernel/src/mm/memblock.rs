@@ -54,7 +54,11 @@ pub struct MemblockType {
 
 impl MemblockType {
     const fn new(name: &'static str) -> Self {
-        MemblockType { name, cnt: 0, regions: [MemblockRegion { base: 0, size: 0 }; INIT_MEMBLOCK_REGIONS] }
+        MemblockType {
+            name,
+            cnt: 0,
+            regions: [MemblockRegion { base: 0, size: 0 }; INIT_MEMBLOCK_REGIONS],
+        }
     }
 
     pub fn regions(&self) -> &[MemblockRegion] {
@@ -109,8 +113,10 @@ impl MemblockType {
             return Ok(());
         }
         let (first, last) = (self.regions[i], self.regions[j - 1]);
-        let keep_left = (first.base < base).then(|| MemblockRegion { base: first.base, size: base - first.base });
-        let keep_right = (last.end() > end).then(|| MemblockRegion { base: end, size: last.end() - end });
+        let keep_left = (first.base < base)
+            .then(|| MemblockRegion { base: first.base, size: base - first.base });
+        let keep_right =
+            (last.end() > end).then(|| MemblockRegion { base: end, size: last.end() - end });
         let new_n = keep_left.is_some() as usize + keep_right.is_some() as usize;
         let removed = j - i;
         if self.cnt - removed + new_n > INIT_MEMBLOCK_REGIONS {
@@ -150,7 +156,11 @@ impl Default for Memblock {
 
 impl Memblock {
     pub const fn new() -> Self {
-        Memblock { memory: MemblockType::new("memory"), reserved: MemblockType::new("reserved"), bottom_up: false }
+        Memblock {
+            memory: MemblockType::new("memory"),
+            reserved: MemblockType::new("reserved"),
+            bottom_up: false,
+        }
     }
 
     /// `memblock_add`: register RAM.
@@ -343,11 +353,24 @@ impl fmt::Debug for Memblock {
     /// Like Linux `memblock_dump_all`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "MEMBLOCK configuration:")?;
-        writeln!(f, " memory size = {:#x} reserved size = {:#x}", self.phys_mem_size(), self.reserved_size())?;
+        writeln!(
+            f,
+            " memory size = {:#x} reserved size = {:#x}",
+            self.phys_mem_size(),
+            self.reserved_size()
+        )?;
         for t in [&self.memory, &self.reserved] {
             writeln!(f, " {}.cnt  = {:#x}", t.name, t.cnt)?;
             for (i, r) in t.regions().iter().enumerate() {
-                writeln!(f, " {}[{:#x}]\t[{:#018x}-{:#018x}], {:#x} bytes", t.name, i, r.base, r.end() - 1, r.size)?;
+                writeln!(
+                    f,
+                    " {}[{:#x}]\t[{:#018x}-{:#018x}], {:#x} bytes",
+                    t.name,
+                    i,
+                    r.base,
+                    r.end() - 1,
+                    r.size
+                )?;
             }
         }
         Ok(())

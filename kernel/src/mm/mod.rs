@@ -17,37 +17,37 @@ pub mod kalloc;
 #[cfg(target_os = "none")]
 pub mod kmalloc;
 #[cfg(target_os = "none")]
-pub mod setup;
-#[cfg(target_os = "none")]
 mod ktests;
 #[cfg(target_os = "none")]
 pub mod kva_glue;
 #[cfg(target_os = "none")]
-pub mod vmalloc;
-#[cfg(target_os = "none")]
 pub mod percpu;
+#[cfg(target_os = "none")]
+pub mod setup;
+#[cfg(target_os = "none")]
+pub mod vmalloc;
 #[cfg(target_os = "none")]
 mod vmalloc_ktests;
 
 // Page-table walker and KVA allocator (issue 5).
-pub mod pgtable;
 pub mod kva;
-pub mod vmap_lazy;
 #[cfg(not(target_os = "none"))]
 pub mod kva_model;
+pub mod pgtable;
+pub mod vmap_lazy;
 
 // Physical memory (issue 3): memblock, struct page, zones, buddy, pcp, gfp, stats.
 // (modules added below)
+pub mod buddy;
+pub mod gfp;
 pub mod memblock;
 pub mod page;
-pub mod gfp;
-pub mod zone;
-pub mod buddy;
-pub mod pcp;
-pub mod stat;
 pub mod page_alloc;
 #[cfg(test)]
 mod page_alloc_tests;
+pub mod pcp;
+pub mod stat;
+pub mod zone;
 
 pub use gfp::GfpFlags;
 pub use memblock::Memblock;

@@ -19,18 +19,21 @@
 //! allocator's state when it finds a double free, a reserved page, a wrong order, a
 //! misaligned PFN, a tail page or a refcount underflow.
 use super::gfp::{
-    alloc_flags_nonblocking, alloc_flags_slowpath, gfp_pfmemalloc_flags, gfp_zone, AllocFlags, GfpFlags,
-    ALLOC_HIGHATOMIC, ALLOC_KSWAPD, ALLOC_MIN_RESERVE, ALLOC_NO_WATERMARKS, ALLOC_WMARK_LOW, ALLOC_WMARK_MASK,
-    MAX_NR_ZONES,
+    alloc_flags_nonblocking, alloc_flags_slowpath, gfp_pfmemalloc_flags, gfp_zone, AllocFlags,
+    GfpFlags, ALLOC_HIGHATOMIC, ALLOC_KSWAPD, ALLOC_MIN_RESERVE, ALLOC_NO_WATERMARKS,
+    ALLOC_WMARK_LOW, ALLOC_WMARK_MASK, MAX_NR_ZONES,
 };
 use super::memblock::Memblock;
 use super::page::{MemMap, Page, PageFlags, NO_ZONE};
-use super::pcp::{order_to_pindex, pcp_allowed_order, pindex_to_order, NR_CPUS, NR_PCP_LISTS, PAGE_ALLOC_COSTLY_ORDER};
+use super::pcp::{
+    order_to_pindex, pcp_allowed_order, pindex_to_order, NR_CPUS, NR_PCP_LISTS,
+    PAGE_ALLOC_COSTLY_ORDER,
+};
 use super::stat::{NodeStats, PerCpuStats, VmEvent};
 use super::zone::{
     arch_zone_limits, calculate_min_free_kbytes, calculate_normal_threshold, pfn_down, pfn_up,
-    setup_per_zone_lowmem_reserve, setup_per_zone_wmarks, zone_spans, Zone, NR_PAGE_ORDERS, WATERMARK_SCALE_FACTOR,
-    WMARK_HIGH,
+    setup_per_zone_lowmem_reserve, setup_per_zone_wmarks, zone_spans, Zone, NR_PAGE_ORDERS,
+    WATERMARK_SCALE_FACTOR, WMARK_HIGH,
 };
 use super::{MAX_PAGE_ORDER, PAGE_SHIFT};
 use core::fmt;
@@ -73,7 +76,9 @@ impl fmt::Display for BadPage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             BadPage::OutOfRange => write!(f, "pfn outside mem_map"),
-            BadPage::BadOrder { order } => write!(f, "order {} > MAX_PAGE_ORDER {}", order, MAX_PAGE_ORDER),
+            BadPage::BadOrder { order } => {
+                write!(f, "order {} > MAX_PAGE_ORDER {}", order, MAX_PAGE_ORDER)
+            }
             BadPage::Misaligned { order } => write!(f, "pfn not aligned to order {}", order),
             BadPage::Reserved => write!(f, "freeing a reserved page (PG_reserved)"),
             BadPage::DoubleFreeBuddy { order } => {
@@ -83,10 +88,17 @@ impl fmt::Display for BadPage {
                 write!(f, "double free (page is already free on a pcp list, order {})", order)
             }
             BadPage::NotAllocated => {
-                write!(f, "refcount already 0 (double free, or a tail page of a higher-order allocation)")
+                write!(
+                    f,
+                    "refcount already 0 (double free, or a tail page of a higher-order allocation)"
+                )
             }
             BadPage::WrongOrder { freed, allocated } => {
-                write!(f, "wrong order (freed as order {}, allocated as order {})", freed, allocated)
+                write!(
+                    f,
+                    "wrong order (freed as order {}, allocated as order {})",
+                    freed, allocated
+                )
             }
             BadPage::RefcountUnderflow => write!(f, "refcount underflow"),
             BadPage::SplitCompound => write!(f, "split_page of a compound (__GFP_COMP) page"),
@@ -174,7 +186,12 @@ impl Default for PageAllocConfig {
 pub enum InitError {
     NoMemory,
     /// mem_map must cover PFNs [need_start, need_end).
-    MemMapTooSmall { need_start: u64, need_end: u64, have_start: u64, have_end: u64 },
+    MemMapTooSmall {
+        need_start: u64,
+        need_end: u64,
+        have_start: u64,
+        have_end: u64,
+    },
     BadCpuCount(usize),
     BadHighFraction(u32),
 }
@@ -188,8 +205,12 @@ impl fmt::Display for InitError {
                 "page_alloc: mem_map covers PFN {:#x}-{:#x}, RAM needs {:#x}-{:#x}",
                 have_start, have_end, need_start, need_end
             ),
-            InitError::BadCpuCount(n) => write!(f, "page_alloc: nr_cpus {} not in 1..={}", n, NR_CPUS),
-            InitError::BadHighFraction(n) => write!(f, "page_alloc: percpu_pagelist_high_fraction {} < 8", n),
+            InitError::BadCpuCount(n) => {
+                write!(f, "page_alloc: nr_cpus {} not in 1..={}", n, NR_CPUS)
+            }
+            InitError::BadHighFraction(n) => {
+                write!(f, "page_alloc: percpu_pagelist_high_fraction {} < 8", n)
+            }
         }
     }
 }
@@ -241,7 +262,12 @@ impl<'m> PageAllocator<'m> {
     /// memory must already be reserved in it) and the arm64 zone limits, struct pages for PFNs
     /// `[min_pfn, min_pfn + mem_map.len())` (must cover all RAM), releases all free memory to
     /// the buddy (`memblock_free_all`), then watermarks and pcp sizes (`init_per_zone_wmark_min`).
-    pub fn new(mem_map: &'m [Page], min_pfn: u64, memblock: &Memblock, cfg: &PageAllocConfig) -> Result<Self, InitError> {
+    pub fn new(
+        mem_map: &'m [Page],
+        min_pfn: u64,
+        memblock: &Memblock,
+        cfg: &PageAllocConfig,
+    ) -> Result<Self, InitError> {
         if cfg.nr_cpus == 0 || cfg.nr_cpus > NR_CPUS {
             return Err(InitError::BadCpuCount(cfg.nr_cpus));
         }
@@ -253,7 +279,8 @@ impl<'m> PageAllocator<'m> {
         // get_pfn_range_for_nid.
         let regions = memblock.memory.regions();
         let node_start = regions.iter().map(|r| pfn_up(r.base)).min().ok_or(InitError::NoMemory)?;
-        let node_end = regions.iter().map(|r| pfn_down(r.end())).max().ok_or(InitError::NoMemory)?;
+        let node_end =
+            regions.iter().map(|r| pfn_down(r.end())).max().ok_or(InitError::NoMemory)?;
         if node_end <= node_start {
             return Err(InitError::NoMemory);
         }
@@ -267,7 +294,8 @@ impl<'m> PageAllocator<'m> {
             });
         }
         let mm = MemMap::new(mem_map, min_pfn);
-        let limits = arch_zone_limits(memblock.start_of_dram(), memblock.end_of_dram(), cfg.zone_dma_limit);
+        let limits =
+            arch_zone_limits(memblock.start_of_dram(), memblock.end_of_dram(), cfg.zone_dma_limit);
         let spans = zone_spans(node_start, node_end, &limits);
         let mut zones: [Zone; MAX_NR_ZONES] = core::array::from_fn(Zone::new);
         for (z, &(s, e)) in zones.iter_mut().zip(spans.iter()) {
@@ -444,7 +472,9 @@ impl<'m> PageAllocator<'m> {
         let page = self.mem_map.page(pfn);
         debug_assert!(
             page.page_count() == 0
-                && !page.flags().intersects(PageFlags::PG_RESERVED | PageFlags::PG_BUDDY | PageFlags::PG_PCP),
+                && !page
+                    .flags()
+                    .intersects(PageFlags::PG_RESERVED | PageFlags::PG_BUDDY | PageFlags::PG_PCP),
             "allocating a bad page {:#x}: {:?}",
             pfn,
             page
@@ -485,7 +515,12 @@ impl<'m> PageAllocator<'m> {
         for zone in self.zonelist(highest_zoneidx) {
             let mut ok = false;
             if !zone.is_below_high() {
-                if zone.zone_watermark_fast(order, zone.wmark_pages(WMARK_HIGH), highest_zoneidx, alloc_flags) {
+                if zone.zone_watermark_fast(
+                    order,
+                    zone.wmark_pages(WMARK_HIGH),
+                    highest_zoneidx,
+                    alloc_flags,
+                ) {
                     ok = true;
                 } else {
                     zone.below_high.store(true, Relaxed);
@@ -526,7 +561,13 @@ impl<'m> PageAllocator<'m> {
     /// `__GFP_DIRECT_RECLAIM` one `drain_all_pages` + retry, `__GFP_NOFAIL` one last attempt
     /// with ALLOC_MIN_RESERVE, then the failure warning.
     #[cold]
-    fn __alloc_pages_slowpath(&self, cpu: usize, gfp: GfpFlags, order: u32, highest_zoneidx: usize) -> Option<u64> {
+    fn __alloc_pages_slowpath(
+        &self,
+        cpu: usize,
+        gfp: GfpFlags,
+        order: u32,
+        highest_zoneidx: usize,
+    ) -> Option<u64> {
         let costly_order = order > PAGE_ALLOC_COSTLY_ORDER;
         let nofail = gfp.contains(GfpFlags::__GFP_NOFAIL);
         let costly_noretry = costly_order
@@ -535,13 +576,17 @@ impl<'m> PageAllocator<'m> {
         let can_direct_reclaim = !costly_noretry && gfp.contains(GfpFlags::__GFP_DIRECT_RECLAIM);
         let mut alloc_flags = alloc_flags_slowpath(gfp, order);
 
-        if let Some(pfn) = self.get_page_from_freelist(cpu, gfp, order, alloc_flags, highest_zoneidx) {
+        if let Some(pfn) =
+            self.get_page_from_freelist(cpu, gfp, order, alloc_flags, highest_zoneidx)
+        {
             return Some(pfn);
         }
         let reserve_flags = gfp_pfmemalloc_flags(gfp);
         if reserve_flags != 0 {
             alloc_flags = reserve_flags | (alloc_flags & ALLOC_KSWAPD);
-            if let Some(pfn) = self.get_page_from_freelist(cpu, gfp, order, alloc_flags, highest_zoneidx) {
+            if let Some(pfn) =
+                self.get_page_from_freelist(cpu, gfp, order, alloc_flags, highest_zoneidx)
+            {
                 return Some(pfn);
             }
         }
@@ -549,12 +594,16 @@ impl<'m> PageAllocator<'m> {
             // __alloc_pages_direct_reclaim: pages pinned on the pcp lists are all we can
             // reclaim; drain them and retry.
             self.drain_all_pages(cpu);
-            if let Some(pfn) = self.get_page_from_freelist(cpu, gfp, order, alloc_flags, highest_zoneidx) {
+            if let Some(pfn) =
+                self.get_page_from_freelist(cpu, gfp, order, alloc_flags, highest_zoneidx)
+            {
                 return Some(pfn);
             }
         }
         if nofail && can_direct_reclaim {
-            if let Some(pfn) = self.get_page_from_freelist(cpu, gfp, order, ALLOC_MIN_RESERVE, highest_zoneidx) {
+            if let Some(pfn) =
+                self.get_page_from_freelist(cpu, gfp, order, ALLOC_MIN_RESERVE, highest_zoneidx)
+            {
                 return Some(pfn);
             }
         }
@@ -576,7 +625,9 @@ impl<'m> PageAllocator<'m> {
             alloc_flags |= ALLOC_KSWAPD;
         }
         alloc_flags |= alloc_flags_nonblocking(gfp, order) & ALLOC_HIGHATOMIC;
-        if let Some(pfn) = self.get_page_from_freelist(cpu, gfp, order, alloc_flags, highest_zoneidx) {
+        if let Some(pfn) =
+            self.get_page_from_freelist(cpu, gfp, order, alloc_flags, highest_zoneidx)
+        {
             return Some(pfn);
         }
         self.__alloc_pages_slowpath(cpu, gfp, order, highest_zoneidx)
@@ -594,7 +645,13 @@ impl<'m> PageAllocator<'m> {
     /// (including ones filled on entry); slots are filled from the beginning. Falls back to
     /// one `alloc_pages` when a single page is wanted, no zone passes the low watermark plus
     /// the request, the pcp lock is busy, or the pcp could not provide even one page.
-    pub fn alloc_pages_bulk(&self, cpu: usize, gfp: GfpFlags, nr_pages: usize, page_array: &mut [Option<u64>]) -> usize {
+    pub fn alloc_pages_bulk(
+        &self,
+        cpu: usize,
+        gfp: GfpFlags,
+        nr_pages: usize,
+        page_array: &mut [Option<u64>],
+    ) -> usize {
         let nr_pages = nr_pages.min(page_array.len());
         let mut nr_populated = 0;
         while nr_populated < nr_pages && page_array[nr_populated].is_some() {
@@ -614,7 +671,12 @@ impl<'m> PageAllocator<'m> {
             // Find an allowed zone that meets the low watermark plus the request.
             let want = (nr_pages - nr_populated) as u64;
             let Some(zone) = self.zonelist(highest_zoneidx).find(|z| {
-                z.zone_watermark_fast(0, z.wmark_pages((alloc_flags & ALLOC_WMARK_MASK) as usize) + want, preferred.idx, alloc_flags)
+                z.zone_watermark_fast(
+                    0,
+                    z.wmark_pages((alloc_flags & ALLOC_WMARK_MASK) as usize) + want,
+                    preferred.idx,
+                    alloc_flags,
+                )
             }) else {
                 break 'fast;
             };
@@ -820,7 +882,12 @@ impl<'m> PageAllocator<'m> {
     /// [`Self::__free_contig_range`], inlined into free_pages_bulk (one call frame per vfree
     /// fewer: Linux's compiler inlines the static helpers of page_alloc.c the same way).
     #[inline(always)]
-    fn __free_contig_range_inline(&self, cpu: usize, pfn: u64, nr_pages: u64) -> Result<(), MmError> {
+    fn __free_contig_range_inline(
+        &self,
+        cpu: usize,
+        pfn: u64,
+        nr_pages: u64,
+    ) -> Result<(), MmError> {
         let mut res = Ok(());
         let end = pfn.saturating_add(nr_pages);
         // [run, p): prepared pages of zone `run_zone`, not yet freed.
@@ -874,7 +941,12 @@ impl<'m> PageAllocator<'m> {
     /// array of order-0 pages, each run of consecutive PFNs with one `__free_contig_range`,
     /// calling `resched` after each run (Linux: `cond_resched()`). Ascending PFN order gives
     /// the longest runs. Returns the first error.
-    pub fn free_pages_bulk(&self, cpu: usize, pages: &[u64], mut resched: impl FnMut()) -> Result<(), MmError> {
+    pub fn free_pages_bulk(
+        &self,
+        cpu: usize,
+        pages: &[u64],
+        mut resched: impl FnMut(),
+    ) -> Result<(), MmError> {
         let mut res = Ok(());
         let mut rest = pages;
         while !rest.is_empty() {
@@ -925,14 +997,18 @@ impl<'m> PageAllocator<'m> {
                         Some("free list entry with nonzero refcount")
                     } else if pfn & ((1 << order) - 1) != 0 {
                         Some("free block misaligned")
-                    } else if !zone.zone_spans_pfn(pfn) || !zone.zone_spans_pfn(pfn + (1 << order) - 1) {
+                    } else if !zone.zone_spans_pfn(pfn)
+                        || !zone.zone_spans_pfn(pfn + (1 << order) - 1)
+                    {
                         Some("free block outside its zone")
                     } else if page.prev.load(Relaxed) != prev {
                         Some("free list prev link broken")
                     } else if (order as usize) < MAX_PAGE_ORDER && {
                         let b = super::buddy::find_buddy_pfn(pfn, order);
                         mm.pfn_to_page(b).is_some_and(|bp| {
-                            bp.is_buddy() && bp.order() == order && bp.zone_idx() as usize == zone.idx
+                            bp.is_buddy()
+                                && bp.order() == order
+                                && bp.zone_idx() as usize == zone.idx
                         })
                     } {
                         Some("free block and its buddy both free (missed merge)")

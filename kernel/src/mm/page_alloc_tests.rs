@@ -3,7 +3,10 @@
 use super::gfp::{GfpFlags as G, ZONE_DMA, ZONE_DMA32, ZONE_NORMAL};
 use super::memblock::Memblock;
 use super::page::Page;
-use super::page_alloc::{contig_chunk_order, num_pages_contiguous, BadPage, PageAllocConfig, PageAllocHooks, PageAllocator};
+use super::page_alloc::{
+    contig_chunk_order, num_pages_contiguous, BadPage, PageAllocConfig, PageAllocHooks,
+    PageAllocator,
+};
 use super::pcp::{order_to_pindex, NR_CPUS};
 use super::stat::{NodeStatItem, VmEvent};
 use super::zone::WMARK_MIN;
@@ -79,7 +82,12 @@ const B_HOLE_PFN: u64 = 0x41100;
 fn machine_a() -> Machine {
     Machine::new(
         &[(0x4000_0000, 16 << 20), (0x4140_0000, 8 << 20)],
-        &[(0x4000_0000, 0x2_3000), (0x4080_5000, 0x1000), (0x41bf_e000, 0x2000), (0x4123_0000, 0x10)],
+        &[
+            (0x4000_0000, 0x2_3000),
+            (0x4080_5000, 0x1000),
+            (0x41bf_e000, 0x2000),
+            (0x4123_0000, 0x10),
+        ],
     )
 }
 
@@ -89,7 +97,14 @@ fn check(pa: &PageAllocator, owned_pages: u64) -> super::page_alloc::VerifyRepor
     let buddy: u64 = rep.buddy_pages.iter().sum();
     let pcp: u64 = rep.pcp_pages.iter().sum();
     assert_eq!(buddy, pa.nr_free_pages_total());
-    assert_eq!(buddy + pcp + owned_pages, pa.totalram_pages(), "free {} + pcp {} + owned {}", buddy, pcp, owned_pages);
+    assert_eq!(
+        buddy + pcp + owned_pages,
+        pa.totalram_pages(),
+        "free {} + pcp {} + owned {}",
+        buddy,
+        pcp,
+        owned_pages
+    );
     rep
 }
 
@@ -144,7 +159,17 @@ fn boot_release_with_reservations() {
         heads.insert(pfn, order);
     })
     .unwrap();
-    for (pfn, o) in [(0x40023, 0), (0x40024, 2), (0x40028, 3), (0x40030, 4), (0x40040, 6), (0x40080, 7), (0x40100, 8), (0x40200, 9), (0x40400, 10)] {
+    for (pfn, o) in [
+        (0x40023, 0),
+        (0x40024, 2),
+        (0x40028, 3),
+        (0x40030, 4),
+        (0x40040, 6),
+        (0x40080, 7),
+        (0x40100, 8),
+        (0x40200, 9),
+        (0x40400, 10),
+    ] {
         assert_eq!(heads.get(&pfn), Some(&o), "pfn {:#x}", pfn);
     }
     assert!(rep.nr_free[ZONE_DMA32][MAX_PAGE_ORDER] >= 1);
@@ -279,9 +304,11 @@ fn free_contig_range_frees_chunks_through_pcp_and_buddy() {
     // An order-4 block, split; free its pages 3..16 (13 pages at base+3) in one call.
     let base = pa.alloc_pages(0, G::GFP_KERNEL, 4).unwrap();
     pa.split_page(base, 4).unwrap();
-    let before: Vec<u64> = (0..=MAX_PAGE_ORDER as u32).map(|o| ev(&pa, VmEvent::pgfree_order(o))).collect();
+    let before: Vec<u64> =
+        (0..=MAX_PAGE_ORDER as u32).map(|o| ev(&pa, VmEvent::pgfree_order(o))).collect();
     pa.__free_contig_range(0, base + 3, 13).unwrap();
-    let after: Vec<u64> = (0..=MAX_PAGE_ORDER as u32).map(|o| ev(&pa, VmEvent::pgfree_order(o))).collect();
+    let after: Vec<u64> =
+        (0..=MAX_PAGE_ORDER as u32).map(|o| ev(&pa, VmEvent::pgfree_order(o))).collect();
     let d: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(&d[..5], &[1, 0, 1, 1, 0]);
     // Order 2 and 3 chunks are on the pcp lists of their order.
@@ -466,7 +493,11 @@ fn zones_gfp_and_fallback() {
     let m = machine_b();
     let pa = m.pa(cfg(1, B_DMA_LIMIT));
     let a = pa.alloc_pages(0, G::GFP_KERNEL, 0).unwrap();
-    assert_eq!(pa.pfn_to_page(a).unwrap().zone_idx(), ZONE_DMA32 as u8, "GFP_KERNEL prefers the highest zone");
+    assert_eq!(
+        pa.pfn_to_page(a).unwrap().zone_idx(),
+        ZONE_DMA32 as u8,
+        "GFP_KERNEL prefers the highest zone"
+    );
     let d = pa.alloc_pages(0, G::GFP_KERNEL | G::GFP_DMA, 2).unwrap();
     assert_eq!(pa.pfn_to_page(d).unwrap().zone_idx(), ZONE_DMA as u8);
     assert!(d < 0x40800);
@@ -516,7 +547,12 @@ fn alloc_pages_bulk_fills_empty_slots() {
     assert_eq!((arr[3], arr[50]), (Some(7), Some(9)));
     // 98 pages: refills of 63 then 126 -> two zone-lock acquisitions.
     assert_eq!(ev(&pa, VmEvent::ZoneLock) - l0, 2);
-    let got: BTreeSet<u64> = arr.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 50).map(|(_, p)| p.unwrap()).collect();
+    let got: BTreeSet<u64> = arr
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 50)
+        .map(|(_, p)| p.unwrap())
+        .collect();
     assert_eq!(got.len(), 98);
     for &p in &got {
         let pg = pa.pfn_to_page(p).unwrap();
@@ -556,7 +592,10 @@ fn allocate_until_oom_then_free_all() {
     check(&pa, owned_pages);
     // GFP_KERNEL stopped at the min watermark; GFP_ATOMIC may go further, __GFP_MEMALLOC to 0.
     for z in pa.zones().iter().filter(|z| z.populated()) {
-        assert!(z.nr_free_pages() as u64 <= z.wmark_pages(WMARK_MIN) + z.lowmem_reserve(ZONE_NORMAL) + 1);
+        assert!(
+            z.nr_free_pages() as u64
+                <= z.wmark_pages(WMARK_MIN) + z.lowmem_reserve(ZONE_NORMAL) + 1
+        );
     }
     let mut extra = Vec::new();
     while let Some(p) = pa.alloc_pages(0, G::GFP_ATOMIC | G::__GFP_NOWARN, 0) {
@@ -567,7 +606,11 @@ fn allocate_until_oom_then_free_all() {
     while let Some(p) = pa.alloc_pages(0, G::GFP_ATOMIC | G::__GFP_MEMALLOC | G::__GFP_NOWARN, 0) {
         extra.push(p);
     }
-    assert_eq!(pa.nr_free_pages_total() + pa.nr_pcp_pages(), 0, "__GFP_MEMALLOC ignores watermarks");
+    assert_eq!(
+        pa.nr_free_pages_total() + pa.nr_pcp_pages(),
+        0,
+        "__GFP_MEMALLOC ignores watermarks"
+    );
     assert!(pa.alloc_pages(1, G::GFP_KERNEL | G::__GFP_NOWARN, 0).is_none());
     owned.extend(extra.into_iter().map(|p| (p, 0)));
     for (i, &(p, o)) in owned.iter().enumerate() {
@@ -608,7 +651,10 @@ fn misuse_is_detected_and_harmless() {
     let c = pa.alloc_pages(0, G::GFP_KERNEL, 2).unwrap();
     owned += 4;
     pa.split_page(c, 2).unwrap();
-    assert_eq!(pa.__free_pages(0, c, 2).unwrap_err().what, BadPage::WrongOrder { freed: 2, allocated: 0 });
+    assert_eq!(
+        pa.__free_pages(0, c, 2).unwrap_err().what,
+        BadPage::WrongOrder { freed: 2, allocated: 0 }
+    );
     assert_eq!(pa.__free_pages(0, c + 1, 1).unwrap_err().what, BadPage::Misaligned { order: 1 });
     assert_eq!(pa.__free_page(0, 0x1).unwrap_err().what, BadPage::OutOfRange);
     assert_eq!(pa.__free_pages(0, c, 11).unwrap_err().what, BadPage::BadOrder { order: 11 });
@@ -618,8 +664,14 @@ fn misuse_is_detected_and_harmless() {
     let t = pa.alloc_pages(0, G::GFP_KERNEL, 2).unwrap();
     owned += 4;
     assert_eq!(pa.__free_page(0, t + 2).unwrap_err().what, BadPage::NotAllocated);
-    assert_eq!(pa.__free_pages(0, t, 1).unwrap_err().what, BadPage::WrongOrder { freed: 1, allocated: 2 });
-    assert_eq!(pa.split_page(t, 3).unwrap_err().what, BadPage::Misaligned { order: 3 }.min_if_aligned(t, 3));
+    assert_eq!(
+        pa.__free_pages(0, t, 1).unwrap_err().what,
+        BadPage::WrongOrder { freed: 1, allocated: 2 }
+    );
+    assert_eq!(
+        pa.split_page(t, 3).unwrap_err().what,
+        BadPage::Misaligned { order: 3 }.min_if_aligned(t, 3)
+    );
 
     // Reserved: a hole page and a memblock reservation.
     assert_eq!(pa.__free_page(0, B_HOLE_PFN).unwrap_err().what, BadPage::Reserved);
@@ -760,7 +812,8 @@ impl Model {
         order
     }
     fn nth(&self, k: usize, pred: impl Fn(u64, u32) -> bool) -> Option<(u64, u32)> {
-        let v: Vec<(u64, u32)> = self.owned.iter().map(|(&p, &o)| (p, o)).filter(|&(p, o)| pred(p, o)).collect();
+        let v: Vec<(u64, u32)> =
+            self.owned.iter().map(|(&p, &o)| (p, o)).filter(|&(p, o)| pred(p, o)).collect();
         (!v.is_empty()).then(|| v[k % v.len()])
     }
     /// Maximal run of owned order-0 pages starting at `pfn`, at most `len`.
@@ -795,7 +848,12 @@ fn run_model(aligned: bool, pcp_mode: u8, ops: &[Op]) -> Result<(), TestCaseErro
     }
     let pa = m.pa(c);
     let initial = check(&pa, 0);
-    let mut md = Model { owned: BTreeMap::new(), owned_pages: 0, bitmap: vec![false; m.pages.len()], min_pfn: m.min_pfn };
+    let mut md = Model {
+        owned: BTreeMap::new(),
+        owned_pages: 0,
+        bitmap: vec![false; m.pages.len()],
+        min_pfn: m.min_pfn,
+    };
     for op in ops {
         match *op {
             Op::Alloc { cpu, order, gfp } => {
@@ -827,7 +885,9 @@ fn run_model(aligned: bool, pcp_mode: u8, ops: &[Op]) -> Result<(), TestCaseErro
             }
             Op::BulkAlloc { cpu, n, pre } => {
                 let mut arr = vec![None; n];
-                let marks: Vec<usize> = (0..n).filter(|i| pre != 0 && (i * 7 + pre as usize).is_multiple_of(11)).collect();
+                let marks: Vec<usize> = (0..n)
+                    .filter(|i| pre != 0 && (i * 7 + pre as usize).is_multiple_of(11))
+                    .collect();
                 for &i in &marks {
                     arr[i] = Some(u64::MAX - i as u64);
                 }
@@ -837,7 +897,12 @@ fn run_model(aligned: bool, pcp_mode: u8, ops: &[Op]) -> Result<(), TestCaseErro
                     if marks.contains(&i) {
                         prop_assert_eq!(*slot, Some(u64::MAX - i as u64));
                     } else if let Some(p) = *slot {
-                        prop_assert!(i < got, "slot {} filled beyond the returned count {}", i, got);
+                        prop_assert!(
+                            i < got,
+                            "slot {} filled beyond the returned count {}",
+                            i,
+                            got
+                        );
                         md.take(&pa, p, 0);
                     } else {
                         prop_assert!(i >= got);
@@ -859,10 +924,12 @@ fn run_model(aligned: bool, pcp_mode: u8, ops: &[Op]) -> Result<(), TestCaseErro
                 }
             }
             Op::FreeBulkScattered { cpu, k, n } => {
-                let zeros: Vec<u64> = md.owned.iter().filter(|(_, &o)| o == 0).map(|(&p, _)| p).collect();
+                let zeros: Vec<u64> =
+                    md.owned.iter().filter(|(_, &o)| o == 0).map(|(&p, _)| p).collect();
                 if !zeros.is_empty() {
                     let start = k % zeros.len();
-                    let pick: Vec<u64> = zeros[start..].iter().step_by(1 + k % 3).take(n).copied().collect();
+                    let pick: Vec<u64> =
+                        zeros[start..].iter().step_by(1 + k % 3).take(n).copied().collect();
                     for &q in &pick {
                         md.release(q);
                     }
@@ -883,7 +950,12 @@ fn run_model(aligned: bool, pcp_mode: u8, ops: &[Op]) -> Result<(), TestCaseErro
                         prop_assert_eq!(pa.__free_pages(0, p, o), Ok(()));
                         let e = pa.__free_pages(1, p, o).unwrap_err();
                         prop_assert!(
-                            matches!(e.what, BadPage::DoubleFreePcp { .. } | BadPage::DoubleFreeBuddy { .. } | BadPage::NotAllocated),
+                            matches!(
+                                e.what,
+                                BadPage::DoubleFreePcp { .. }
+                                    | BadPage::DoubleFreeBuddy { .. }
+                                    | BadPage::NotAllocated
+                            ),
                             "{}",
                             e
                         );
@@ -891,25 +963,43 @@ fn run_model(aligned: bool, pcp_mode: u8, ops: &[Op]) -> Result<(), TestCaseErro
                 }
                 1 => {
                     if let Some((p, o)) = md.nth(k, |_, _| true) {
-                        let wrong = if o < 10 && p & ((2 << o) - 1) == 0 { o + 1 } else if o > 0 { o - 1 } else { continue_marker() };
+                        let wrong = if o < 10 && p & ((2 << o) - 1) == 0 {
+                            o + 1
+                        } else if o > 0 {
+                            o - 1
+                        } else {
+                            continue_marker()
+                        };
                         if wrong != u32::MAX {
                             let e = pa.__free_pages(0, p, wrong).unwrap_err();
-                            prop_assert_eq!(e.what, BadPage::WrongOrder { freed: wrong, allocated: o });
+                            prop_assert_eq!(
+                                e.what,
+                                BadPage::WrongOrder { freed: wrong, allocated: o }
+                            );
                         }
                     }
                 }
                 2 => {
                     if let Some((p, _)) = md.nth(k, |_, o| o > 0) {
-                        prop_assert_eq!(pa.__free_page(0, p + 1).unwrap_err().what, BadPage::NotAllocated);
+                        prop_assert_eq!(
+                            pa.__free_page(0, p + 1).unwrap_err().what,
+                            BadPage::NotAllocated
+                        );
                     }
                 }
                 3 => {
-                    prop_assert_eq!(pa.__free_page(0, B_HOLE_PFN + (k % 256) as u64).unwrap_err().what, BadPage::Reserved);
+                    prop_assert_eq!(
+                        pa.__free_page(0, B_HOLE_PFN + (k % 256) as u64).unwrap_err().what,
+                        BadPage::Reserved
+                    );
                 }
                 4 => {
                     if let Some((p, _)) = md.nth(k, |_, _| true) {
                         let q = p | 1;
-                        prop_assert_eq!(pa.__free_pages(0, q, 1).unwrap_err().what, BadPage::Misaligned { order: 1 });
+                        prop_assert_eq!(
+                            pa.__free_pages(0, q, 1).unwrap_err().what,
+                            BadPage::Misaligned { order: 1 }
+                        );
                     }
                 }
                 _ => {
@@ -927,7 +1017,13 @@ fn run_model(aligned: bool, pcp_mode: u8, ops: &[Op]) -> Result<(), TestCaseErro
         }
         let rep = pa.verify(|pfn, order, _| {
             for q in pfn..pfn + (1 << order) {
-                assert!(!md.bitmap[(q - md.min_pfn) as usize], "free block {:#x}/{} overlaps owned page {:#x}", pfn, order, q);
+                assert!(
+                    !md.bitmap[(q - md.min_pfn) as usize],
+                    "free block {:#x}/{} overlaps owned page {:#x}",
+                    pfn,
+                    order,
+                    q
+                );
             }
         });
         let rep = rep.map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -997,13 +1093,29 @@ fn four_cpus_concurrently() {
                 let mut mine: Vec<(u64, u32)> = Vec::new();
                 let claim = |pfn: u64, order: u32| {
                     for p in pfn..pfn + (1 << order) {
-                        let r = owner[(p - min_pfn) as usize].compare_exchange(0, tag, Ordering::AcqRel, Ordering::Acquire);
-                        assert!(r.is_ok(), "pfn {:#x} handed to cpu {} while owned by {:?}", p, t, r);
+                        let r = owner[(p - min_pfn) as usize].compare_exchange(
+                            0,
+                            tag,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                        assert!(
+                            r.is_ok(),
+                            "pfn {:#x} handed to cpu {} while owned by {:?}",
+                            p,
+                            t,
+                            r
+                        );
                     }
                 };
                 let unclaim = |pfn: u64, order: u32| {
                     for p in pfn..pfn + (1 << order) {
-                        let r = owner[(p - min_pfn) as usize].compare_exchange(tag, 0, Ordering::AcqRel, Ordering::Acquire);
+                        let r = owner[(p - min_pfn) as usize].compare_exchange(
+                            tag,
+                            0,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
                         assert!(r.is_ok());
                     }
                 };
@@ -1016,7 +1128,8 @@ fn four_cpus_concurrently() {
                             18 => 9,
                             _ => 10,
                         };
-                        let gfp = if (r >> 24).is_multiple_of(4) { G::GFP_ATOMIC } else { G::GFP_KERNEL };
+                        let gfp =
+                            if (r >> 24).is_multiple_of(4) { G::GFP_ATOMIC } else { G::GFP_KERNEL };
                         let gfp = gfp | G::__GFP_NOWARN;
                         if let Some(p) = pa.alloc_pages(t, gfp, order) {
                             claim(p, order);
@@ -1025,7 +1138,8 @@ fn four_cpus_concurrently() {
                     } else if (r >> 4).is_multiple_of(7) {
                         let mut arr = vec![None; 1 + (r >> 12) as usize % 40];
                         let n = arr.len();
-                        let got = pa.alloc_pages_bulk(t, G::GFP_KERNEL | G::__GFP_NOWARN, n, &mut arr);
+                        let got =
+                            pa.alloc_pages_bulk(t, G::GFP_KERNEL | G::__GFP_NOWARN, n, &mut arr);
                         for p in arr[..got].iter().flatten() {
                             claim(*p, 0);
                         }
@@ -1043,7 +1157,12 @@ fn four_cpus_concurrently() {
                             0 => pa.__free_pages(t, p, order).unwrap(),
                             1 => {
                                 pa.split_page(p, order).unwrap();
-                                pa.free_pages_bulk(t, &(p..p + (1 << order)).collect::<Vec<_>>(), || {}).unwrap();
+                                pa.free_pages_bulk(
+                                    t,
+                                    &(p..p + (1 << order)).collect::<Vec<_>>(),
+                                    || {},
+                                )
+                                .unwrap();
                             }
                             2 => {
                                 pa.split_page(p, order).unwrap();
@@ -1085,18 +1204,24 @@ fn pcp_moves_from_boot_pagesets_into_per_cpu_areas() {
     let m = Machine::new(&[(0x4000_0000, 64 << 20)], &[]);
     let mut pa = m.pa(cfg(4, None));
     let order = |i: usize| if i < 40 { 0 } else { (i % 3) as u32 };
-    let pages: Vec<(usize, u64)> = (0..400).map(|i| (i % 4, pa.alloc_pages(i % 4, G::GFP_KERNEL, order(i)).unwrap())).collect();
+    let pages: Vec<(usize, u64)> = (0..400)
+        .map(|i| (i % 4, pa.alloc_pages(i % 4, G::GFP_KERNEL, order(i)).unwrap()))
+        .collect();
     for &(cpu, p) in &pages[..40] {
         pa.__free_pages(cpu, p, 0).unwrap();
     }
     let before: Vec<_> = (0..4).map(|c| pa.pcp_snapshot(c, ZONE_DMA)).collect();
-    assert!(before.iter().all(|s| s.count > 0), "every CPU's pcp holds pages before the move: {before:?}");
+    assert!(
+        before.iter().all(|s| s.count > 0),
+        "every CPU's pcp holds pages before the move: {before:?}"
+    );
     #[repr(C, align(4096))]
     struct Unit([u8; 4096]);
     let mut units: Vec<Unit> = (0..4).map(|_| Unit([0xa5; 4096])).collect();
     let base = units.as_mut_ptr() as usize;
     let delta = 0x1000_0000usize;
-    let offsets: [usize; NR_CPUS] = core::array::from_fn(|c| if c < 4 { delta + c * 4096 } else { 0 });
+    let offsets: [usize; NR_CPUS] =
+        core::array::from_fn(|c| if c < 4 { delta + c * 4096 } else { 0 });
     let mut next = 256usize;
     pa.setup_per_cpu_pageset(4, &offsets, |size, align| {
         let off = next.next_multiple_of(align);
@@ -1107,7 +1232,10 @@ fn pcp_moves_from_boot_pagesets_into_per_cpu_areas() {
     .unwrap();
     for c in 0..4 {
         let a = pa.zone_pcp_slot_addr(ZONE_DMA, c);
-        assert!(a >= base + c * 4096 && a < base + (c + 1) * 4096, "cpu {c}'s pcp at {a:#x} is outside its unit");
+        assert!(
+            a >= base + c * 4096 && a < base + (c + 1) * 4096,
+            "cpu {c}'s pcp at {a:#x} is outside its unit"
+        );
         let s = pa.pcp_snapshot(c, ZONE_DMA);
         assert_eq!((s.count, s.high, s.batch), (before[c].count, before[c].high, before[c].batch));
     }

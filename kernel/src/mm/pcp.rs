@@ -17,8 +17,8 @@
 //! as is; ZONE_RECLAIM_ACTIVE is never set (no kswapd/reclaim), and `decay_pcp_high` only runs
 //! if the kernel calls `PageAllocator::decay_pcp_high` periodically (Linux: vmstat work, ~1 s).
 use super::page::ListHead;
-use super::page_alloc::{PageAllocator, FPI_NONE};
 use super::page::PageFlags;
+use super::page_alloc::{PageAllocator, FPI_NONE};
 use super::stat::VmEvent;
 use super::zone::{Zone, WMARK_HIGH, ZONE_NORMAL};
 use super::PAGEBLOCK_ORDER;
@@ -121,7 +121,8 @@ unsafe impl Sync for PerCpuPageset {}
 impl PerCpuPageset {
     /// Boot pagesets for all NR_CPUS CPUs.
     pub fn new_boot() -> Self {
-        let boot = alloc::boxed::Box::new(core::array::from_fn::<PcpSlot, NR_CPUS, _>(|_| PcpSlot::new()));
+        let boot =
+            alloc::boxed::Box::new(core::array::from_fn::<PcpSlot, NR_CPUS, _>(|_| PcpSlot::new()));
         let offsets = core::array::from_fn(|cpu| &boot[cpu] as *const PcpSlot as usize);
         PerCpuPageset { ptr: 0, offsets, nr: NR_CPUS, boot: Some(boot) }
     }
@@ -146,7 +147,12 @@ impl PerCpuPageset {
     /// Moves every CPU's pcp, lists and all (they link pages by PFN, not by address), to the
     /// percpu pointer `ptr`; `offsets[..nr]` are the per-CPU offsets. Fails if a CPU without a
     /// per-CPU area still holds pages on its boot pageset.
-    fn move_to(&mut self, ptr: usize, offsets: &[usize; NR_CPUS], nr: usize) -> Result<(), &'static str> {
+    fn move_to(
+        &mut self,
+        ptr: usize,
+        offsets: &[usize; NR_CPUS],
+        nr: usize,
+    ) -> Result<(), &'static str> {
         let old_nr = self.nr;
         for cpu in nr..old_nr {
             if self.get(cpu).0.lock().count != 0 {
@@ -155,7 +161,11 @@ impl PerCpuPageset {
         }
         for cpu in 0..nr {
             let dst = ptr.wrapping_add(offsets[cpu]) as *mut PcpSlot;
-            let v = if cpu < old_nr { core::mem::take(&mut *self.get(cpu).0.lock()) } else { PerCpuPages::new() };
+            let v = if cpu < old_nr {
+                core::mem::take(&mut *self.get(cpu).0.lock())
+            } else {
+                PerCpuPages::new()
+            };
             unsafe { dst.write(PcpSlot(SpinMutex::new(v))) };
         }
         self.ptr = ptr;
@@ -188,7 +198,8 @@ impl PageAllocator<'_> {
     ) -> Result<(), &'static str> {
         let nr_cpus = nr_cpus.clamp(1, NR_CPUS);
         for zone in self.zones.iter_mut() {
-            let ptr = alloc(core::mem::size_of::<PcpSlot>(), core::mem::align_of::<PcpSlot>()).ok_or("no percpu memory for the pagesets")?;
+            let ptr = alloc(core::mem::size_of::<PcpSlot>(), core::mem::align_of::<PcpSlot>())
+                .ok_or("no percpu memory for the pagesets")?;
             zone.per_cpu_pageset.move_to(ptr, offsets, nr_cpus)?;
         }
         Ok(())
@@ -309,7 +320,14 @@ impl<'m> PageAllocator<'m> {
     /// Linux `rmqueue_bulk`: takes `count` blocks of `order` from the buddy under one
     /// zone->lock acquisition and appends them to `list` (physical order kept). Returns the
     /// number of blocks taken.
-    pub(super) fn rmqueue_bulk(&self, cpu: usize, zone: &Zone, order: u32, count: i32, list: &mut ListHead) -> i32 {
+    pub(super) fn rmqueue_bulk(
+        &self,
+        cpu: usize,
+        zone: &Zone,
+        order: u32,
+        count: i32,
+        list: &mut ListHead,
+    ) -> i32 {
         let mm = &self.mem_map;
         let mut zf = self.zone_lock(cpu, zone);
         let mut i = 0;
@@ -360,14 +378,21 @@ impl<'m> PageAllocator<'m> {
     }
 
     /// Linux `rmqueue_pcplist`. `None` if the pcp lock is busy or the buddy is empty.
-    pub(super) fn rmqueue_pcplist(&self, cpu: usize, zone: &Zone, order: u32, alloc_flags: u32) -> Option<u64> {
+    pub(super) fn rmqueue_pcplist(
+        &self,
+        cpu: usize,
+        zone: &Zone,
+        order: u32,
+        alloc_flags: u32,
+    ) -> Option<u64> {
         let Some(mut pcp) = zone.per_cpu_pageset[cpu].0.try_lock() else {
             self.events(cpu).count(VmEvent::PcpTrylockFail, 1);
             return None;
         };
         // On allocation, reduce the number of pages that are batch freed.
         pcp.free_count >>= 1;
-        let pfn = self.__rmqueue_pcplist(cpu, zone, order, alloc_flags, &mut pcp, order_to_pindex(order));
+        let pfn =
+            self.__rmqueue_pcplist(cpu, zone, order, alloc_flags, &mut pcp, order_to_pindex(order));
         drop(pcp);
         if pfn.is_some() {
             self.events(cpu).count(VmEvent::pgalloc_zone(zone.idx), 1 << order);
@@ -378,7 +403,14 @@ impl<'m> PageAllocator<'m> {
     /// Linux `free_pcppages_bulk`: frees `count` pages from the pcp lists to the buddy under
     /// one zone->lock acquisition, round-robin over the lists starting with `pindex`, taking
     /// the coldest block (list tail) first.
-    pub(super) fn free_pcppages_bulk(&self, cpu: usize, zone: &Zone, count: i32, pcp: &mut PerCpuPages, pindex: usize) {
+    pub(super) fn free_pcppages_bulk(
+        &self,
+        cpu: usize,
+        zone: &Zone,
+        count: i32,
+        pcp: &mut PerCpuPages,
+        pindex: usize,
+    ) {
         let mm = &self.mem_map;
         let mut count = count.min(pcp.count);
         if count <= 0 {
@@ -490,7 +522,9 @@ impl<'m> PageAllocator<'m> {
         }
         drop(guard);
 
-        if zone.is_below_high() && zone.zone_watermark_ok(0, zone.wmark_pages(WMARK_HIGH), ZONE_NORMAL, 0) {
+        if zone.is_below_high()
+            && zone.zone_watermark_ok(0, zone.wmark_pages(WMARK_HIGH), ZONE_NORMAL, 0)
+        {
             zone.below_high.store(false, Relaxed);
         }
     }
@@ -564,7 +598,9 @@ impl<'m> PageAllocator<'m> {
             let mut pcp = zone.per_cpu_pageset[cpu].0.lock();
             let (high_min, batch) = (pcp.high_min, pcp.batch);
             if pcp.high > high_min {
-                pcp.high = (pcp.count - (batch << PCP_BATCH_SCALE_MAX)).max(pcp.high - (pcp.high >> 3)).max(high_min);
+                pcp.high = (pcp.count - (batch << PCP_BATCH_SCALE_MAX))
+                    .max(pcp.high - (pcp.high >> 3))
+                    .max(high_min);
                 if pcp.high > high_min {
                     todo = true;
                 }
@@ -581,7 +617,12 @@ impl<'m> PageAllocator<'m> {
     }
 
     /// Linux `zone_set_pageset_high_and_batch` + `pageset_update` for one zone.
-    pub(super) fn zone_set_pageset_high_and_batch(&self, zone: &Zone, nr_cpus: usize, high_fraction: u32) {
+    pub(super) fn zone_set_pageset_high_and_batch(
+        &self,
+        zone: &Zone,
+        nr_cpus: usize,
+        high_fraction: u32,
+    ) {
         let (batch, high_min, high_max) = if !zone.populated() || !self.pcp_enabled() {
             (BOOT_PAGESET_BATCH as u32, BOOT_PAGESET_HIGH as u32, BOOT_PAGESET_HIGH as u32)
         } else {
@@ -595,7 +636,13 @@ impl<'m> PageAllocator<'m> {
                 (
                     batch,
                     super::zone::zone_highsize(low, managed, batch, nr_cpus, 0),
-                    super::zone::zone_highsize(low, managed, batch, nr_cpus, MIN_PERCPU_PAGELIST_HIGH_FRACTION),
+                    super::zone::zone_highsize(
+                        low,
+                        managed,
+                        batch,
+                        nr_cpus,
+                        MIN_PERCPU_PAGELIST_HIGH_FRACTION,
+                    ),
                 )
             }
         };
@@ -646,7 +693,13 @@ impl<'m> PageAllocator<'m> {
 
     /// Calls `f(pfn)` for the blocks on `cpu`'s pcp list `pindex` of `zone_idx`, hottest
     /// (head) first. Takes the pcp lock.
-    pub fn pcp_list_for_each(&self, cpu: usize, zone_idx: usize, pindex: usize, mut f: impl FnMut(u64)) {
+    pub fn pcp_list_for_each(
+        &self,
+        cpu: usize,
+        zone_idx: usize,
+        pindex: usize,
+        mut f: impl FnMut(u64),
+    ) {
         let pcp = self.zones[zone_idx].per_cpu_pageset[cpu].0.lock();
         pcp.lists[pindex].for_each(&self.mem_map, |pfn| {
             f(pfn);

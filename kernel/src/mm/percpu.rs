@@ -18,8 +18,8 @@ use super::kva_glue as kva;
 use super::percpu_alloc::{ChunkId, PcpuBacking, PcpuChunk, PcpuPool};
 use super::pgtable::{flush_tlb_kernel_range, HwTlb, MapFlags, PageProt};
 use super::setup::{kernel_pgtable, KernelPt};
-use super::{kalloc, PAGE_SHIFT, PAGE_SIZE};
 use super::Memblock;
+use super::{kalloc, PAGE_SHIFT, PAGE_SIZE};
 use crate::arch::{self, NR_CPUS, PAGE_OFFSET, VMALLOC_END, VMALLOC_START};
 use crate::percpu_defs;
 
@@ -57,7 +57,10 @@ pub struct FirstChunk {
 /// Records __per_cpu_offset[], writes each CPU's cpu_number and points this CPU's TPIDR_EL1 at
 /// unit 0. Runs on the boot CPU before the page allocator takes over memblock and before any
 /// secondary starts.
-pub fn setup_per_cpu_areas(mb: &mut Memblock, nr_units: usize) -> Result<FirstChunk, alloc::string::String> {
+pub fn setup_per_cpu_areas(
+    mb: &mut Memblock,
+    nr_units: usize,
+) -> Result<FirstChunk, alloc::string::String> {
     let nr_units = nr_units.clamp(1, NR_CPUS);
     let (start, end) = percpu_defs::per_cpu_section();
     let static_size = (end - start).next_multiple_of(PCPU_MIN_ALLOC_SIZE);
@@ -65,7 +68,9 @@ pub fn setup_per_cpu_areas(mb: &mut Memblock, nr_units: usize) -> Result<FirstCh
         return Err(alloc::format!("percpu: static section of {static_size} bytes does not fit a {PCPU_UNIT_SIZE}-byte unit"));
     }
     let bytes = (nr_units * PCPU_UNIT_SIZE) as u64;
-    let pa = mb.alloc(bytes, PAGE_SIZE as u64).ok_or_else(|| alloc::format!("percpu: memblock has no {bytes} bytes for the first chunk"))?;
+    let pa = mb.alloc(bytes, PAGE_SIZE as u64).ok_or_else(|| {
+        alloc::format!("percpu: memblock has no {bytes} bytes for the first chunk")
+    })?;
     let base = PAGE_OFFSET + pa;
     for unit in 0..nr_units {
         let u = base as usize + unit * PCPU_UNIT_SIZE;
@@ -89,7 +94,13 @@ pub fn setup_per_cpu_areas(mb: &mut Memblock, nr_units: usize) -> Result<FirstCh
     *PCPU.lock() = Some(State { pool, by_base, base_of, nr_units, delta, vm_chunks: false });
     // Linux smp_prepare_boot_cpu: set_my_cpu_offset(per_cpu_offset(smp_processor_id())).
     unsafe { arch::set_my_cpu_offset(percpu_defs::per_cpu_offset(0)) };
-    Ok(FirstChunk { base_pa: pa, static_size: end - start, dyn_size, unit_size: PCPU_UNIT_SIZE, nr_units })
+    Ok(FirstChunk {
+        base_pa: pa,
+        static_size: end - start,
+        dyn_size,
+        unit_size: PCPU_UNIT_SIZE,
+        nr_units,
+    })
 }
 
 /// Once vmalloc works: chunks beyond the first may be created in vmalloc space.
@@ -141,12 +152,22 @@ impl PcpuBacking for Backing<'_> {
         let base = self.base(id);
         for unit in 0..self.nr_units {
             for p in pages.clone() {
-                let Some(pfn) = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0) else {
+                let Some(pfn) = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0)
+                else {
                     return false;
                 };
                 let va = base + (unit * PCPU_UNIT_SIZE + p * PAGE_SIZE) as u64;
                 let mut tlb = HwTlb::new();
-                let r = kernel_pgtable().map_pages(&mut KernelPt, &mut tlb, va, 1, |_| pfn << PAGE_SHIFT, PageProt::PAGE_KERNEL, PAGE_SHIFT, MapFlags::empty());
+                let r = kernel_pgtable().map_pages(
+                    &mut KernelPt,
+                    &mut tlb,
+                    va,
+                    1,
+                    |_| pfn << PAGE_SHIFT,
+                    PageProt::PAGE_KERNEL,
+                    PAGE_SHIFT,
+                    MapFlags::empty(),
+                );
                 if r.is_err() {
                     kalloc::__free_page(pfn);
                     return false;
@@ -162,7 +183,8 @@ impl PcpuBacking for Backing<'_> {
         // in a page already reused elsewhere).
         let base = self.base(id);
         let pt = kernel_pgtable();
-        let mut pfns: alloc::vec::Vec<u64> = alloc::vec::Vec::with_capacity(pages.len() * self.nr_units);
+        let mut pfns: alloc::vec::Vec<u64> =
+            alloc::vec::Vec::with_capacity(pages.len() * self.nr_units);
         for unit in 0..self.nr_units {
             for p in pages.clone() {
                 let va = base + (unit * PCPU_UNIT_SIZE + p * PAGE_SIZE) as u64;
@@ -186,7 +208,12 @@ impl PcpuBacking for Backing<'_> {
 
 macro_rules! backing {
     ($st:expr) => {
-        Backing { by_base: &mut $st.by_base, base_of: &mut $st.base_of, nr_units: $st.nr_units, vm_chunks: $st.vm_chunks }
+        Backing {
+            by_base: &mut $st.by_base,
+            base_of: &mut $st.base_of,
+            nr_units: $st.nr_units,
+            vm_chunks: $st.vm_chunks,
+        }
     };
 }
 
@@ -199,7 +226,9 @@ pub fn alloc_percpu(size: usize, align: usize) -> usize {
     let Some(area) = st.pool.alloc(size, align, false, &mut bk) else { return 0 };
     let base = bk.base(area.chunk) + area.offset as u64;
     for unit in 0..st.nr_units {
-        unsafe { core::ptr::write_bytes((base + (unit * PCPU_UNIT_SIZE) as u64) as *mut u8, 0, size) };
+        unsafe {
+            core::ptr::write_bytes((base + (unit * PCPU_UNIT_SIZE) as u64) as *mut u8, 0, size)
+        };
     }
     if st.vm_chunks && st.pool.below_low_watermark() {
         st.pool.balance_work(&mut bk);
@@ -253,11 +282,15 @@ pub fn first_chunk_unit(cpu: usize) -> (usize, usize) {
 pub fn percpu_shrink() {
     let mut g = PCPU.lock();
     let Some(st) = g.as_mut() else { return };
-    let ids: alloc::vec::Vec<ChunkId> =
-        st.pool.chunk_ids().filter(|&id| st.pool.chunk(id).is_some_and(|c| c.is_empty() && !c.immutable())).collect();
+    let ids: alloc::vec::Vec<ChunkId> = st
+        .pool
+        .chunk_ids()
+        .filter(|&id| st.pool.chunk(id).is_some_and(|c| c.is_empty() && !c.immutable()))
+        .collect();
     let mut bk = backing!(st);
     for id in ids {
-        let ranges: alloc::vec::Vec<Range<usize>> = st.pool.chunk(id).unwrap().populated_ranges().collect();
+        let ranges: alloc::vec::Vec<Range<usize>> =
+            st.pool.chunk(id).unwrap().populated_ranges().collect();
         for r in ranges {
             bk.depopulate(id, r.clone());
             st.pool.chunk_depopulated(id, r.clone());

@@ -314,7 +314,10 @@ impl PcpuChunk {
     /// [`PCPU_MIN_ALLOC_SIZE`]) is hidden as allocated at the start, the way
     /// `pcpu_alloc_first_chunk` hides `start_offset`; it is never handed out nor freeable.
     pub fn new(unit_size: usize, static_reserved: usize) -> Self {
-        assert!(unit_size > 0 && unit_size.is_multiple_of(PAGE_SIZE), "unit size must be whole pages");
+        assert!(
+            unit_size > 0 && unit_size.is_multiple_of(PAGE_SIZE),
+            "unit size must be whole pages"
+        );
         let start_offset = align_up(static_reserved, PCPU_MIN_ALLOC_SIZE);
         assert!(start_offset < unit_size, "static reserve must leave room in the unit");
         let mut chunk = Self::blank(unit_size / PAGE_SIZE);
@@ -331,7 +334,10 @@ impl PcpuChunk {
     /// region is rounded up to whole pages, both ends are hidden, everything is populated and the
     /// chunk is immutable (pre-mapped, never [de]populated).
     pub fn new_first_chunk(start_offset: usize, map_size: usize) -> Self {
-        assert!(start_offset.is_multiple_of(PCPU_MIN_ALLOC_SIZE) && map_size.is_multiple_of(PCPU_MIN_ALLOC_SIZE));
+        assert!(
+            start_offset.is_multiple_of(PCPU_MIN_ALLOC_SIZE)
+                && map_size.is_multiple_of(PCPU_MIN_ALLOC_SIZE)
+        );
         assert!(map_size > 0);
         let region_size = align_up(start_offset + map_size, PAGE_SIZE);
         let nr_pages = region_size / PAGE_SIZE;
@@ -672,7 +678,8 @@ impl PcpuChunk {
         let align_mask = if align != 0 { align - 1 } else { 0 };
         let map_bits = self.map_bits();
         let end = core::cmp::min(start + alloc_bits + B, map_bits);
-        let (bit_off, area_off, area_bits) = self.find_zero_area(end, start, alloc_bits, align_mask);
+        let (bit_off, area_off, area_bits) =
+            self.find_zero_area(end, start, alloc_bits, align_mask);
         if bit_off >= end {
             return None;
         }
@@ -840,8 +847,9 @@ impl PcpuChunk {
             }
             // block->first_free must be updated if the allocation takes its place
             if s_off == s_block.first_free as usize {
-                s_block.first_free = (find_next_zero_bit(&self.alloc_map, s_base + B, s_base + s_off + bits)
-                    - s_base) as u32;
+                s_block.first_free =
+                    (find_next_zero_bit(&self.alloc_map, s_base + B, s_base + s_off + bits)
+                        - s_base) as u32;
             }
             if region_overlap(
                 s_block.scan_hint_start as usize,
@@ -1032,7 +1040,12 @@ impl PcpuChunk {
     /// Runs of unpopulated pages under the allocation `[offset, offset + size)`.
     pub fn unpopulated_ranges(&self, offset: usize, size: usize) -> RangeIter<'_> {
         let r = Self::page_range(offset, size);
-        RangeIter { map: &self.populated, next: r.start, end: core::cmp::min(r.end, self.nr_pages), set: false }
+        RangeIter {
+            map: &self.populated,
+            next: r.start,
+            end: core::cmp::min(r.end, self.nr_pages),
+            set: false,
+        }
     }
 
     /// Page indexes under `[offset, offset + size)` that are not populated yet.
@@ -1166,7 +1179,10 @@ impl PcpuChunk {
             if block.scan_hint != 0
                 && (block.scan_hint > block.contig_hint
                     || block.scan_hint_start as usize + block.scan_hint as usize > B
-                    || !is_free_run(base + block.scan_hint_start as usize, block.scan_hint as usize))
+                    || !is_free_run(
+                        base + block.scan_hint_start as usize,
+                        block.scan_hint as usize,
+                    ))
             {
                 return err("scan_hint area is not free or exceeds contig_hint");
             }
@@ -1227,7 +1243,10 @@ impl PcpuChunk {
         }
         let hidden = (self.start_offset != 0) as usize + (self.end_offset != 0) as usize;
         if starts != self.nr_alloc + hidden {
-            return Err(format!("{} areas in the maps but nr_alloc {} (+{hidden} hidden)", starts, self.nr_alloc));
+            return Err(format!(
+                "{} areas in the maps but nr_alloc {} (+{hidden} hidden)",
+                starts, self.nr_alloc
+            ));
         }
         Ok(())
     }
@@ -1511,7 +1530,11 @@ impl ChunkList {
     /// caller may move the current chunk between [`Candidates::next`] calls.
     pub fn candidates(&self, size: usize) -> Candidates {
         let slot = self.slots.size_to_slot(size);
-        Candidates { slot, next: if slot <= self.slots.free_slot { self.first(slot) } else { None }, last: self.slots.free_slot }
+        Candidates {
+            slot,
+            next: if slot <= self.slots.free_slot { self.first(slot) } else { None },
+            last: self.slots.free_slot,
+        }
     }
 }
 
@@ -1708,7 +1731,12 @@ impl PcpuPool {
     /// request is moved to slot 0 when its slot is below `PCPU_SLOT_FAIL_THRESHOLD`. The chosen
     /// chunk is relocated and reintegrated if it was isolated. `is_atomic` restricts the search
     /// to populated pages (and records a failure for the balance work).
-    pub fn search(&mut self, size: usize, align: usize, is_atomic: bool) -> Result<PcpuArea, PcpuAllocError> {
+    pub fn search(
+        &mut self,
+        size: usize,
+        align: usize,
+        is_atomic: bool,
+    ) -> Result<PcpuArea, PcpuAllocError> {
         let Some((bits, bit_align)) = pcpu_request_bits(size, align) else {
             return Err(PcpuAllocError::Invalid);
         };
@@ -1784,7 +1812,9 @@ impl PcpuPool {
             // populate if not all pages are already there
             let pages = PcpuChunk::page_range(area.offset, area.size);
             let mut from = pages.start;
-            while let Some(r) = self.chunks[area.chunk].as_ref().unwrap().next_unpopulated_range(from, pages.end) {
+            while let Some(r) =
+                self.chunks[area.chunk].as_ref().unwrap().next_unpopulated_range(from, pages.end)
+            {
                 debug_assert!(!self.chunks[area.chunk].as_ref().unwrap().immutable);
                 if !backing.populate(area.chunk, r.clone()) {
                     let _ = self.free(area.chunk, area.offset);
@@ -1889,7 +1919,8 @@ impl PcpuPool {
             self.list.remove(id);
         }
         for id in to_free {
-            let ranges: Vec<Range<usize>> = self.chunks[id].as_ref().unwrap().populated_ranges().collect();
+            let ranges: Vec<Range<usize>> =
+                self.chunks[id].as_ref().unwrap().populated_ranges().collect();
             for r in ranges {
                 backing.depopulate(id, r.clone());
                 self.chunk_depopulated(id, r);
@@ -1967,7 +1998,8 @@ impl PcpuPool {
                 self.atomic_alloc_failed = false;
                 PCPU_EMPTY_POP_PAGES_HIGH as usize
             } else {
-                (PCPU_EMPTY_POP_PAGES_HIGH - self.nr_empty_pop_pages).clamp(0, PCPU_EMPTY_POP_PAGES_HIGH) as usize
+                (PCPU_EMPTY_POP_PAGES_HIGH - self.nr_empty_pop_pages)
+                    .clamp(0, PCPU_EMPTY_POP_PAGES_HIGH) as usize
             };
             for slot in self.slots.size_to_slot(PAGE_SIZE)..=self.slots.free_slot {
                 if nr_to_pop == 0 {
@@ -2021,7 +2053,6 @@ impl PcpuPool {
     }
 }
 
-
 impl PcpuPool {
     /// Verify every chunk ([`PcpuChunk::check_hints`]), the global counters and the lists.
     pub fn check(&self) -> Result<(), String> {
@@ -2055,10 +2086,16 @@ impl PcpuPool {
             return Err(format!("{listed} listed chunks but {} chunks", self.nr_chunks()));
         }
         if populated != self.nr_populated {
-            return Err(format!("pcpu_nr_populated {} but chunks hold {populated}", self.nr_populated));
+            return Err(format!(
+                "pcpu_nr_populated {} but chunks hold {populated}",
+                self.nr_populated
+            ));
         }
         if empty != self.nr_empty_pop_pages {
-            return Err(format!("pcpu_nr_empty_pop_pages {} but chunks hold {empty}", self.nr_empty_pop_pages));
+            return Err(format!(
+                "pcpu_nr_empty_pop_pages {} but chunks hold {empty}",
+                self.nr_empty_pop_pages
+            ));
         }
         Ok(())
     }
@@ -2198,7 +2235,10 @@ mod tests {
         assert_eq!(PcpuSlots::raw_size_to_slot(32), 3);
         assert_eq!(PcpuSlots::raw_size_to_slot(PAGE_SIZE), 10);
         let s = PcpuSlots::new(UNIT);
-        assert_eq!((s.sidelined_slot, s.free_slot, s.to_depopulate_slot, s.nr_slots), (17, 18, 19, 20));
+        assert_eq!(
+            (s.sidelined_slot, s.free_slot, s.to_depopulate_slot, s.nr_slots),
+            (17, 18, 19, 20)
+        );
         assert_eq!(s.size_to_slot(UNIT), s.free_slot);
         assert_eq!(s.size_to_slot(UNIT - 4), 15);
         let mut c = PcpuChunk::new(UNIT, 0);
@@ -2431,7 +2471,11 @@ mod tests {
 
     fn check_area(pool: &PcpuPool, area: &PcpuArea, size: usize, align: usize) {
         let chunk = pool.chunk(area.chunk).unwrap();
-        assert_eq!(area.offset % align.max(PCPU_MIN_ALLOC_SIZE), 0, "misaligned {area:?} align {align}");
+        assert_eq!(
+            area.offset % align.max(PCPU_MIN_ALLOC_SIZE),
+            0,
+            "misaligned {area:?} align {align}"
+        );
         assert_eq!(area.size, size.div_ceil(4) * 4);
         assert!(area.offset >= chunk.start_offset());
         assert!(area.offset + area.size <= chunk.unit_size(), "{area:?} outside the unit");
@@ -2442,7 +2486,12 @@ mod tests {
 
     /// Linux's pcpu_alloc_test pattern at full scale: `nr` allocations of 1..=1024 bytes,
     /// align 2^[1,11], then free everything in random order.
-    fn run_pcpu_alloc_test(nr: usize, seed: u64, check_every: usize, balance: bool) -> (usize, usize) {
+    fn run_pcpu_alloc_test(
+        nr: usize,
+        seed: u64,
+        check_every: usize,
+        balance: bool,
+    ) -> (usize, usize) {
         let mut rng = Rng(seed);
         let mut pool = PcpuPool::new(UNIT);
         let mut backing = MockBacking::new(UNIT);

@@ -226,7 +226,10 @@ pub const fn desc_is_block(desc: u64) -> bool {
 /// write it for init_mm: `TYPE_TABLE | TABLE_AF | TABLE_UXN`.
 #[inline]
 pub const fn kernel_table_desc(table_pa: u64) -> u64 {
-    (table_pa & PTE_ADDR_MASK) | PteFlags::TYPE_PAGE | PteFlags::TABLE_AF | PteFlags::TABLE_UXN.bits()
+    (table_pa & PTE_ADDR_MASK)
+        | PteFlags::TYPE_PAGE
+        | PteFlags::TABLE_AF
+        | PteFlags::TABLE_UXN.bits()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -238,8 +241,7 @@ pub const fn kernel_table_desc(table_pa: u64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageProt(pub PteFlags);
 
-const PROT_DEFAULT: u64 =
-    PteFlags::TYPE_PAGE | PteFlags::AF.bits() | PteFlags::SHARED.bits(); // PTE_MAYBE_NG = 0
+const PROT_DEFAULT: u64 = PteFlags::TYPE_PAGE | PteFlags::AF.bits() | PteFlags::SHARED.bits(); // PTE_MAYBE_NG = 0
 const XN: u64 = PteFlags::PXN.bits() | PteFlags::UXN.bits();
 const WRITE: u64 = PteFlags::DBM.bits();
 const PROT_NORMAL: u64 = PROT_DEFAULT | XN | WRITE | pte_attrindx(MT_NORMAL);
@@ -653,7 +655,9 @@ impl Translation {
     /// The protection of the leaf in page form (table/page bit set, contiguous hint dropped:
     /// it describes the mapping, not the access rights).
     pub const fn prot(&self) -> PageProt {
-        PageProt::from_bits((self.desc & !PTE_ADDR_MASK & !PteFlags::CONT.bits()) | PteFlags::TYPE_PAGE)
+        PageProt::from_bits(
+            (self.desc & !PTE_ADDR_MASK & !PteFlags::CONT.bits()) | PteFlags::TYPE_PAGE,
+        )
     }
     /// Writable at EL1.
     pub const fn writable(&self) -> bool {
@@ -790,7 +794,9 @@ impl PageTable {
         flags: MapFlags,
     ) -> Result<MapStats, MapError> {
         let end = check_range(va, size).ok_or(MapError::Invalid)?;
-        if pa & (PAGE_SIZE - 1) != 0 || pa.checked_add(size).is_none_or(|e| e - 1 > PTE_ADDR_MASK | 0xfff) {
+        if pa & (PAGE_SIZE - 1) != 0
+            || pa.checked_add(size).is_none_or(|e| e - 1 > PTE_ADDR_MASK | 0xfff)
+        {
             return Err(MapError::Invalid);
         }
         let mut m = Mapper { mem, tlb, flags, prot, start: va, end, stats: MapStats::default() };
@@ -826,7 +832,8 @@ impl PageTable {
         }
         let size = (nr_pages as u64).checked_mul(PAGE_SIZE).ok_or(MapError::Invalid)?;
         let end = check_range(va, size).ok_or(MapError::Invalid)?;
-        let flags = (flags & (MapFlags::REPLACE | MapFlags::NO_BARRIER)) | MapFlags::for_page_shift(page_shift);
+        let flags = (flags & (MapFlags::REPLACE | MapFlags::NO_BARRIER))
+            | MapFlags::for_page_shift(page_shift);
         let mut m = Mapper { mem, tlb, flags, prot, start: va, end, stats: MapStats::default() };
         let r = if page_shift == PAGE_SHIFT {
             m.map_small_pages(self.root_pa, va, end, &mut page_pa)
@@ -947,7 +954,13 @@ impl PageTable {
     /// the top of the address space). A `start` with the top 16 bits set walks the tree as a
     /// TTBR1 (kernel) tree, otherwise as TTBR0; the range must not span both halves. For dumps,
     /// tests and checks.
-    pub fn for_each_leaf<M: PtMemory + ?Sized, F: FnMut(Leaf)>(&self, mem: &M, start: u64, end: u64, mut f: F) {
+    pub fn for_each_leaf<M: PtMemory + ?Sized, F: FnMut(Leaf)>(
+        &self,
+        mem: &M,
+        start: u64,
+        end: u64,
+        mut f: F,
+    ) {
         let base = if start >> VA_BITS == 0xffff { 0xffff_0000_0000_0000 } else { 0 };
         visit(mem, self.root_pa, 0, base, start & !(PAGE_SIZE - 1), end.wrapping_sub(1), &mut f);
     }
@@ -1024,7 +1037,13 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
         Ok(new)
     }
 
-    fn map_pgd_range(&mut self, root: u64, mut addr: u64, end: u64, mut pa: u64) -> Result<(), MapError> {
+    fn map_pgd_range(
+        &mut self,
+        root: u64,
+        mut addr: u64,
+        end: u64,
+        mut pa: u64,
+    ) -> Result<(), MapError> {
         loop {
             let next = addr_end(addr, end, PGDIR_SIZE);
             let pud = self.next_table(root, pt_index(addr, PGDIR_SHIFT), addr, 0)?;
@@ -1037,7 +1056,13 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
         }
     }
 
-    fn map_pud_range(&mut self, table: u64, mut addr: u64, end: u64, mut pa: u64) -> Result<(), MapError> {
+    fn map_pud_range(
+        &mut self,
+        table: u64,
+        mut addr: u64,
+        end: u64,
+        mut pa: u64,
+    ) -> Result<(), MapError> {
         loop {
             let next = addr_end(addr, end, PUD_SIZE);
             let i = pt_index(addr, PUD_SHIFT);
@@ -1053,7 +1078,13 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
         }
     }
 
-    fn map_pmd_range(&mut self, table: u64, mut addr: u64, end: u64, mut pa: u64) -> Result<(), MapError> {
+    fn map_pmd_range(
+        &mut self,
+        table: u64,
+        mut addr: u64,
+        end: u64,
+        mut pa: u64,
+    ) -> Result<(), MapError> {
         loop {
             let next = addr_end(addr, end, PMD_SIZE);
             let i = pt_index(addr, PMD_SHIFT);
@@ -1070,7 +1101,15 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
     }
 
     /// `vmap_try_huge_pud` / `vmap_try_huge_pmd` + `pXd_set_huge`.
-    fn try_huge(&mut self, table: u64, i: usize, addr: u64, next: u64, pa: u64, level: u8) -> Result<bool, MapError> {
+    fn try_huge(
+        &mut self,
+        table: u64,
+        i: usize,
+        addr: u64,
+        next: u64,
+        pa: u64,
+        level: u8,
+    ) -> Result<bool, MapError> {
         let (size, allowed) = if level == 1 {
             (PUD_SIZE, self.flags.contains(MapFlags::BLOCK_PUD))
         } else {
@@ -1122,7 +1161,13 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
     }
 
     /// `vmap_pte_range` with arm64 `arch_vmap_pte_range_map_size` + `set_huge_pte_at`.
-    fn map_pte_range(&mut self, table: u64, mut addr: u64, end: u64, mut pa: u64) -> Result<(), MapError> {
+    fn map_pte_range(
+        &mut self,
+        table: u64,
+        mut addr: u64,
+        end: u64,
+        mut pa: u64,
+    ) -> Result<(), MapError> {
         let t = tbl(self.mem, table);
         let mut i = pt_index(addr, PAGE_SHIFT);
         let cont_ok = self.flags.contains(MapFlags::CONT_PTE);
@@ -1141,7 +1186,13 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
                 // SAFETY: valid table, i + k < 512 (runs are aligned inside one table).
                 let old = unsafe { get(t, i + k) };
                 if old != 0 {
-                    self.live_pte(t, i + k, addr + k as u64 * PAGE_SIZE, old, desc + k as u64 * PAGE_SIZE)?;
+                    self.live_pte(
+                        t,
+                        i + k,
+                        addr + k as u64 * PAGE_SIZE,
+                        old,
+                        desc + k as u64 * PAGE_SIZE,
+                    )?;
                 }
             }
             for k in 0..n {
@@ -1161,7 +1212,14 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
 
     /// A live PTE where a new one is about to be written: refuse (vmalloc) or break it (REPLACE).
     #[cold]
-    fn live_pte(&mut self, t: *mut u64, i: usize, va: u64, old: u64, new: u64) -> Result<(), MapError> {
+    fn live_pte(
+        &mut self,
+        t: *mut u64,
+        i: usize,
+        va: u64,
+        old: u64,
+        new: u64,
+    ) -> Result<(), MapError> {
         if !desc_valid(old) {
             return Err(MapError::BadEntry { va, level: 3, desc: old });
         }
@@ -1348,7 +1406,10 @@ fn unmap_pte_range<M: PtMemory + ?Sized>(
             let run_stop = run_first + CONT_PTES;
             if run_first < first || run_stop > stop {
                 let va_k = addr + (k - first) as u64 * PAGE_SIZE;
-                return Err(UnmapError::PartialBlock { va: va_k & !(CONT_PTE_SIZE - 1), size: CONT_PTE_SIZE });
+                return Err(UnmapError::PartialBlock {
+                    va: va_k & !(CONT_PTE_SIZE - 1),
+                    size: CONT_PTE_SIZE,
+                });
             }
             // Clear the run from here (its first entry for a well-formed run) to its end.
             // SAFETY: as above.
@@ -1440,7 +1501,9 @@ fn visit<M: PtMemory + ?Sized, F: FnMut(Leaf)>(
         }
         if level < 3 && desc_is_table(e) {
             visit(mem, desc_addr(e), level + 1, va, start, last, f);
-        } else if (level == 3 && e & 0b11 == 0b11) || ((level == 1 || level == 2) && desc_is_block(e)) {
+        } else if (level == 3 && e & 0b11 == 0b11)
+            || ((level == 1 || level == 2) && desc_is_block(e))
+        {
             f(Leaf { va, level, size: span, desc: e });
         }
     }
@@ -1550,7 +1613,9 @@ impl HwTlb {
     pub fn new() -> Self {
         let isar0: u64;
         // SAFETY: reading an ID register has no side effects.
-        unsafe { core::arch::asm!("mrs {}, id_aa64isar0_el1", out(reg) isar0, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            core::arch::asm!("mrs {}, id_aa64isar0_el1", out(reg) isar0, options(nomem, nostack, preserves_flags))
+        };
         HwTlb { range: (isar0 >> 56) & 0xf == 0b0010 }
     }
 
@@ -1592,12 +1657,16 @@ impl TlbOps for HwTlb {
     #[inline(always)]
     fn tlbi_vaale1is(&mut self, va: u64) {
         // SAFETY: TLB invalidation has no memory-safety effect.
-        unsafe { core::arch::asm!("tlbi vaale1is, {}", in(reg) tlbi_vaddr(va), options(nostack, preserves_flags)) };
+        unsafe {
+            core::arch::asm!("tlbi vaale1is, {}", in(reg) tlbi_vaddr(va), options(nostack, preserves_flags))
+        };
     }
     #[inline(always)]
     fn tlbi_vaae1is(&mut self, va: u64) {
         // SAFETY: as above.
-        unsafe { core::arch::asm!("tlbi vaae1is, {}", in(reg) tlbi_vaddr(va), options(nostack, preserves_flags)) };
+        unsafe {
+            core::arch::asm!("tlbi vaae1is, {}", in(reg) tlbi_vaddr(va), options(nostack, preserves_flags))
+        };
     }
     #[inline(always)]
     fn tlbi_rvaale1is(&mut self, va: u64, scale: u32, num: u32) {
@@ -1843,7 +1912,9 @@ mod tests {
         assert_eq!(tlb.significant(), [Op::DsbIshst, Op::Isb]);
         // A second mapping in the same tables allocates nothing.
         tlb.ops.clear();
-        let s = pt.map_range(&mut mem, &mut tlb, va + 0x10_000, pa, PAGE_SIZE, K, MapFlags::empty()).unwrap();
+        let s = pt
+            .map_range(&mut mem, &mut tlb, va + 0x10_000, pa, PAGE_SIZE, K, MapFlags::empty())
+            .unwrap();
         assert_eq!(s.tables_allocated, 0);
         assert_eq!(tlb.ops, [Op::DsbIshst, Op::Isb]);
     }
@@ -1865,7 +1936,9 @@ mod tests {
         let s = pt.map_range(&mut mem, &mut tlb, va2, pa, PMD_SIZE, K, MapFlags::empty()).unwrap();
         assert_eq!((s.pmd_blocks, s.ptes, s.cont_runs), (0, 512, 0));
         let va3 = va2 + PMD_SIZE;
-        let s = pt.map_range(&mut mem, &mut tlb, va3, pa + CONT_PTE_SIZE, PMD_SIZE, K, ALL_HUGE).unwrap();
+        let s = pt
+            .map_range(&mut mem, &mut tlb, va3, pa + CONT_PTE_SIZE, PMD_SIZE, K, ALL_HUGE)
+            .unwrap();
         assert_eq!((s.pmd_blocks, s.ptes, s.cont_runs), (0, 512, 32));
         assert_eq!(pt.walk(&mem, va3).unwrap().level, 3);
     }
@@ -1876,7 +1949,9 @@ mod tests {
         let va = 0xffff_0000_0000_0000;
         let pa = 0x4000_0000;
         let f = MapFlags::for_page_shift(PUD_SHIFT);
-        let s = pt.map_range(&mut mem, &mut tlb, va, pa, 2 * PUD_SIZE + PMD_SIZE + CONT_PTE_SIZE, K, f).unwrap();
+        let s = pt
+            .map_range(&mut mem, &mut tlb, va, pa, 2 * PUD_SIZE + PMD_SIZE + CONT_PTE_SIZE, K, f)
+            .unwrap();
         assert_eq!((s.pud_blocks, s.pmd_blocks, s.cont_runs), (2, 1, 1));
         let t = pt.walk(&mem, va + PUD_SIZE + 0x1234_5678).unwrap();
         assert_eq!((t.level, t.block_size), (1, PUD_SIZE));
@@ -1893,7 +1968,9 @@ mod tests {
         let (mut mem, mut tlb, pt) = setup();
         let va = VMALLOC_START + 7 * CONT_PTE_SIZE;
         let pa = 0x4100_0000 + 3 * CONT_PTE_SIZE;
-        let s = pt.map_range(&mut mem, &mut tlb, va, pa, 4 * CONT_PTE_SIZE, K, MapFlags::CONT_PTE).unwrap();
+        let s = pt
+            .map_range(&mut mem, &mut tlb, va, pa, 4 * CONT_PTE_SIZE, K, MapFlags::CONT_PTE)
+            .unwrap();
         assert_eq!((s.cont_runs, s.ptes), (4, 64));
         let l = leaves(&mem, &pt, va, va + 4 * CONT_PTE_SIZE);
         assert_eq!(l.len(), 64);
@@ -1908,12 +1985,34 @@ mod tests {
         assert_eq!(t.map_size(), CONT_PTE_SIZE);
         // PA misaligned by a page: no contiguous bit anywhere.
         let va2 = va + 0x10_0000;
-        let s = pt.map_range(&mut mem, &mut tlb, va2, pa + PAGE_SIZE, 2 * CONT_PTE_SIZE, K, MapFlags::CONT_PTE).unwrap();
+        let s = pt
+            .map_range(
+                &mut mem,
+                &mut tlb,
+                va2,
+                pa + PAGE_SIZE,
+                2 * CONT_PTE_SIZE,
+                K,
+                MapFlags::CONT_PTE,
+            )
+            .unwrap();
         assert_eq!((s.cont_runs, s.ptes), (0, 32));
-        assert!(leaves(&mem, &pt, va2, va2 + 2 * CONT_PTE_SIZE).iter().all(|l| l.desc & PteFlags::CONT.bits() == 0));
+        assert!(leaves(&mem, &pt, va2, va2 + 2 * CONT_PTE_SIZE)
+            .iter()
+            .all(|l| l.desc & PteFlags::CONT.bits() == 0));
         // Less than 64 KiB left: plain PTEs.
         let va3 = va2 + 0x10_0000;
-        let s = pt.map_range(&mut mem, &mut tlb, va3, pa, CONT_PTE_SIZE - PAGE_SIZE, K, MapFlags::CONT_PTE).unwrap();
+        let s = pt
+            .map_range(
+                &mut mem,
+                &mut tlb,
+                va3,
+                pa,
+                CONT_PTE_SIZE - PAGE_SIZE,
+                K,
+                MapFlags::CONT_PTE,
+            )
+            .unwrap();
         assert_eq!((s.cont_runs, s.ptes), (0, 15));
     }
 
@@ -1978,7 +2077,16 @@ mod tests {
         let tables = mem.live();
         tlb.ops.clear();
         let r = pt.unmap_range(&mut mem, mid.0, mid.2).unwrap();
-        assert_eq!(r, UnmapResult { pages: 512 + 32 + 4, ptes: 36, cont_runs: 2, pmd_blocks: 1, pud_blocks: 0 });
+        assert_eq!(
+            r,
+            UnmapResult {
+                pages: 512 + 32 + 4,
+                ptes: 36,
+                cont_runs: 2,
+                pmd_blocks: 1,
+                pud_blocks: 0
+            }
+        );
         assert!(tlb.ops.is_empty(), "unmap must not flush");
         assert!(leaves(&mem, &pt, mid.0, mid.0 + mid.2).is_empty());
         assert_eq!(mem.live(), tables, "tables are kept");
@@ -1990,7 +2098,10 @@ mod tests {
         // Unmapping an already empty range is fine and clears nothing.
         assert_eq!(pt.unmap_range(&mut mem, mid.0, mid.2).unwrap(), UnmapResult::default());
         // A range nothing was ever mapped in (no tables at all).
-        assert_eq!(pt.unmap_range(&mut mem, 0xffff_f000_0000_0000, PUD_SIZE).unwrap(), UnmapResult::default());
+        assert_eq!(
+            pt.unmap_range(&mut mem, 0xffff_f000_0000_0000, PUD_SIZE).unwrap(),
+            UnmapResult::default()
+        );
     }
 
     #[test]
@@ -2019,7 +2130,10 @@ mod tests {
         assert!(leaves(&mem, &pt, va, run).is_empty());
         assert_eq!(leaves(&mem, &pt, run, run + CONT_PTE_SIZE), before[1..]);
         let r = pt.unmap_range(&mut mem, va, PMD_SIZE + CONT_PTE_SIZE).unwrap();
-        assert_eq!(r, UnmapResult { pages: 16, ptes: 16, cont_runs: 1, pmd_blocks: 0, pud_blocks: 0 });
+        assert_eq!(
+            r,
+            UnmapResult { pages: 16, ptes: 16, cont_runs: 1, pmd_blocks: 0, pud_blocks: 0 }
+        );
         assert!(leaves(&mem, &pt, va, run + CONT_PTE_SIZE).is_empty());
     }
 
@@ -2032,19 +2146,28 @@ mod tests {
         pt.map_range(&mut mem, &mut tlb, blk, 0x4000_0000, PMD_SIZE, K, ALL_HUGE).unwrap();
         // Right after the block: one contiguous run and two pages.
         let run = blk + PMD_SIZE;
-        pt.map_range(&mut mem, &mut tlb, run, 0x5000_0000, CONT_PTE_SIZE + 2 * PAGE_SIZE, K, ALL_HUGE).unwrap();
+        pt.map_range(
+            &mut mem,
+            &mut tlb,
+            run,
+            0x5000_0000,
+            CONT_PTE_SIZE + 2 * PAGE_SIZE,
+            K,
+            ALL_HUGE,
+        )
+        .unwrap();
         let all_end = run + CONT_PTE_SIZE + 2 * PAGE_SIZE;
         let before = leaves(&mem, &pt, blk, all_end);
         assert_eq!(before.len(), 1 + 16 + 2);
         let in_blk = UnmapError::PartialBlock { va: blk, size: PMD_SIZE };
         let in_run = UnmapError::PartialBlock { va: run, size: CONT_PTE_SIZE };
         for (va, end, err) in [
-            (blk + PAGE_SIZE, all_end, in_blk),            // block, run and pages after it
+            (blk + PAGE_SIZE, all_end, in_blk), // block, run and pages after it
             (blk + PMD_SIZE - PAGE_SIZE, all_end, in_blk), // last page of the block
             (blk + PAGE_SIZE, blk + 2 * PAGE_SIZE, in_blk), // both ends inside the block
-            (blk + PAGE_SIZE, run + PAGE_SIZE, in_blk),    // and the end inside the run
-            (run + PAGE_SIZE, all_end, in_run),            // rest of the run and the pages
-            (run + 15 * PAGE_SIZE, all_end, in_run),       // last page of the run
+            (blk + PAGE_SIZE, run + PAGE_SIZE, in_blk), // and the end inside the run
+            (run + PAGE_SIZE, all_end, in_run), // rest of the run and the pages
+            (run + 15 * PAGE_SIZE, all_end, in_run), // last page of the run
             (run + 4 * PAGE_SIZE, run + 8 * PAGE_SIZE, in_run), // both ends inside the run
         ] {
             let (r, reads) = record_reads(|| pt.unmap_range(&mut mem, va, end - va));
@@ -2083,7 +2206,10 @@ mod tests {
         for end in [blk + PAGE_SIZE, blk + PMD_SIZE - PAGE_SIZE] {
             let (r, reads) = record_reads(|| pt.unmap_range(&mut mem, head, end - head));
             assert_eq!(r, Err(UnmapError::PartialBlock { va: blk, size: PMD_SIZE }));
-            assert!(leaves(&mem, &pt, head, blk).is_empty(), "pages and run before the block cleared");
+            assert!(
+                leaves(&mem, &pt, head, blk).is_empty(),
+                "pages and run before the block cleared"
+            );
             assert_eq!(leaves(&mem, &pt, blk, blk + PMD_SIZE), block, "block untouched");
             assert_eq!(pt.walk(&mem, nb).unwrap().pa, 0x3000_0000, "neighbour kept");
             let mut sorted = reads.clone();
@@ -2096,8 +2222,16 @@ mod tests {
         // A run holding the end, after pages and a whole run.
         let r0 = VMALLOC_START + 12 * PMD_SIZE;
         let start = r0 - 5 * PAGE_SIZE;
-        pt.map_range(&mut mem, &mut tlb, start, 0x6000_0000 - 5 * PAGE_SIZE, 5 * PAGE_SIZE + 2 * CONT_PTE_SIZE, K, ALL_HUGE)
-            .unwrap();
+        pt.map_range(
+            &mut mem,
+            &mut tlb,
+            start,
+            0x6000_0000 - 5 * PAGE_SIZE,
+            5 * PAGE_SIZE + 2 * CONT_PTE_SIZE,
+            K,
+            ALL_HUGE,
+        )
+        .unwrap();
         let r1 = r0 + CONT_PTE_SIZE;
         let second = leaves(&mem, &pt, r1, r1 + CONT_PTE_SIZE);
         assert_eq!(second.len(), 16);
@@ -2108,11 +2242,15 @@ mod tests {
         // A 1 GiB block holding the end, after a 2 MiB block.
         let lin = 0xffff_0000_0000_0000 + PUD_SIZE - PMD_SIZE;
         let f = MapFlags::for_page_shift(PUD_SHIFT);
-        pt.map_range(&mut mem, &mut tlb, lin, 0x4000_0000 - PMD_SIZE, PMD_SIZE + PUD_SIZE, K, f).unwrap();
+        pt.map_range(&mut mem, &mut tlb, lin, 0x4000_0000 - PMD_SIZE, PMD_SIZE + PUD_SIZE, K, f)
+            .unwrap();
         let r = pt.unmap_range(&mut mem, lin, 2 * PMD_SIZE);
         assert_eq!(r, Err(UnmapError::PartialBlock { va: lin + PMD_SIZE, size: PUD_SIZE }));
         assert!(leaves(&mem, &pt, lin, lin + PMD_SIZE).is_empty());
-        assert_eq!(pt.walk(&mem, lin + PMD_SIZE + 0x1234_5000).unwrap().pa, 0x4000_0000 + 0x1234_5000);
+        assert_eq!(
+            pt.walk(&mem, lin + PMD_SIZE + 0x1234_5000).unwrap().pa,
+            0x4000_0000 + 0x1234_5000
+        );
     }
 
     #[test]
@@ -2121,20 +2259,41 @@ mod tests {
         let va = VMALLOC_START + 2 * PMD_SIZE;
         pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, PMD_SIZE, K, ALL_HUGE).unwrap();
         let r = pt.unmap_range(&mut mem, va, PMD_SIZE).unwrap();
-        assert_eq!(r, UnmapResult { pages: 512, ptes: 0, cont_runs: 0, pmd_blocks: 1, pud_blocks: 0 });
+        assert_eq!(
+            r,
+            UnmapResult { pages: 512, ptes: 0, cont_runs: 0, pmd_blocks: 1, pud_blocks: 0 }
+        );
         pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, CONT_PTE_SIZE, K, ALL_HUGE).unwrap();
         let r = pt.unmap_range(&mut mem, va, CONT_PTE_SIZE).unwrap();
-        assert_eq!(r, UnmapResult { pages: 16, ptes: 16, cont_runs: 1, pmd_blocks: 0, pud_blocks: 0 });
+        assert_eq!(
+            r,
+            UnmapResult { pages: 16, ptes: 16, cont_runs: 1, pmd_blocks: 0, pud_blocks: 0 }
+        );
         assert!(leaves(&mem, &pt, va, va + PMD_SIZE).is_empty());
         // Mixed, across 1 GiB: pages, runs, 2 MiB blocks, a 1 GiB block, runs and pages.
         let lin = 0xffff_0000_0000_0000 + PUD_SIZE - PMD_SIZE - CONT_PTE_SIZE - 2 * PAGE_SIZE;
         let pa = 0x4000_0000 - PMD_SIZE - CONT_PTE_SIZE - 2 * PAGE_SIZE;
-        let size = 2 * PAGE_SIZE + CONT_PTE_SIZE + PMD_SIZE + PUD_SIZE + PMD_SIZE + 2 * CONT_PTE_SIZE + 3 * PAGE_SIZE;
+        let size = 2 * PAGE_SIZE
+            + CONT_PTE_SIZE
+            + PMD_SIZE
+            + PUD_SIZE
+            + PMD_SIZE
+            + 2 * CONT_PTE_SIZE
+            + 3 * PAGE_SIZE;
         let f = MapFlags::for_page_shift(PUD_SHIFT);
         let s = pt.map_range(&mut mem, &mut tlb, lin, pa, size, K, f).unwrap();
         assert_eq!((s.ptes, s.cont_runs, s.pmd_blocks, s.pud_blocks), (5 + 48, 3, 2, 1));
         let r = pt.unmap_range(&mut mem, lin, size).unwrap();
-        assert_eq!(r, UnmapResult { pages: size / PAGE_SIZE, ptes: 53, cont_runs: 3, pmd_blocks: 2, pud_blocks: 1 });
+        assert_eq!(
+            r,
+            UnmapResult {
+                pages: size / PAGE_SIZE,
+                ptes: 53,
+                cont_runs: 3,
+                pmd_blocks: 2,
+                pud_blocks: 1
+            }
+        );
         assert!(leaves(&mem, &pt, lin, lin + size).is_empty());
     }
 
@@ -2143,7 +2302,14 @@ mod tests {
     /// vunmap_range_noflush), not that plus two probe walks of the ends.
     #[test]
     fn unmap_is_one_walk() {
-        fn check(mem: &mut SimMem, pt: &PageTable, va: u64, size: u64, reads_expected: usize, tables: u64) -> UnmapResult {
+        fn check(
+            mem: &mut SimMem,
+            pt: &PageTable,
+            va: u64,
+            size: u64,
+            reads_expected: usize,
+            tables: u64,
+        ) -> UnmapResult {
             mem.lookups.set(0);
             let (r, reads) = record_reads(|| pt.unmap_range(mem, va, size));
             let mut sorted = reads.clone();
@@ -2158,7 +2324,8 @@ mod tests {
         // N small pages inside one PTE table: root + pud + pmd entry + N ptes, 4 tables.
         let n = 40;
         let va = VMALLOC_START + 0x3000;
-        pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, n * PAGE_SIZE, K, MapFlags::empty()).unwrap();
+        pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, n * PAGE_SIZE, K, MapFlags::empty())
+            .unwrap();
         let r = check(&mut mem, &pt, va, n * PAGE_SIZE, 3 + n as usize, 4);
         assert_eq!(r.pages, n);
         // Same range again, now empty: the same single walk.
@@ -2168,20 +2335,31 @@ mod tests {
         check(&mut mem, &pt, va, PAGE_SIZE, 4, 4);
         // Across a 1 GiB boundary: root + 2 pud + 2 pmd entries + 6 ptes; root, pud, 2 pmd, 2 pte tables.
         let x = VMALLOC_START + PUD_SIZE - 3 * PAGE_SIZE;
-        pt.map_range(&mut mem, &mut tlb, x, 0x4000_0000, 6 * PAGE_SIZE, K, MapFlags::empty()).unwrap();
+        pt.map_range(&mut mem, &mut tlb, x, 0x4000_0000, 6 * PAGE_SIZE, K, MapFlags::empty())
+            .unwrap();
         let r = check(&mut mem, &pt, x, 6 * PAGE_SIZE, 1 + 2 + 2 + 6, 6);
         assert_eq!(r.pages, 6);
         // Mixed over three PMDs: 3 pages + 31 runs | a 2 MiB block | 2 runs + 5 pages.
         let m = VMALLOC_START + 16 * PMD_SIZE - CONT_PTE_SIZE * 31 - 3 * PAGE_SIZE;
         let pa = 0x8000_0000 - CONT_PTE_SIZE * 31 - 3 * PAGE_SIZE;
-        let size = 3 * PAGE_SIZE + 31 * CONT_PTE_SIZE + PMD_SIZE + 2 * CONT_PTE_SIZE + 5 * PAGE_SIZE;
+        let size =
+            3 * PAGE_SIZE + 31 * CONT_PTE_SIZE + PMD_SIZE + 2 * CONT_PTE_SIZE + 5 * PAGE_SIZE;
         let s = pt.map_range(&mut mem, &mut tlb, m, pa, size, K, ALL_HUGE).unwrap();
         assert_eq!((s.cont_runs, s.pmd_blocks), (33, 1));
         let ptes_first = 3 + 31 * 16;
         let ptes_last = 2 * 16 + 5;
         // root + pud + 3 pmd entries + every pte of the two PTE-mapped chunks.
         let r = check(&mut mem, &pt, m, size, 1 + 1 + 3 + ptes_first + ptes_last, 5);
-        assert_eq!(r, UnmapResult { pages: size / PAGE_SIZE, ptes: 3 + 5 + 33 * 16, cont_runs: 33, pmd_blocks: 1, pud_blocks: 0 });
+        assert_eq!(
+            r,
+            UnmapResult {
+                pages: size / PAGE_SIZE,
+                ptes: 3 + 5 + 33 * 16,
+                cont_runs: 33,
+                pmd_blocks: 1,
+                pud_blocks: 0
+            }
+        );
     }
 
     /// Runs the kernel never writes (contiguous bit missing on some entries) are still never
@@ -2223,17 +2401,39 @@ mod tests {
     fn live_entries_are_refused_or_broken_before_make() {
         let (mut mem, mut tlb, pt) = setup();
         let va = VMALLOC_START + 0x4000;
-        pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, 2 * PAGE_SIZE, K, MapFlags::empty()).unwrap();
+        pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, 2 * PAGE_SIZE, K, MapFlags::empty())
+            .unwrap();
         // vmalloc path: a live PTE is a bug -> error, nothing after it written.
-        let e = pt.map_range(&mut mem, &mut tlb, va - PAGE_SIZE, 0x5000_0000, 3 * PAGE_SIZE, K, MapFlags::empty());
-        assert_eq!(e, Err(MapError::AlreadyMapped { va, level: 3, desc: K.page_desc(0x4000_0000) }));
+        let e = pt.map_range(
+            &mut mem,
+            &mut tlb,
+            va - PAGE_SIZE,
+            0x5000_0000,
+            3 * PAGE_SIZE,
+            K,
+            MapFlags::empty(),
+        );
+        assert_eq!(
+            e,
+            Err(MapError::AlreadyMapped { va, level: 3, desc: K.page_desc(0x4000_0000) })
+        );
         assert_eq!(pt.walk(&mem, va + PAGE_SIZE).unwrap().pa, 0x4000_1000);
         // Same value again is refused too on the vmalloc path (Linux BUG()s on any non-none PTE).
-        assert!(pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, PAGE_SIZE, K, MapFlags::empty()).is_err());
+        assert!(pt
+            .map_range(&mut mem, &mut tlb, va, 0x4000_0000, PAGE_SIZE, K, MapFlags::empty())
+            .is_err());
         // REPLACE: break-before-make per changed entry.
         tlb.ops.clear();
         let s = pt
-            .map_range(&mut mem, &mut tlb, va, 0x5000_0000, 2 * PAGE_SIZE, PageProt::PAGE_KERNEL_RO, MapFlags::REPLACE)
+            .map_range(
+                &mut mem,
+                &mut tlb,
+                va,
+                0x5000_0000,
+                2 * PAGE_SIZE,
+                PageProt::PAGE_KERNEL_RO,
+                MapFlags::REPLACE,
+            )
             .unwrap();
         assert_eq!(s.bbm, 2);
         assert_eq!(
@@ -2254,7 +2454,15 @@ mod tests {
         // Replacing with the identical value needs no BBM.
         tlb.ops.clear();
         let s = pt
-            .map_range(&mut mem, &mut tlb, va, 0x5000_0000, PAGE_SIZE, PageProt::PAGE_KERNEL_RO, MapFlags::REPLACE)
+            .map_range(
+                &mut mem,
+                &mut tlb,
+                va,
+                0x5000_0000,
+                PAGE_SIZE,
+                PageProt::PAGE_KERNEL_RO,
+                MapFlags::REPLACE,
+            )
             .unwrap();
         assert_eq!(s.bbm, 0);
         assert_eq!(tlb.ops, [Op::DsbIshst, Op::Isb]);
@@ -2267,7 +2475,17 @@ mod tests {
         ));
         // A live block replaced by a block: BBM.
         tlb.ops.clear();
-        let s = pt.map_range(&mut mem, &mut tlb, blk, 0x6020_0000, PMD_SIZE, K, ALL_HUGE | MapFlags::REPLACE).unwrap();
+        let s = pt
+            .map_range(
+                &mut mem,
+                &mut tlb,
+                blk,
+                0x6020_0000,
+                PMD_SIZE,
+                K,
+                ALL_HUGE | MapFlags::REPLACE,
+            )
+            .unwrap();
         assert_eq!((s.bbm, s.pmd_blocks), (1, 1));
         assert_eq!(&tlb.ops[..3], &[Op::DsbIshst, Op::Vaale1is(blk), Op::DsbIsh]);
         assert_eq!(pt.walk(&mem, blk).unwrap().pa, 0x6020_0000);
@@ -2277,24 +2495,46 @@ mod tests {
     fn replace_breaks_whole_cont_runs_only() {
         let (mut mem, mut tlb, pt) = setup();
         let va = VMALLOC_START + CONT_PTE_SIZE;
-        pt.map_range(&mut mem, &mut tlb, va, 0x4001_0000, CONT_PTE_SIZE, K, MapFlags::CONT_PTE).unwrap();
+        pt.map_range(&mut mem, &mut tlb, va, 0x4001_0000, CONT_PTE_SIZE, K, MapFlags::CONT_PTE)
+            .unwrap();
         assert_eq!(
-            pt.map_range(&mut mem, &mut tlb, va + PAGE_SIZE, 0x5000_0000, PAGE_SIZE, K, MapFlags::REPLACE),
+            pt.map_range(
+                &mut mem,
+                &mut tlb,
+                va + PAGE_SIZE,
+                0x5000_0000,
+                PAGE_SIZE,
+                K,
+                MapFlags::REPLACE
+            ),
             Err(MapError::PartialContRun { va: va + PAGE_SIZE })
         );
         tlb.ops.clear();
-        let s = pt.map_range(&mut mem, &mut tlb, va, 0x5000_0000, CONT_PTE_SIZE, K, MapFlags::REPLACE).unwrap();
+        let s = pt
+            .map_range(&mut mem, &mut tlb, va, 0x5000_0000, CONT_PTE_SIZE, K, MapFlags::REPLACE)
+            .unwrap();
         assert_eq!((s.bbm, s.ptes, s.cont_runs), (1, 16, 0));
         let tlbis = tlb.ops.iter().filter(|o| matches!(o, Op::Vaale1is(_))).count();
         assert_eq!(tlbis, 16);
-        assert!(leaves(&mem, &pt, va, va + CONT_PTE_SIZE).iter().all(|l| l.desc & PteFlags::CONT.bits() == 0));
+        assert!(leaves(&mem, &pt, va, va + CONT_PTE_SIZE)
+            .iter()
+            .all(|l| l.desc & PteFlags::CONT.bits() == 0));
     }
 
     #[test]
     fn block_replaces_an_empty_pte_table() {
         let (mut mem, mut tlb, pt) = setup();
         let blk = VMALLOC_START + 3 * PMD_SIZE;
-        pt.map_range(&mut mem, &mut tlb, blk + PAGE_SIZE, 0x4000_0000, PAGE_SIZE, K, MapFlags::empty()).unwrap();
+        pt.map_range(
+            &mut mem,
+            &mut tlb,
+            blk + PAGE_SIZE,
+            0x4000_0000,
+            PAGE_SIZE,
+            K,
+            MapFlags::empty(),
+        )
+        .unwrap();
         // A non-empty table must not be thrown away.
         assert!(matches!(
             pt.map_range(&mut mem, &mut tlb, blk, 0x6000_0000, PMD_SIZE, K, ALL_HUGE),
@@ -2316,18 +2556,52 @@ mod tests {
     #[test]
     fn errors_and_out_of_memory() {
         let (mut mem, mut tlb, pt) = setup();
-        assert_eq!(pt.map_range(&mut mem, &mut tlb, VMALLOC_START + 1, 0, PAGE_SIZE, K, MapFlags::empty()), Err(MapError::Invalid));
-        assert_eq!(pt.map_range(&mut mem, &mut tlb, VMALLOC_START, 0x800, PAGE_SIZE, K, MapFlags::empty()), Err(MapError::Invalid));
-        assert_eq!(pt.map_range(&mut mem, &mut tlb, VMALLOC_START, 0, 0, K, MapFlags::empty()), Err(MapError::Invalid));
-        assert_eq!(pt.map_range(&mut mem, &mut tlb, u64::MAX & !0xfff, 0, 2 * PAGE_SIZE, K, MapFlags::empty()), Err(MapError::Invalid));
-        assert_eq!(pt.map_range(&mut mem, &mut tlb, VMALLOC_START, 1 << 48, PAGE_SIZE, K, MapFlags::empty()), Err(MapError::Invalid));
+        assert_eq!(
+            pt.map_range(&mut mem, &mut tlb, VMALLOC_START + 1, 0, PAGE_SIZE, K, MapFlags::empty()),
+            Err(MapError::Invalid)
+        );
+        assert_eq!(
+            pt.map_range(&mut mem, &mut tlb, VMALLOC_START, 0x800, PAGE_SIZE, K, MapFlags::empty()),
+            Err(MapError::Invalid)
+        );
+        assert_eq!(
+            pt.map_range(&mut mem, &mut tlb, VMALLOC_START, 0, 0, K, MapFlags::empty()),
+            Err(MapError::Invalid)
+        );
+        assert_eq!(
+            pt.map_range(
+                &mut mem,
+                &mut tlb,
+                u64::MAX & !0xfff,
+                0,
+                2 * PAGE_SIZE,
+                K,
+                MapFlags::empty()
+            ),
+            Err(MapError::Invalid)
+        );
+        assert_eq!(
+            pt.map_range(
+                &mut mem,
+                &mut tlb,
+                VMALLOC_START,
+                1 << 48,
+                PAGE_SIZE,
+                K,
+                MapFlags::empty()
+            ),
+            Err(MapError::Invalid)
+        );
         mem.limit = Some(mem.allocs + 2);
         let va = VMALLOC_START + 0x7000_0000;
         assert_eq!(
             pt.map_range(&mut mem, &mut tlb, va, 0x4000_0000, PAGE_SIZE, K, MapFlags::empty()),
             Err(MapError::NoMemory { va })
         );
-        assert!(tlb.significant().ends_with(&[Op::DsbIshst, Op::Isb]), "partial work is still published");
+        assert!(
+            tlb.significant().ends_with(&[Op::DsbIshst, Op::Isb]),
+            "partial work is still published"
+        );
     }
 
     /// Pages covered by a recorded flush (None = everything).
@@ -2361,12 +2635,18 @@ mod tests {
         assert_eq!(t.ops.len(), 511 + 3);
         assert_eq!(t.ops[0], Op::DsbIshst);
         assert_eq!(&t.ops[512..], &[Op::DsbIsh, Op::Isb]);
-        assert_eq!(flushed_pages(&t.ops).unwrap(), (0..511).map(|k| s + k * PAGE_SIZE).collect::<Vec<_>>());
+        assert_eq!(
+            flushed_pages(&t.ops).unwrap(),
+            (0..511).map(|k| s + k * PAGE_SIZE).collect::<Vec<_>>()
+        );
         let t = flush(false, s, s + 512 * PAGE_SIZE);
         assert_eq!(t.ops, [Op::DsbIshst, Op::Vmalle1is, Op::DsbIsh, Op::Isb]);
         // Unaligned bounds round outwards.
         let t = flush(false, s + 0x800, s + 0x1001);
-        assert_eq!(t.ops, [Op::DsbIshst, Op::Vaale1is(s), Op::Vaale1is(s + PAGE_SIZE), Op::DsbIsh, Op::Isb]);
+        assert_eq!(
+            t.ops,
+            [Op::DsbIshst, Op::Vaale1is(s), Op::Vaale1is(s + PAGE_SIZE), Op::DsbIsh, Op::Isb]
+        );
     }
 
     #[test]
@@ -2375,7 +2655,16 @@ mod tests {
         let t = flush(true, s, s + PAGE_SIZE);
         assert_eq!(t.ops, [Op::DsbIshst, Op::Vaale1is(s), Op::DsbIsh, Op::Isb]);
         let t = flush(true, s, s + 3 * PAGE_SIZE);
-        assert_eq!(t.ops, [Op::DsbIshst, Op::Rvaale1is(s, 0, 0), Op::Vaale1is(s + 2 * PAGE_SIZE), Op::DsbIsh, Op::Isb]);
+        assert_eq!(
+            t.ops,
+            [
+                Op::DsbIshst,
+                Op::Rvaale1is(s, 0, 0),
+                Op::Vaale1is(s + 2 * PAGE_SIZE),
+                Op::DsbIsh,
+                Op::Isb
+            ]
+        );
         let t = flush(true, s, s + 512 * PAGE_SIZE);
         assert_eq!(t.ops, [Op::DsbIshst, Op::Rvaale1is(s, 1, 7), Op::DsbIsh, Op::Isb]);
         let t = flush(true, s, s + (1 << 21) * PAGE_SIZE);
@@ -2386,7 +2675,11 @@ mod tests {
         for pages in 1..3000u64 {
             let t = flush(true, s + 7 * PAGE_SIZE, s + (7 + pages) * PAGE_SIZE);
             let covered = flushed_pages(&t.ops).unwrap();
-            assert_eq!(covered, (0..pages).map(|k| s + (7 + k) * PAGE_SIZE).collect::<Vec<_>>(), "{pages}");
+            assert_eq!(
+                covered,
+                (0..pages).map(|k| s + (7 + k) * PAGE_SIZE).collect::<Vec<_>>(),
+                "{pages}"
+            );
             assert!(t.ops.len() <= 4 + 1 + 3);
         }
     }
@@ -2417,7 +2710,16 @@ mod tests {
                 self.raced = true;
                 let mut tlb = MockTlb::default();
                 PageTable::from_root(self.root)
-                    .map_pages(&mut self.inner, &mut tlb, self.other_va, 1, |_| 0x4000_0000 + 7 * PAGE_SIZE, K, PAGE_SHIFT, MapFlags::empty())
+                    .map_pages(
+                        &mut self.inner,
+                        &mut tlb,
+                        self.other_va,
+                        1,
+                        |_| 0x4000_0000 + 7 * PAGE_SIZE,
+                        K,
+                        PAGE_SHIFT,
+                        MapFlags::empty(),
+                    )
                     .unwrap();
             }
             f()
@@ -2435,12 +2737,41 @@ mod tests {
         let mut tlb = MockTlb::default();
         // Upper levels exist (a page in the next 2 MiB region); the target PMD entry is empty.
         let region = VMALLOC_START + 4 * PMD_SIZE;
-        pt.map_pages(&mut mem, &mut tlb, region + PMD_SIZE, 1, |_| 0x4000_0000, K, PAGE_SHIFT, MapFlags::empty()).unwrap();
+        pt.map_pages(
+            &mut mem,
+            &mut tlb,
+            region + PMD_SIZE,
+            1,
+            |_| 0x4000_0000,
+            K,
+            PAGE_SHIFT,
+            MapFlags::empty(),
+        )
+        .unwrap();
         let live_before = mem.live();
-        let mut rm = RacingMem { inner: mem, root: pt.root_pa, other_va: region + 5 * PAGE_SIZE, raced: false };
-        let s = pt.map_pages(&mut rm, &mut tlb, region, 1, |_| 0x4000_0000 + 3 * PAGE_SIZE, K, PAGE_SHIFT, MapFlags::empty()).unwrap();
+        let mut rm = RacingMem {
+            inner: mem,
+            root: pt.root_pa,
+            other_va: region + 5 * PAGE_SIZE,
+            raced: false,
+        };
+        let s = pt
+            .map_pages(
+                &mut rm,
+                &mut tlb,
+                region,
+                1,
+                |_| 0x4000_0000 + 3 * PAGE_SIZE,
+                K,
+                PAGE_SHIFT,
+                MapFlags::empty(),
+            )
+            .unwrap();
         assert!(rm.raced);
-        assert_eq!(s.tables_allocated, 0, "the racing mapper's table was linked over the first one");
+        assert_eq!(
+            s.tables_allocated, 0,
+            "the racing mapper's table was linked over the first one"
+        );
         assert_eq!(s.ptes, 1);
         let mem = rm.inner;
         // One new PTE table in all (the other CPU's); ours was freed.
@@ -2455,22 +2786,43 @@ mod tests {
         let (mut mem, mut tlb, pt) = setup();
         // Scattered order-0 pages across a PMD boundary.
         let va = VMALLOC_START + PMD_SIZE - 2 * PAGE_SIZE;
-        let pages: Vec<u64> = [9u64, 3, 77, 5].iter().map(|p| 0x4000_0000 + p * PAGE_SIZE).collect();
-        let s = pt.map_pages(&mut mem, &mut tlb, va, 4, |i| pages[i], K, PAGE_SHIFT, MapFlags::empty()).unwrap();
+        let pages: Vec<u64> =
+            [9u64, 3, 77, 5].iter().map(|p| 0x4000_0000 + p * PAGE_SIZE).collect();
+        let s = pt
+            .map_pages(&mut mem, &mut tlb, va, 4, |i| pages[i], K, PAGE_SHIFT, MapFlags::empty())
+            .unwrap();
         assert_eq!(s.ptes, 4);
         for (i, pa) in pages.iter().enumerate() {
             assert_eq!(pt.walk(&mem, va + i as u64 * PAGE_SIZE).unwrap().pa, *pa);
         }
         assert_eq!(tlb.significant(), [Op::DsbIshst, Op::Isb]);
         assert!(matches!(
-            pt.map_pages(&mut mem, &mut tlb, va, 1, |_| 0x5000_0000, K, PAGE_SHIFT, MapFlags::empty()),
+            pt.map_pages(
+                &mut mem,
+                &mut tlb,
+                va,
+                1,
+                |_| 0x5000_0000,
+                K,
+                PAGE_SHIFT,
+                MapFlags::empty()
+            ),
             Err(MapError::AlreadyMapped { .. })
         ));
         // page_shift 16: two order-4 blocks -> two contiguous runs.
         let va = VMALLOC_START + 0x40_0000;
         let blocks = [0x4100_0000u64, 0x4200_0000];
         let s = pt
-            .map_pages(&mut mem, &mut tlb, va, 32, |i| blocks[i / 16] + (i % 16) as u64 * PAGE_SIZE, K, 16, MapFlags::empty())
+            .map_pages(
+                &mut mem,
+                &mut tlb,
+                va,
+                32,
+                |i| blocks[i / 16] + (i % 16) as u64 * PAGE_SIZE,
+                K,
+                16,
+                MapFlags::empty(),
+            )
             .unwrap();
         assert_eq!((s.cont_runs, s.ptes), (2, 32));
         assert_eq!(pt.walk(&mem, va + CONT_PTE_SIZE).unwrap().pa, 0x4200_0000);
@@ -2478,12 +2830,30 @@ mod tests {
         let va = VMALLOC_START + 0x80_0000;
         tlb.ops.clear();
         let s = pt
-            .map_pages(&mut mem, &mut tlb, va, 512, |i| 0x4400_0000 + i as u64 * PAGE_SIZE, K, PMD_SHIFT, MapFlags::empty())
+            .map_pages(
+                &mut mem,
+                &mut tlb,
+                va,
+                512,
+                |i| 0x4400_0000 + i as u64 * PAGE_SIZE,
+                K,
+                PMD_SHIFT,
+                MapFlags::empty(),
+            )
             .unwrap();
         assert_eq!((s.pmd_blocks, s.ptes), (1, 0));
         assert_eq!(tlb.significant(), [Op::DsbIshst, Op::Isb]);
         assert_eq!(
-            pt.map_pages(&mut mem, &mut tlb, va, 17, |i| i as u64 * PAGE_SIZE, K, 16, MapFlags::empty()),
+            pt.map_pages(
+                &mut mem,
+                &mut tlb,
+                va,
+                17,
+                |i| i as u64 * PAGE_SIZE,
+                K,
+                16,
+                MapFlags::empty()
+            ),
             Err(MapError::Invalid)
         );
     }
@@ -2492,8 +2862,16 @@ mod tests {
     fn no_barrier_batching() {
         let (mut mem, mut tlb, pt) = setup();
         for k in 0..4 {
-            pt.map_range(&mut mem, &mut tlb, VMALLOC_START + k * PAGE_SIZE, 0x4000_0000, PAGE_SIZE, K, MapFlags::NO_BARRIER)
-                .unwrap();
+            pt.map_range(
+                &mut mem,
+                &mut tlb,
+                VMALLOC_START + k * PAGE_SIZE,
+                0x4000_0000,
+                PAGE_SIZE,
+                K,
+                MapFlags::NO_BARRIER,
+            )
+            .unwrap();
         }
         assert!(tlb.significant().is_empty());
         publish_mappings(&mut tlb);
@@ -2511,7 +2889,16 @@ mod tests {
         let mut tlb = MockTlb::default();
         let pt = PageTable::new(&mut mem).unwrap();
         assert_eq!(pt.root_pa, pool_pa);
-        pt.map_range(&mut mem, &mut tlb, VMALLOC_START, 0x4000_0000, 3 * PAGE_SIZE, K, MapFlags::empty()).unwrap();
+        pt.map_range(
+            &mut mem,
+            &mut tlb,
+            VMALLOC_START,
+            0x4000_0000,
+            3 * PAGE_SIZE,
+            K,
+            MapFlags::empty(),
+        )
+        .unwrap();
         assert_eq!(mem.in_use, 4);
         assert_eq!(pt.walk(&mem, VMALLOC_START + 0x2000).unwrap().pa, 0x4000_2000);
         // Fill the pool, then run out.

@@ -37,7 +37,8 @@ unsafe impl PtMemory for KernelPt {
         mmu::table_va(pa) as *mut [u64; 512]
     }
     fn alloc_table(&mut self) -> Option<u64> {
-        let pa = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0).map(|pfn| pfn << PAGE_SHIFT);
+        let pa = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0)
+            .map(|pfn| pfn << PAGE_SHIFT);
         if pa.is_some() {
             NR_PAGETABLE.fetch_add(1, Ordering::Relaxed);
         }
@@ -78,22 +79,36 @@ pub struct MmSummary {
 }
 
 /// memblock -> linear map -> mem_map -> zones and buddy. `kimage` is the image's [start, end).
-pub fn mm_init(info: &BootInfo, kimage: (u64, u64), nr_cpus: usize, pcp: bool) -> Result<MmSummary, String> {
+pub fn mm_init(
+    info: &BootInfo,
+    kimage: (u64, u64),
+    nr_cpus: usize,
+    pcp: bool,
+) -> Result<MmSummary, String> {
     let mut mb = Memblock::new();
     for m in &info.memory {
         mb.add(m.base, m.size).map_err(|e| format!("memblock: {e}"))?;
     }
     mb.reserve(kimage.0, kimage.1 - kimage.0).map_err(|e| format!("memblock: {e}"))?;
     for r in &info.reserved {
-        mb.reserve(r.base & !(PAGE_SIZE as u64 - 1), r.size + (r.base & (PAGE_SIZE as u64 - 1))).map_err(|e| format!("memblock: {e}"))?;
+        mb.reserve(r.base & !(PAGE_SIZE as u64 - 1), r.size + (r.base & (PAGE_SIZE as u64 - 1)))
+            .map_err(|e| format!("memblock: {e}"))?;
     }
 
     // The linear map of all RAM, with 1 GiB / 2 MiB blocks where aligned.
     let pt = kernel_pgtable();
     let mut tlb = HwTlb::new();
     for m in &info.memory {
-        pt.map_range(&mut EarlyPt, &mut tlb, PAGE_OFFSET + m.base, m.base, m.size, PageProt::PAGE_KERNEL, MapFlags::BLOCK_PUD | MapFlags::BLOCK_PMD | MapFlags::CONT_PTE)
-            .map_err(|e| format!("linear map of [{:#x}, {:#x}): {:?}", m.base, m.base + m.size, e))?;
+        pt.map_range(
+            &mut EarlyPt,
+            &mut tlb,
+            PAGE_OFFSET + m.base,
+            m.base,
+            m.size,
+            PageProt::PAGE_KERNEL,
+            MapFlags::BLOCK_PUD | MapFlags::BLOCK_PMD | MapFlags::CONT_PTE,
+        )
+        .map_err(|e| format!("linear map of [{:#x}, {:#x}): {:?}", m.base, m.base + m.size, e))?;
     }
 
     // Per-CPU areas before anything else takes memblock memory (Linux: setup_per_cpu_areas
@@ -105,7 +120,9 @@ pub fn mm_init(info: &BootInfo, kimage: (u64, u64), nr_cpus: usize, pcp: bool) -
     let max_pfn = mb.end_of_dram().div_ceil(PAGE_SIZE as u64);
     let n = (max_pfn - min_pfn) as usize;
     let bytes = (n * core::mem::size_of::<Page>()) as u64;
-    let pa = mb.alloc(bytes.next_multiple_of(PAGE_SIZE as u64), PAGE_SIZE as u64).ok_or_else(|| format!("memblock: no room for mem_map ({bytes} bytes)"))?;
+    let pa = mb
+        .alloc(bytes.next_multiple_of(PAGE_SIZE as u64), PAGE_SIZE as u64)
+        .ok_or_else(|| format!("memblock: no room for mem_map ({bytes} bytes)"))?;
     let mem_map: &'static [Page] = unsafe {
         let p = (PAGE_OFFSET + pa) as *mut Page;
         for i in 0..n {
@@ -122,12 +139,19 @@ pub fn mm_init(info: &BootInfo, kimage: (u64, u64), nr_cpus: usize, pcp: bool) -
     };
     let mut pa_ = PageAllocator::new(mem_map, min_pfn, &mb, &cfg).map_err(|e| format!("{e}"))?;
     // The zones' pcps move from their boot pagesets into the per-CPU areas.
-    pa_.setup_per_cpu_pageset(percpu.nr_units, &crate::percpu_defs::per_cpu_offsets(), |size, align| {
-        Some(super::percpu::alloc_percpu(size, align)).filter(|&p| p != 0)
-    })
+    pa_.setup_per_cpu_pageset(
+        percpu.nr_units,
+        &crate::percpu_defs::per_cpu_offsets(),
+        |size, align| Some(super::percpu::alloc_percpu(size, align)).filter(|&p| p != 0),
+    )
     .map_err(|e| format!("setup_per_cpu_pageset: {e}"))?;
     kalloc::init(pa_);
-    Ok(MmSummary { mem_map_bytes: bytes, nr_pages: n as u64, early_tables: mmu::early_pool_used(), percpu })
+    Ok(MmSummary {
+        mem_map_bytes: bytes,
+        nr_pages: n as u64,
+        early_tables: mmu::early_pool_used(),
+        percpu,
+    })
 }
 
 /// The meminfo-style dump (zones, buddyinfo, watermarks, pcp, struct page footprint).
@@ -204,20 +228,46 @@ pub fn paging_init(info: &BootInfo, guards: &[u64]) -> Result<(), String> {
         static _erodata: u8;
         static _end: u8;
     }
-    let (text, etext, erodata, end) =
-        ((&raw const _text) as u64, (&raw const _etext) as u64, (&raw const _erodata) as u64, (&raw const _end) as u64);
+    let (text, etext, erodata, end) = (
+        (&raw const _text) as u64,
+        (&raw const _etext) as u64,
+        (&raw const _erodata) as u64,
+        (&raw const _end) as u64,
+    );
     let mut mem = KernelPt;
     let zero = mem.alloc_table().ok_or("paging_init: out of memory")?;
     let root = PageTable::new(&mut mem).ok_or("paging_init: out of memory")?;
     let mut tlb = HwTlb::new();
     let err = |what: &str, e: super::pgtable::MapError| format!("paging_init: {what}: {e:?}");
     for m in &info.memory {
-        root.map_range(&mut mem, &mut tlb, PAGE_OFFSET + m.base, m.base, m.size, PageProt::PAGE_KERNEL, MapFlags::BLOCK_PUD | MapFlags::BLOCK_PMD | MapFlags::CONT_PTE)
-            .map_err(|e| err("linear map", e))?;
+        root.map_range(
+            &mut mem,
+            &mut tlb,
+            PAGE_OFFSET + m.base,
+            m.base,
+            m.size,
+            PageProt::PAGE_KERNEL,
+            MapFlags::BLOCK_PUD | MapFlags::BLOCK_PMD | MapFlags::CONT_PTE,
+        )
+        .map_err(|e| err("linear map", e))?;
     }
-    let map = |mem: &mut KernelPt, tlb: &mut HwTlb, start: u64, stop: u64, prot: PageProt| -> Result<(), String> {
+    let map = |mem: &mut KernelPt,
+               tlb: &mut HwTlb,
+               start: u64,
+               stop: u64,
+               prot: PageProt|
+     -> Result<(), String> {
         if stop > start {
-            root.map_range(mem, tlb, start, mmu::kimage_va_to_pa(start), stop - start, prot, MapFlags::CONT_PTE).map_err(|e| err("kernel image", e))?;
+            root.map_range(
+                mem,
+                tlb,
+                start,
+                mmu::kimage_va_to_pa(start),
+                stop - start,
+                prot,
+                MapFlags::CONT_PTE,
+            )
+            .map_err(|e| err("kernel image", e))?;
         }
         Ok(())
     };

@@ -168,7 +168,10 @@ pub struct NodeStats {
 
 impl NodeStats {
     pub fn new() -> Self {
-        NodeStats { global: core::array::from_fn(|_| AtomicI64::new(0)), threshold: AtomicI32::new(0) }
+        NodeStats {
+            global: core::array::from_fn(|_| AtomicI64::new(0)),
+            threshold: AtomicI32::new(0),
+        }
     }
     pub fn threshold(&self) -> i32 {
         self.threshold.load(Relaxed)
@@ -224,7 +227,11 @@ impl<'m> PageAllocator<'m> {
     /// Linux `node_page_state_snapshot`: including the per-CPU deltas.
     pub fn node_page_state_snapshot(&self, item: NodeStatItem) -> i64 {
         self.node_page_state(item)
-            + self.pcpu_stats.iter().map(|s| s.node_diff[item as usize].load(Relaxed) as i64).sum::<i64>()
+            + self
+                .pcpu_stats
+                .iter()
+                .map(|s| s.node_diff[item as usize].load(Relaxed) as i64)
+                .sum::<i64>()
     }
 
     /// The NR_VMALLOC per-CPU fold threshold.
@@ -298,7 +305,11 @@ impl<'m> PageAllocator<'m> {
             )?;
             for cpu in 0..self.nr_cpus() {
                 let p = self.pcp_snapshot(cpu, z.idx);
-                writeln!(w, "          cpu {}: count {} high {} batch {}", cpu, p.count, p.high, p.batch)?;
+                writeln!(
+                    w,
+                    "          cpu {}: count {} high {} batch {}",
+                    cpu, p.count, p.high, p.batch
+                )?;
             }
         }
         writeln!(

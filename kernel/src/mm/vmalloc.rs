@@ -90,7 +90,13 @@ fn warn_misuse(args: core::fmt::Arguments) {
 /// Reserves VA for an area (Linux: alloc_vmap_area). The node fast path (per-node size pools)
 /// is used for the default vmalloc range when there is more than one node. On failure, purges
 /// the lazily freed areas once and retries; then warns (unless __GFP_NOWARN) and fails.
-fn alloc_vmap_area(size: u64, align: u64, vstart: u64, vend: u64, gfp: GfpFlags) -> Option<(u64, usize)> {
+fn alloc_vmap_area(
+    size: u64,
+    align: u64,
+    vstart: u64,
+    vend: u64,
+    gfp: GfpFlags,
+) -> Option<(u64, usize)> {
     let mut node = kva::NO_NODE;
     if kva::nr_vmap_nodes() > 1 && vstart == VMALLOC_START && vend == VMALLOC_END {
         node = arch::smp_processor_id() % kva::nr_vmap_nodes();
@@ -180,7 +186,9 @@ fn purge_vmap_area_lazy_range(mut start: u64, mut end: u64) {
     if !batch.is_empty() {
         let pages = batch.release();
         if let Err(prev) = VMAP_LAZY.purged(pages) {
-            warn_misuse(format_args!("vmalloc bug: vmap_lazy_nr underflow ({prev} < {pages} purged)"));
+            warn_misuse(format_args!(
+                "vmalloc bug: vmap_lazy_nr underflow ({prev} < {pages} purged)"
+            ));
         }
         NR_PURGES.fetch_add(1, Ordering::Relaxed);
     }
@@ -192,7 +200,16 @@ fn purge_vmap_area_lazy_range(mut start: u64, mut end: u64) {
 fn vmap_pages_range(va: u64, pages: &[Pfn], page_shift: u32) -> bool {
     let mut tlb = HwTlb::new();
     kernel_pgtable()
-        .map_pages(&mut KernelPt, &mut tlb, va, pages.len(), |i| pages[i] << PAGE_SHIFT, PageProt::PAGE_KERNEL, page_shift, MapFlags::empty())
+        .map_pages(
+            &mut KernelPt,
+            &mut tlb,
+            va,
+            pages.len(),
+            |i| pages[i] << PAGE_SHIFT,
+            PageProt::PAGE_KERNEL,
+            page_shift,
+            MapFlags::empty(),
+        )
         .is_ok()
 }
 
@@ -213,7 +230,8 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
     let large_order = config::get().vmalloc_large_order;
     if large_order {
         // a06157804399: largest orders first, without direct reclaim or warnings, split.
-        let large_gfp = (gfp | GfpFlags::__GFP_NOWARN) - (GfpFlags::__GFP_NOFAIL | GfpFlags::__GFP_DIRECT_RECLAIM | GfpFlags::__GFP_COMP);
+        let large_gfp = (gfp | GfpFlags::__GFP_NOWARN)
+            - (GfpFlags::__GFP_NOFAIL | GfpFlags::__GFP_DIRECT_RECLAIM | GfpFlags::__GFP_COMP);
         let mut max_attempt = MAX_PAGE_ORDER as u32;
         while nr_allocated < nr_pages {
             let remaining = nr_pages - nr_allocated;
@@ -322,7 +340,14 @@ fn free_vm_struct(vm: *mut VmStruct) {
 }
 
 /// Linux __vmalloc_node_range_noprof (start/end = the vmalloc range, PAGE_KERNEL).
-pub fn __vmalloc_node_range(size: usize, align: usize, vstart: u64, vend: u64, gfp: GfpFlags, vm_flags: u32) -> *mut u8 {
+pub fn __vmalloc_node_range(
+    size: usize,
+    align: usize,
+    vstart: u64,
+    vend: u64,
+    gfp: GfpFlags,
+    vm_flags: u32,
+) -> *mut u8 {
     if size == 0 || (size >> PAGE_SHIFT) as u64 > kalloc::allocator().totalram_pages() {
         if !gfp.contains(GfpFlags::__GFP_NOWARN) {
             warn(format_args!("vmalloc error: size {}, exceeds total pages", size));
@@ -355,13 +380,23 @@ pub fn __vmalloc_node_range(size: usize, align: usize, vstart: u64, vend: u64, g
     }
 }
 
-fn vmalloc_once(size: usize, align: usize, shift: u32, vstart: u64, vend: u64, gfp: GfpFlags, vm_flags: u32) -> Result<*mut u8, ()> {
+fn vmalloc_once(
+    size: usize,
+    align: usize,
+    shift: u32,
+    vstart: u64,
+    vend: u64,
+    gfp: GfpFlags,
+    vm_flags: u32,
+) -> Result<*mut u8, ()> {
     let size_aligned = size.next_multiple_of(1 << shift);
-    let va_size = size_aligned as u64 + if vm_flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 };
+    let va_size =
+        size_aligned as u64 + if vm_flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 };
     if !align.is_power_of_two() {
         return Err(());
     }
-    let vm = kmalloc::kmalloc(core::mem::size_of::<VmStruct>(), gfp | GfpFlags::__GFP_ZERO) as *mut VmStruct;
+    let vm = kmalloc::kmalloc(core::mem::size_of::<VmStruct>(), gfp | GfpFlags::__GFP_ZERO)
+        as *mut VmStruct;
     if vm.is_null() {
         return Err(());
     }
@@ -371,7 +406,17 @@ fn vmalloc_once(size: usize, align: usize, shift: u32, vstart: u64, vend: u64, g
     };
     let nr_pages = size_aligned >> PAGE_SHIFT;
     // Linux: nested_gfp = (gfp & GFP_RECLAIM_MASK) | __GFP_ZERO: the pages array is zeroed.
-    let nested_gfp = (gfp & (GfpFlags::__GFP_RECLAIM | GfpFlags::__GFP_IO | GfpFlags::__GFP_FS | GfpFlags::__GFP_NOWARN | GfpFlags::__GFP_RETRY_MAYFAIL | GfpFlags::__GFP_NOFAIL | GfpFlags::__GFP_NORETRY | GfpFlags::__GFP_MEMALLOC | GfpFlags::__GFP_NOMEMALLOC)) | GfpFlags::__GFP_ZERO;
+    let nested_gfp = (gfp
+        & (GfpFlags::__GFP_RECLAIM
+            | GfpFlags::__GFP_IO
+            | GfpFlags::__GFP_FS
+            | GfpFlags::__GFP_NOWARN
+            | GfpFlags::__GFP_RETRY_MAYFAIL
+            | GfpFlags::__GFP_NOFAIL
+            | GfpFlags::__GFP_NORETRY
+            | GfpFlags::__GFP_MEMALLOC
+            | GfpFlags::__GFP_NOMEMALLOC))
+        | GfpFlags::__GFP_ZERO;
     let pages = kmalloc::kmalloc(nr_pages * 8, nested_gfp) as *mut Pfn;
     unsafe {
         *vm = VmStruct {
@@ -408,12 +453,16 @@ fn vmalloc_once(size: usize, align: usize, shift: u32, vstart: u64, vend: u64, g
     }
     let slice = unsafe { core::slice::from_raw_parts_mut(pages, nr_pages) };
     // Linux __vmalloc_area_node: (page_order ? gfp & ~__GFP_NOFAIL : gfp) | __GFP_NOWARN.
-    let page_gfp = if shift > PAGE_SHIFT { gfp - GfpFlags::__GFP_NOFAIL } else { gfp } | GfpFlags::__GFP_NOWARN;
+    let page_gfp = if shift > PAGE_SHIFT { gfp - GfpFlags::__GFP_NOFAIL } else { gfp }
+        | GfpFlags::__GFP_NOWARN;
     let got = vm_area_alloc_pages(page_gfp, shift - PAGE_SHIFT, slice);
     unsafe { (*vm).nr_pages = got };
     if got != nr_pages {
         if !gfp.contains(GfpFlags::__GFP_NOWARN) {
-            warn(format_args!("vmalloc error: size {}, failed to allocate pages (got {} of {})", size, got, nr_pages));
+            warn(format_args!(
+                "vmalloc error: size {}, failed to allocate pages (got {} of {})",
+                size, got, nr_pages
+            ));
         }
         return fail(vm);
     }
@@ -442,7 +491,14 @@ pub fn vmalloc(size: usize) -> *mut u8 {
 }
 
 pub fn vzalloc(size: usize) -> *mut u8 {
-    __vmalloc_node_range(size, 1, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0)
+    __vmalloc_node_range(
+        size,
+        1,
+        VMALLOC_START,
+        VMALLOC_END,
+        GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO,
+        0,
+    )
 }
 
 pub fn __vmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
@@ -472,7 +528,8 @@ fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
     // not nr_pages: a vmap() area owns no pages array.
     // SAFETY: a busy value with no tag bits is the vm_struct this area was inserted with, alive
     // until free_vm_struct.
-    let mapped = unsafe { (*vm).size - if (*vm).flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 } };
+    let mapped =
+        unsafe { (*vm).size - if (*vm).flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 } };
     vunmap_range_noflush(start, mapped);
     free_vmap_area_noflush(start, end, node);
     Some(vm)
@@ -529,21 +586,36 @@ pub fn vrealloc(p: *mut u8, size: usize, gfp: GfpFlags) -> *mut u8 {
 /// vmap(): maps existing pages (one PTE each) into a new vmalloc area (VM_MAP).
 pub fn vmap(pages: &[Pfn]) -> *mut u8 {
     let size = (pages.len() << PAGE_SHIFT) as u64 + PAGE_SIZE as u64;
-    let vm = kmalloc::kmalloc(core::mem::size_of::<VmStruct>(), GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO) as *mut VmStruct;
+    let vm = kmalloc::kmalloc(
+        core::mem::size_of::<VmStruct>(),
+        GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO,
+    ) as *mut VmStruct;
     if vm.is_null() || pages.is_empty() {
         kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
         return null_mut();
     }
-    let Some((start, node)) = alloc_vmap_area(size, PAGE_SIZE as u64, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL) else {
+    let Some((start, node)) =
+        alloc_vmap_area(size, PAGE_SIZE as u64, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL)
+    else {
         kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
         return null_mut();
     };
     unsafe {
         // No pages array and nr_pages 0: the pages stay their owner's (Linux records them only
         // with VM_MAP_PUT_PAGES), so a vfree() of this area unmaps it and frees no page.
-        *vm = VmStruct { addr: start, size, flags: VM_MAP, page_order: 0, nr_pages: 0, pages: null_mut(), requested_size: pages.len() << PAGE_SHIFT };
+        *vm = VmStruct {
+            addr: start,
+            size,
+            flags: VM_MAP,
+            page_order: 0,
+            nr_pages: 0,
+            pages: null_mut(),
+            requested_size: pages.len() << PAGE_SHIFT,
+        };
     }
-    if !vmap_pages_range(start, pages, PAGE_SHIFT) || !kva::busy_insert(start, start + size, vm as u64, node) {
+    if !vmap_pages_range(start, pages, PAGE_SHIFT)
+        || !kva::busy_insert(start, start + size, vm as u64, node)
+    {
         vunmap_range_noflush(start, size - PAGE_SIZE as u64);
         free_vmap_area_noflush(start, start + size, node);
         kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
@@ -609,7 +681,11 @@ fn vb_alloc(count: usize) -> Option<u64> {
                 (*b).free -= need;
                 if (*b).free == 0 {
                     // Full: off the free list.
-                    if prev.is_null() { q.head = (*b).next } else { (*prev).next = (*b).next }
+                    if prev.is_null() {
+                        q.head = (*b).next
+                    } else {
+                        (*prev).next = (*b).next
+                    }
                     (*b).next = null_mut();
                     (*b).on_free_list = false;
                 }
@@ -621,14 +697,30 @@ fn vb_alloc(count: usize) -> Option<u64> {
     }
     drop(q);
     // new_vmap_block: a block-sized, block-aligned area.
-    let (start, node) = alloc_vmap_area(VMAP_BLOCK_SIZE, VMAP_BLOCK_SIZE, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL)?;
-    let vb = kmalloc::kmalloc(core::mem::size_of::<VmapBlock>(), GfpFlags::GFP_KERNEL) as *mut VmapBlock;
+    let (start, node) = alloc_vmap_area(
+        VMAP_BLOCK_SIZE,
+        VMAP_BLOCK_SIZE,
+        VMALLOC_START,
+        VMALLOC_END,
+        GfpFlags::GFP_KERNEL,
+    )?;
+    let vb =
+        kmalloc::kmalloc(core::mem::size_of::<VmapBlock>(), GfpFlags::GFP_KERNEL) as *mut VmapBlock;
     if vb.is_null() {
         kva::free_now(start, start + VMAP_BLOCK_SIZE);
         return None;
     }
     unsafe {
-        *vb = VmapBlock { va_start: start, node, free: VMAP_BBMAP_BITS - need, dirty: 0, dirty_min: VMAP_BBMAP_BITS, dirty_max: 0, next: null_mut(), on_free_list: false };
+        *vb = VmapBlock {
+            va_start: start,
+            node,
+            free: VMAP_BBMAP_BITS - need,
+            dirty: 0,
+            dirty_min: VMAP_BBMAP_BITS,
+            dirty_max: 0,
+            next: null_mut(),
+            on_free_list: false,
+        };
     }
     if !kva::busy_insert(start, start + VMAP_BLOCK_SIZE, vb as u64 | VMAP_BLOCK, node) {
         kmalloc::kfree(vb as *mut u8, core::mem::size_of::<VmapBlock>());
@@ -686,7 +778,13 @@ pub fn vm_map_ram(pages: &[Pfn]) -> *mut u8 {
         }
     } else {
         let size = (count * PAGE_SIZE) as u64;
-        let Some((start, node)) = alloc_vmap_area(size, PAGE_SIZE as u64, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL) else {
+        let Some((start, node)) = alloc_vmap_area(
+            size,
+            PAGE_SIZE as u64,
+            VMALLOC_START,
+            VMALLOC_END,
+            GfpFlags::GFP_KERNEL,
+        ) else {
             return null_mut();
         };
         if !kva::busy_insert(start, start + size, VMAP_RAM, node) {
@@ -707,7 +805,10 @@ pub fn vm_unmap_ram(mem: *mut u8, count: usize) {
     let addr = mem as u64;
     if count <= VMAP_MAX_ALLOC {
         if !vb_free(addr, count) {
-            warn_misuse(format_args!("WARNING: vm_unmap_ram of {:#x}: not a vmap block address", addr));
+            warn_misuse(format_args!(
+                "WARNING: vm_unmap_ram of {:#x}: not a vmap block address",
+                addr
+            ));
         }
         return;
     }
@@ -750,7 +851,11 @@ pub fn purge_fragmented_blocks() {
                         (*b).dirty = VMAP_BBMAP_BITS;
                         (*b).dirty_min = 0;
                         (*b).dirty_max = VMAP_BBMAP_BITS;
-                        if prev.is_null() { q.head = next } else { (*prev).next = next }
+                        if prev.is_null() {
+                            q.head = next
+                        } else {
+                            (*prev).next = next
+                        }
                         (*b).next = null_mut();
                         (*b).on_free_list = false;
                         victims[n] = b;
@@ -825,7 +930,11 @@ pub fn describe_fault(addr: u64, w: &mut dyn core::fmt::Write) {
                 _ => "vmalloc area",
             };
             if val & TAG_MASK == 0 && val != 0 && addr >= end - PAGE_SIZE as u64 {
-                let _ = write!(w, "vmalloc guard page of {kind} [{start:#x}-{end:#x}) ({} bytes)", end - start - PAGE_SIZE as u64);
+                let _ = write!(
+                    w,
+                    "vmalloc guard page of {kind} [{start:#x}-{end:#x}) ({} bytes)",
+                    end - start - PAGE_SIZE as u64
+                );
             } else {
                 let _ = write!(w, "inside {kind} [{start:#x}-{end:#x}) but not mapped");
             }
@@ -835,7 +944,8 @@ pub fn describe_fault(addr: u64, w: &mut dyn core::fmt::Write) {
                 let _ = write!(w, "use after vfree: vmalloc area [{start:#x}-{end:#x}) was freed (lazily unmapped)");
             }
             None => {
-                let _ = write!(w, "vmalloc range, no area at this address (freed or never allocated)");
+                let _ =
+                    write!(w, "vmalloc range, no area at this address (freed or never allocated)");
             }
         },
     }

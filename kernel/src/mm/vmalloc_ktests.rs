@@ -41,7 +41,12 @@ ktest!(vmalloc_huge_maps_pmd_blocks_and_cont_ptes, {
     let p = vm::vmalloc_huge(2 << 20, GfpFlags::GFP_KERNEL);
     kassert!(!p.is_null());
     let t = vm::walk(p as u64).ok_or("2 MiB huge area unmapped")?;
-    kassert!(t.level == 2 && t.block_size == 2 << 20, "2 MiB vmalloc_huge not a PMD block: level {} size {:#x}", t.level, t.block_size);
+    kassert!(
+        t.level == 2 && t.block_size == 2 << 20,
+        "2 MiB vmalloc_huge not a PMD block: level {} size {:#x}",
+        t.level,
+        t.block_size
+    );
     unsafe { p.add((2 << 20) - 1).write_volatile(1) };
     vm::vfree(p);
     for kib in [64usize, 128, 192] {
@@ -49,7 +54,12 @@ ktest!(vmalloc_huge_maps_pmd_blocks_and_cont_ptes, {
         kassert!(!p.is_null());
         for off in (0..(kib << 10)).step_by(PAGE_SIZE) {
             let t = vm::walk(p as u64 + off as u64).ok_or("huge area page unmapped")?;
-            kassert!(t.level == 3 && t.cont, "{} KiB vmalloc_huge: page at +{:#x} not a contiguous PTE", kib, off);
+            kassert!(
+                t.level == 3 && t.cont,
+                "{} KiB vmalloc_huge: page at +{:#x} not a contiguous PTE",
+                kib,
+                off
+            );
         }
         vm::vfree(p);
     }
@@ -94,7 +104,11 @@ ktest!(vmalloc_concurrent_on_every_cpu, {
             for i in 0..3000u32 {
                 if held.len() < 32 && rng.below(2) == 0 {
                     let pages = rng.below(64) as usize + 1;
-                    let p = if rng.below(4) == 0 { vm::vmalloc_huge(pages * PAGE_SIZE, GfpFlags::GFP_KERNEL) } else { vm::vmalloc(pages * PAGE_SIZE) };
+                    let p = if rng.below(4) == 0 {
+                        vm::vmalloc_huge(pages * PAGE_SIZE, GfpFlags::GFP_KERNEL)
+                    } else {
+                        vm::vmalloc(pages * PAGE_SIZE)
+                    };
                     if p.is_null() {
                         errors.fetch_add(1, Ordering::SeqCst);
                         continue;
@@ -106,7 +120,9 @@ ktest!(vmalloc_concurrent_on_every_cpu, {
                 } else if let Some((p, pages)) = held.pop() {
                     let tag = unsafe { (p as *const u32).read_volatile() };
                     for k in 0..pages {
-                        if unsafe { (p.add(k * PAGE_SIZE) as *const u32).read_volatile() } != tag || tag >> 24 != me {
+                        if unsafe { (p.add(k * PAGE_SIZE) as *const u32).read_volatile() } != tag
+                            || tag >> 24 != me
+                        {
                             errors.fetch_add(1, Ordering::SeqCst);
                         }
                     }
@@ -139,15 +155,21 @@ ktest!(vfree_switch_changes_the_free_orders, {
     // The counters tell the two vfree paths apart: free_pages_bulk frees an order-3 block of an
     // 8-page area as one chunk, the baseline as 8 order-0 frees.
     let a = kalloc::allocator();
-    let sum = |o: u32| -> u64 { (0..arch::NR_CPUS).map(|c| a.events(c).get(super::stat::VmEvent::pgfree_order(o))).sum() };
+    let sum = |o: u32| -> u64 {
+        (0..arch::NR_CPUS).map(|c| a.events(c).get(super::stat::VmEvent::pgfree_order(o))).sum()
+    };
     let (o0, o3) = (sum(0), sum(3));
     let p = vm::vmalloc(8 * PAGE_SIZE);
     kassert!(!p.is_null());
     vm::vfree(p);
     let (d0, d3) = (sum(0) - o0, sum(3) - o3);
     match crate::config::get().vfree {
-        crate::config::VfreeMode::Bulk => kassert!(d3 >= 1, "bulk vfree freed no order-3 chunk (order-0 frees {})", d0),
-        crate::config::VfreeMode::Single => kassert!(d0 >= 8 && d3 == 0, "single vfree: order-0 frees {}, order-3 {}", d0, d3),
+        crate::config::VfreeMode::Bulk => {
+            kassert!(d3 >= 1, "bulk vfree freed no order-3 chunk (order-0 frees {})", d0)
+        }
+        crate::config::VfreeMode::Single => {
+            kassert!(d0 >= 8 && d3 == 0, "single vfree: order-0 frees {}, order-3 {}", d0, d3)
+        }
     }
     Ok(())
 });
@@ -163,7 +185,8 @@ ktest!(percpu_values_written_on_each_cpu_read_from_another, {
         unsafe { (*slot).store(0xc0de_0000 + cpu as u64, Ordering::SeqCst) };
     });
     for cpu in smp::online_cpus() {
-        let v = unsafe { (*(percpu::per_cpu_ptr(p, cpu) as *const AtomicU64)).load(Ordering::SeqCst) };
+        let v =
+            unsafe { (*(percpu::per_cpu_ptr(p, cpu) as *const AtomicU64)).load(Ordering::SeqCst) };
         kassert_eq!(v, 0xc0de_0000 + cpu as u64);
     }
     percpu::free_percpu(p);
@@ -242,7 +265,8 @@ ktest!(vm_unmap_aliases_flushes_dirty_vmap_block_ranges, {
 ktest!(vfree_of_a_vmap_area_leaves_the_pages_to_their_owner, {
     let before = settled();
     let reports = kalloc::bad_page_reports();
-    let pfns: Vec<u64> = (0..4).map(|_| kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap()).collect();
+    let pfns: Vec<u64> =
+        (0..4).map(|_| kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap()).collect();
     let p = vm::vmap(&pfns);
     kassert!(!p.is_null());
     // SAFETY: the vmap area maps 4 pages; page 3 is inside it.
@@ -254,7 +278,10 @@ ktest!(vfree_of_a_vmap_area_leaves_the_pages_to_their_owner, {
     for &pfn in &pfns {
         kalloc::__free_page(pfn);
     }
-    kassert!(kalloc::bad_page_reports() == reports, "a vmap'ed page was freed by vfree (double free on the owner's free)");
+    kassert!(
+        kalloc::bad_page_reports() == reports,
+        "a vmap'ed page was freed by vfree (double free on the owner's free)"
+    );
     kassert_eq!(settled(), before);
     Ok(())
 });
@@ -266,7 +293,8 @@ ktest!(vfree_of_a_vmap_area_leaves_the_pages_to_their_owner, {
 ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
     use alloc::sync::Arc;
     use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let others: Vec<usize> = smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+    let others: Vec<usize> =
+        smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
     if others.is_empty() {
         return Ok(()); // needs a second CPU
     }
@@ -277,30 +305,35 @@ ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
     let done = Arc::new(AtomicUsize::new(0));
     for &cpu in &others {
         let (stop, errors, done) = (stop.clone(), errors.clone(), done.clone());
-        smp::start_work(cpu, alloc::boxed::Box::new(move || {
-            let me = arch::smp_processor_id() as u8;
-            let pfn = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
-            // Map one slot, check it, unmap it: after every unmap the block holds no live
-            // mapping and has free space, so it is a purge candidate at the very moment this
-            // CPU bump-allocates its next slot from it.
-            while !stop.load(Ordering::Relaxed) {
-                let p = vm::vm_map_ram(&[pfn]);
-                if p.is_null() {
-                    errors.fetch_add(1, Ordering::SeqCst);
-                    break;
-                }
-                let mut report = String::new();
-                if arch::exception::probe_write(p, me, &mut report) || arch::exception::probe_read(p, &mut report) != Some(me) {
-                    if errors.fetch_add(1, Ordering::SeqCst) == 0 {
-                        crate::println!("purge race: cpu {} addr {:p}: {}", me, p, report);
+        smp::start_work(
+            cpu,
+            alloc::boxed::Box::new(move || {
+                let me = arch::smp_processor_id() as u8;
+                let pfn = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
+                // Map one slot, check it, unmap it: after every unmap the block holds no live
+                // mapping and has free space, so it is a purge candidate at the very moment this
+                // CPU bump-allocates its next slot from it.
+                while !stop.load(Ordering::Relaxed) {
+                    let p = vm::vm_map_ram(&[pfn]);
+                    if p.is_null() {
+                        errors.fetch_add(1, Ordering::SeqCst);
+                        break;
                     }
+                    let mut report = String::new();
+                    if arch::exception::probe_write(p, me, &mut report)
+                        || arch::exception::probe_read(p, &mut report) != Some(me)
+                    {
+                        if errors.fetch_add(1, Ordering::SeqCst) == 0 {
+                            crate::println!("purge race: cpu {} addr {:p}: {}", me, p, report);
+                        }
+                    }
+                    vm::vm_unmap_ram(p, 1);
                 }
-                vm::vm_unmap_ram(p, 1);
-            }
-            kalloc::__free_page(pfn);
-            done.fetch_add(1, Ordering::SeqCst);
-            arch::sev();
-        }));
+                kalloc::__free_page(pfn);
+                done.fetch_add(1, Ordering::SeqCst);
+                arch::sev();
+            }),
+        );
     }
     let t0 = arch::cycles();
     while arch::cycles_to_us(arch::cycles() - t0) < 300_000 {
@@ -312,9 +345,17 @@ ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
         smp::quiescent_point();
         crate::smp::wait_for_event();
     }
-    kassert!(errors.load(Ordering::SeqCst) == 0, "vm_map_ram space lost or unmapped under purge_fragmented_blocks: {} errors", errors.load(Ordering::SeqCst));
+    kassert!(
+        errors.load(Ordering::SeqCst) == 0,
+        "vm_map_ram space lost or unmapped under purge_fragmented_blocks: {} errors",
+        errors.load(Ordering::SeqCst)
+    );
     // A block freed under a live slot makes that slot's vm_unmap_ram a "not a vmap block" report.
-    kassert!(vm::nr_misuse_reports() == warnings, "{} vmalloc warnings during the race (a block freed while in use)", vm::nr_misuse_reports() - warnings);
+    kassert!(
+        vm::nr_misuse_reports() == warnings,
+        "{} vmalloc warnings during the race (a block freed while in use)",
+        vm::nr_misuse_reports() - warnings
+    );
     kassert_eq!(settled(), before);
     Ok(())
 });
@@ -347,7 +388,8 @@ ktest!(vmalloc_misuse_is_reported_and_survived, {
     vm::vfree(p);
     check("double vfree", &mut expect)?;
     // vfree of vm_map_ram areas (a vmap-block slot and a large area), then they still work.
-    let pfns: Vec<u64> = (0..65).map(|_| kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap()).collect();
+    let pfns: Vec<u64> =
+        (0..65).map(|_| kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap()).collect();
     let small = vm::vm_map_ram(&pfns[..1]);
     let large = vm::vm_map_ram(&pfns);
     kassert!(!small.is_null() && !large.is_null());
@@ -395,7 +437,8 @@ ktest!(vmalloc_misuse_is_reported_and_survived, {
 ktest!(vmap_lazy_nr_never_underflows_under_concurrent_purges, {
     use alloc::sync::Arc;
     use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let others: Vec<usize> = smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+    let others: Vec<usize> =
+        smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
     if others.is_empty() {
         return Ok(());
     }
@@ -405,16 +448,19 @@ ktest!(vmap_lazy_nr_never_underflows_under_concurrent_purges, {
     let done = Arc::new(AtomicUsize::new(0));
     for &cpu in &others {
         let (stop, done) = (stop.clone(), done.clone());
-        smp::start_work(cpu, alloc::boxed::Box::new(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let p = vm::vmalloc(PAGE_SIZE);
-                if !p.is_null() {
-                    vm::vfree(p);
+        smp::start_work(
+            cpu,
+            alloc::boxed::Box::new(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let p = vm::vmalloc(PAGE_SIZE);
+                    if !p.is_null() {
+                        vm::vfree(p);
+                    }
                 }
-            }
-            done.fetch_add(1, Ordering::SeqCst);
-            arch::sev();
-        }));
+                done.fetch_add(1, Ordering::SeqCst);
+                arch::sev();
+            }),
+        );
     }
     let t0 = arch::cycles();
     let mut purges = 0u64;
@@ -428,7 +474,12 @@ ktest!(vmap_lazy_nr_never_underflows_under_concurrent_purges, {
         smp::quiescent_point();
         crate::smp::wait_for_event();
     }
-    kassert!(vm::nr_misuse_reports() == w0, "{} vmalloc bug reports after {} purges", vm::nr_misuse_reports() - w0, purges);
+    kassert!(
+        vm::nr_misuse_reports() == w0,
+        "{} vmalloc bug reports after {} purges",
+        vm::nr_misuse_reports() - w0,
+        purges
+    );
     kassert_eq!(settled(), before);
     kassert_eq!(vm::vmap_lazy_nr(), 0);
     Ok(())

@@ -91,7 +91,13 @@ mod tests {
     /// Runs every interleaving of `cpus` (each a sequence of steps, order kept within a CPU)
     /// and returns whether any purge subtracted more than was counted.
     fn any_underflow(cpus: &[Vec<Step>]) -> bool {
-        fn go(cpus: &[Vec<Step>], pos: &mut Vec<usize>, lazy: &VmapLazy, visible: &mut BTreeSet<usize>, pages: &[usize]) -> bool {
+        fn go(
+            cpus: &[Vec<Step>],
+            pos: &mut Vec<usize>,
+            lazy: &VmapLazy,
+            visible: &mut BTreeSet<usize>,
+            pages: &[usize],
+        ) -> bool {
             let mut progressed = false;
             for c in 0..cpus.len() {
                 if pos[c] == cpus[c].len() {
@@ -104,13 +110,21 @@ mod tests {
                 let (bad, undo): (bool, Box<dyn Fn(&VmapLazy, &mut BTreeSet<usize>)>) = match step {
                     Step::Count(a) => {
                         lazy.add(pages[a]);
-                        (false, Box::new(move |l: &VmapLazy, _: &mut BTreeSet<usize>| l.undo_add(pages[a])))
+                        (
+                            false,
+                            Box::new(move |l: &VmapLazy, _: &mut BTreeSet<usize>| {
+                                l.undo_add(pages[a])
+                            }),
+                        )
                     }
                     Step::Insert(a) => {
                         visible.insert(a);
-                        (false, Box::new(move |_: &VmapLazy, v: &mut BTreeSet<usize>| {
-                            v.remove(&a);
-                        }))
+                        (
+                            false,
+                            Box::new(move |_: &VmapLazy, v: &mut BTreeSet<usize>| {
+                                v.remove(&a);
+                            }),
+                        )
                     }
                     Step::Purge => {
                         let taken: Vec<usize> = visible.iter().copied().collect();
@@ -118,10 +132,13 @@ mod tests {
                         let before = lazy.nr();
                         let bad = lazy.purged(sum).is_err();
                         visible.clear();
-                        (bad, Box::new(move |l: &VmapLazy, v: &mut BTreeSet<usize>| {
-                            l.nr.store(before, Ordering::SeqCst);
-                            v.extend(taken.iter().copied());
-                        }))
+                        (
+                            bad,
+                            Box::new(move |l: &VmapLazy, v: &mut BTreeSet<usize>| {
+                                l.nr.store(before, Ordering::SeqCst);
+                                v.extend(taken.iter().copied());
+                            }),
+                        )
                     }
                 };
                 let found = bad || go(cpus, pos, lazy, visible, pages);
@@ -134,13 +151,22 @@ mod tests {
             let _ = progressed;
             false
         }
-        let n_areas = cpus.iter().flatten().filter_map(|s| if let Step::Count(a) = s { Some(*a + 1) } else { None }).max().unwrap_or(0);
+        let n_areas = cpus
+            .iter()
+            .flatten()
+            .filter_map(|s| if let Step::Count(a) = s { Some(*a + 1) } else { None })
+            .max()
+            .unwrap_or(0);
         let pages: Vec<usize> = (0..n_areas).map(|a| a + 2).collect();
         go(cpus, &mut vec![0; cpus.len()], &VmapLazy::new(), &mut BTreeSet::new(), &pages)
     }
 
     fn free(area: usize, count_first: bool) -> Vec<Step> {
-        if count_first { vec![Step::Count(area), Step::Insert(area)] } else { vec![Step::Insert(area), Step::Count(area)] }
+        if count_first {
+            vec![Step::Count(area), Step::Insert(area)]
+        } else {
+            vec![Step::Insert(area), Step::Count(area)]
+        }
     }
 
     // Linux's order (count, then insert): no interleaving of two freeing CPUs and a purging
@@ -185,7 +211,8 @@ mod tests {
         let drains = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
-                let (l, running, max_running, drains) = (l.clone(), running.clone(), max_running.clone(), drains.clone());
+                let (l, running, max_running, drains) =
+                    (l.clone(), running.clone(), max_running.clone(), drains.clone());
                 std::thread::spawn(move || {
                     for _ in 0..2000 {
                         if l.queue_drain() {

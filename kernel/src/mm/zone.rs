@@ -7,7 +7,9 @@
 //!
 //! Not modelled: ZONE_MOVABLE/ZONE_DEVICE, watermark boosting (always 0), highatomic and CMA
 //! reserves (always 0), NR_FREE_PAGES per-CPU deltas (we keep one exact atomic counter).
-use super::gfp::{AllocFlags, ALLOC_MIN_RESERVE, ALLOC_NON_BLOCK, ALLOC_OOM, ALLOC_RESERVES, MAX_NR_ZONES};
+use super::gfp::{
+    AllocFlags, ALLOC_MIN_RESERVE, ALLOC_NON_BLOCK, ALLOC_OOM, ALLOC_RESERVES, MAX_NR_ZONES,
+};
 use super::page::ListHead;
 use super::pcp::PerCpuPageset;
 use super::{MAX_PAGE_ORDER, PAGE_SHIFT};
@@ -194,13 +196,25 @@ impl Zone {
     }
 
     /// Linux `zone_watermark_ok`.
-    pub fn zone_watermark_ok(&self, order: u32, mark: u64, highest_zoneidx: usize, alloc_flags: AllocFlags) -> bool {
+    pub fn zone_watermark_ok(
+        &self,
+        order: u32,
+        mark: u64,
+        highest_zoneidx: usize,
+        alloc_flags: AllocFlags,
+    ) -> bool {
         self.__zone_watermark_ok(order, mark, highest_zoneidx, alloc_flags, self.nr_free_pages())
     }
 
     /// Linux `zone_watermark_fast` (the boost special case never applies: no boosting).
     #[inline]
-    pub fn zone_watermark_fast(&self, order: u32, mark: u64, highest_zoneidx: usize, alloc_flags: AllocFlags) -> bool {
+    pub fn zone_watermark_fast(
+        &self,
+        order: u32,
+        mark: u64,
+        highest_zoneidx: usize,
+        alloc_flags: AllocFlags,
+    ) -> bool {
         let free_pages = self.nr_free_pages();
         if order == 0 {
             let reserved = Self::unusable_free(0);
@@ -232,7 +246,11 @@ pub const fn pfn_up(addr: u64) -> u64 {
 /// 0x3fff_ffff on a Raspberry Pi 4); `None` = no constraint (PHYS_ADDR_MAX). When DRAM starts
 /// below 4 GiB the DMA limit is capped at 32 bits, so with no constraint ZONE_DMA covers all
 /// RAM below 4 GiB and ZONE_DMA32 is empty; ZONE_NORMAL holds RAM above 4 GiB.
-pub fn arch_zone_limits(dram_start: u64, dram_end: u64, zone_dma_limit: Option<u64>) -> [u64; MAX_NR_ZONES] {
+pub fn arch_zone_limits(
+    dram_start: u64,
+    dram_end: u64,
+    zone_dma_limit: Option<u64>,
+) -> [u64; MAX_NR_ZONES] {
     const U32_MAX: u64 = u32::MAX as u64;
     let max_zone_phys = |limit: u64| limit.min(dram_end.saturating_sub(1)) + 1;
     let mut dma_limit = zone_dma_limit.unwrap_or(u64::MAX);
@@ -248,12 +266,17 @@ pub fn arch_zone_limits(dram_start: u64, dram_end: u64, zone_dma_limit: Option<u
 
 /// Zone spans from `max_zone_pfns` (mm/mm_init.c `free_area_init`: each zone starts where the
 /// previous one ended, clamped to the node's `[start_pfn, end_pfn)`). Returns (start, end) pairs.
-pub fn zone_spans(node_start_pfn: u64, node_end_pfn: u64, max_zone_pfn: &[u64; MAX_NR_ZONES]) -> [(u64, u64); MAX_NR_ZONES] {
+pub fn zone_spans(
+    node_start_pfn: u64,
+    node_end_pfn: u64,
+    max_zone_pfn: &[u64; MAX_NR_ZONES],
+) -> [(u64, u64); MAX_NR_ZONES] {
     let mut out = [(0, 0); MAX_NR_ZONES];
     let mut start = node_start_pfn;
     for (i, &m) in max_zone_pfn.iter().enumerate() {
         let end = m.max(start);
-        let (s, e) = (start.clamp(node_start_pfn, node_end_pfn), end.clamp(node_start_pfn, node_end_pfn));
+        let (s, e) =
+            (start.clamp(node_start_pfn, node_end_pfn), end.clamp(node_start_pfn, node_end_pfn));
         out[i] = (s, e);
         start = end;
     }
@@ -351,7 +374,13 @@ pub fn zone_batchsize(managed_pages: u64) -> u32 {
 
 /// Linux `zone_highsize`: `total / nr_split_cpus`, at least `batch * 4`, where total is the low
 /// watermark (`high_fraction == 0`) or `managed / high_fraction`.
-pub fn zone_highsize(low_wmark: u64, managed_pages: u64, batch: u32, nr_cpus: usize, high_fraction: u32) -> u32 {
+pub fn zone_highsize(
+    low_wmark: u64,
+    managed_pages: u64,
+    batch: u32,
+    nr_cpus: usize,
+    high_fraction: u32,
+) -> u32 {
     let total = if high_fraction == 0 { low_wmark } else { managed_pages / high_fraction as u64 };
     let nr_split_cpus = nr_cpus.max(1) as u64;
     let high = total / nr_split_cpus;
@@ -372,7 +401,9 @@ mod tests {
     #[test]
     fn min_free_kbytes_table() {
         // The table in Linux's comment above calculate_min_free_kbytes.
-        for (mb, kb) in [(16u64, 512u64), (64, 1024), (1024, 4096), (2048, 5792), (4096, 8192), (16384, 16384)] {
+        for (mb, kb) in
+            [(16u64, 512u64), (64, 1024), (1024, 4096), (2048, 5792), (4096, 8192), (16384, 16384)]
+        {
             assert_eq!(calculate_min_free_kbytes(mb * 1024), kb, "{} MB", mb);
         }
         assert_eq!(calculate_min_free_kbytes(1), 128);

@@ -19,7 +19,9 @@ pub fn my_cpu_offset() -> usize {
 /// `off` must be this CPU's `__per_cpu_offset` (or 0 before the per-CPU areas exist).
 #[inline]
 pub unsafe fn set_my_cpu_offset(off: usize) {
-    unsafe { asm!("msr tpidr_el1, {}", "isb", in(reg) off as u64, options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("msr tpidr_el1, {}", "isb", in(reg) off as u64, options(nostack, preserves_flags))
+    };
 }
 
 /// MPIDR_EL1 affinity bits (Aff3..Aff0), as device trees write CPU `reg` values.
@@ -43,7 +45,9 @@ static TIMER_HZ: AtomicU64 = AtomicU64::new(0);
 pub fn timer_hz() -> u64 {
     let mut hz = TIMER_HZ.load(Ordering::Relaxed);
     if hz == 0 {
-        unsafe { asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags))
+        };
         hz &= 0xffff_ffff;
         TIMER_HZ.store(hz, Ordering::Relaxed);
     }
@@ -59,7 +63,9 @@ pub fn set_timer_hz(hz: u64) {
 #[inline(always)]
 pub fn cycles() -> u64 {
     let v: u64;
-    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 

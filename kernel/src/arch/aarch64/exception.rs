@@ -55,10 +55,22 @@ pub fn set_kernel_stack(lo: u64, hi: u64) {
 }
 
 const KIND_NAMES: [&str; 16] = [
-    "synchronous (EL1t)", "IRQ (EL1t)", "FIQ (EL1t)", "SError (EL1t)",
-    "synchronous", "IRQ", "FIQ", "SError",
-    "synchronous (lower EL, AArch64)", "IRQ (lower EL, AArch64)", "FIQ (lower EL, AArch64)", "SError (lower EL, AArch64)",
-    "synchronous (lower EL, AArch32)", "IRQ (lower EL, AArch32)", "FIQ (lower EL, AArch32)", "SError (lower EL, AArch32)",
+    "synchronous (EL1t)",
+    "IRQ (EL1t)",
+    "FIQ (EL1t)",
+    "SError (EL1t)",
+    "synchronous",
+    "IRQ",
+    "FIQ",
+    "SError",
+    "synchronous (lower EL, AArch64)",
+    "IRQ (lower EL, AArch64)",
+    "FIQ (lower EL, AArch64)",
+    "SError (lower EL, AArch64)",
+    "synchronous (lower EL, AArch32)",
+    "IRQ (lower EL, AArch32)",
+    "FIQ (lower EL, AArch32)",
+    "SError (lower EL, AArch32)",
 ];
 
 /// The exception class (ESR_EL1.EC) in words.
@@ -233,9 +245,14 @@ fn handle_bad_stack(frame: &mut Frame) -> ! {
     }
     IN_BAD_STACK.this_cpu().store(true, Ordering::Relaxed);
     let sp: u64;
-    unsafe { core::arch::asm!("mrs {}, tpidr_el0", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mrs {}, tpidr_el0", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
     frame.sp = sp;
-    let (lo, hi) = (KERNEL_STACK_LO.this_cpu().load(Ordering::Relaxed), KERNEL_STACK_HI.this_cpu().load(Ordering::Relaxed));
+    let (lo, hi) = (
+        KERNEL_STACK_LO.this_cpu().load(Ordering::Relaxed),
+        KERNEL_STACK_HI.this_cpu().load(Ordering::Relaxed),
+    );
     let ovf = OVERFLOW_STACK.this_cpu_ptr() as u64;
     let _ = writeln!(
         w,
@@ -251,12 +268,30 @@ fn report(frame: &Frame, kind: u64) {
     let ec = frame.esr >> 26;
     let cpu = crate::arch::smp_processor_id();
     let mut w = crate::console::EmergencyWriter;
-    let _ = writeln!(w, "\n*** EXCEPTION on CPU {cpu}: {} exception: {}", KIND_NAMES[(kind & 15) as usize], ec_name(ec));
-    let _ = writeln!(w, "    ESR_EL1 {:#018x}  EC {:#04x}  ISS {:#x}", frame.esr, ec, frame.esr & 0x1ff_ffff);
+    let _ = writeln!(
+        w,
+        "\n*** EXCEPTION on CPU {cpu}: {} exception: {}",
+        KIND_NAMES[(kind & 15) as usize],
+        ec_name(ec)
+    );
+    let _ = writeln!(
+        w,
+        "    ESR_EL1 {:#018x}  EC {:#04x}  ISS {:#x}",
+        frame.esr,
+        ec,
+        frame.esr & 0x1ff_ffff
+    );
     if ec == 0x24 || ec == 0x25 || ec == 0x20 || ec == 0x21 {
         let fsc = frame.esr & 0x3f;
         let wnr = if ec >= 0x24 && frame.esr & (1 << 6) != 0 { "write" } else { "read" };
-        let _ = writeln!(w, "    {} {} at level {}: FAR_EL1 {:#018x}", fsc_name(fsc), if ec >= 0x24 { wnr } else { "fetch" }, fsc & 3, frame.far);
+        let _ = writeln!(
+            w,
+            "    {} {} at level {}: FAR_EL1 {:#018x}",
+            fsc_name(fsc),
+            if ec >= 0x24 { wnr } else { "fetch" },
+            fsc & 3,
+            frame.far
+        );
         if frame.far < 0x1000 {
             let _ = writeln!(w, "    (NULL pointer dereference)");
         }
@@ -268,7 +303,11 @@ fn report(frame: &Frame, kind: u64) {
     } else {
         let _ = writeln!(w, "    FAR_EL1 {:#018x}", frame.far);
     }
-    let _ = writeln!(w, "    ELR_EL1 {:#018x}  SPSR_EL1 {:#010x}  SP {:#018x}", frame.elr, frame.spsr, frame.sp);
+    let _ = writeln!(
+        w,
+        "    ELR_EL1 {:#018x}  SPSR_EL1 {:#010x}  SP {:#018x}",
+        frame.elr, frame.spsr, frame.sp
+    );
     for i in (0..31).step_by(4) {
         let _ = write!(w, "   ");
         for j in i..(i + 4).min(31) {

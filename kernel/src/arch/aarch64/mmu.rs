@@ -32,7 +32,11 @@ pub fn phys_to_virt(pa: u64) -> u64 {
 
 #[inline(always)]
 pub fn virt_to_phys(va: u64) -> u64 {
-    if va >= KIMAGE_VADDR { kimage_va_to_pa(va) } else { va - super::PAGE_OFFSET }
+    if va >= KIMAGE_VADDR {
+        kimage_va_to_pa(va)
+    } else {
+        va - super::PAGE_OFFSET
+    }
 }
 
 pub const EARLY_POOL_PAGES: usize = 32;
@@ -78,7 +82,11 @@ pub fn table_va(pa: u64) -> u64 {
     }
     let base = kimage_pa();
     let end = base + ((&raw const _end) as u64 - (&raw const _text) as u64);
-    if pa >= base && pa < end { pa - base + KIMAGE_VADDR } else { phys_to_virt(pa) }
+    if pa >= base && pa < end {
+        pa - base + KIMAGE_VADDR
+    } else {
+        phys_to_virt(pa)
+    }
 }
 
 const DESC_VALID: u64 = 1;

@@ -11,4 +11,5 @@ pub struct SecondaryBootData {
 
 #[unsafe(no_mangle)]
 #[allow(non_upper_case_globals)]
-pub static mut secondary_boot_data: SecondaryBootData = SecondaryBootData { ttbr0: 0, ttbr1: 0, stack_top: 0, cpu: 0 };
+pub static mut secondary_boot_data: SecondaryBootData =
+    SecondaryBootData { ttbr0: 0, ttbr1: 0, stack_top: 0, cpu: 0 };
