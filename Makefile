@@ -84,7 +84,7 @@ test: build test-host test-kernel test-smoke
 
 test-host: setup
 	bash scripts/dt-fixtures.sh target/dt-fixtures
-	DT_FIXTURES=$(CURDIR)/target/dt-fixtures cargo test -p kernel
+	DT_FIXTURES=$(CURDIR)/target/dt-fixtures cargo test
 	cd tools && cargo test --release
 
 tools: setup
@@ -103,7 +103,7 @@ bench-wall: build tools
 	$(TVTOOL) run tools/plans/seed-wall.toml --out target/bench/seed-wall --jobs 1 --spread
 
 # Fuzzing (scripts/fuzz.sh installs cargo-fuzz if missing). make test replays the committed
-# corpus through the same checks on stable (cargo test -p kernel).
+# corpus through the same checks on stable (cargo test -p fuzz-checks).
 FUZZ_TARGETS ?=
 fuzz:
 	bash scripts/dt-fixtures.sh target/dt-fixtures

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# dt-fixtures.sh OUTDIR: write the device-tree blobs the kernel's dt:: host tests read
-# (DT_FIXTURES=OUTDIR cargo test -p kernel). They are generated, not committed: QEMU virt DTBs
+# dt-fixtures.sh OUTDIR: write the device-tree blobs bootcfg's dt host tests read
+# (DT_FIXTURES=OUTDIR cargo test -p bootcfg -p fuzz-checks). They are generated, not committed: QEMU virt DTBs
 # are 1 MiB each and the Pi 4 DTB is GPL.
 #
 #   virt-smp{1,4}-{512M,2G,3G}.dtb        QEMU -M virt (PSCI via hvc)

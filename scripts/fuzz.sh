@@ -6,12 +6,12 @@
 # non-zero if any target found something (a crash, a failed check, a timeout, a leak, an OOM);
 # the failing input is left in fuzz/artifacts/<target>/ -- reproduce it with
 #   cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>
-# or, once copied into fuzz/corpus/<target>/, with plain `cargo test -p kernel fuzz_targets`.
+# or, once copied into fuzz/corpus/<target>/, with plain `cargo test -p fuzz-checks`.
 #
 # Needs the `nightly` toolchain (already installed; this script never installs toolchains) and
 # cargo-fuzz, which it installs with `cargo install cargo-fuzz --locked` if missing (about two
 # minutes on two cores). New inputs libFuzzer finds go to fuzz/corpus-work/<target>/ (not
-# committed); fuzz/corpus/<target>/ (committed, replayed by `cargo test -p kernel`) is only
+# committed); fuzz/corpus/<target>/ (committed, replayed by `cargo test -p fuzz-checks`) is only
 # read. For dt, the generated blobs of $DT_FIXTURES (default target/dt-fixtures, from
 # scripts/dt-fixtures.sh: QEMU virt, raspi4b and the upstream Pi 4 DTB) seed the run too.
 #

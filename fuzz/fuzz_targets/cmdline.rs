@@ -1,6 +1,6 @@
-//! Fuzz target `cmdline`: boot command-line bytes -> parameters and switches. The checks live in the kernel crate
-//! (kernel/src/fuzz_targets/), where `cargo test -p kernel` replays fuzz/corpus/cmdline/.
+//! Fuzz target `cmdline`: boot command-line bytes -> parameters and switches.
+//! The checks live in crates/fuzz-checks, where `cargo test -p fuzz-checks` replays fuzz/corpus/cmdline/.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| kernel::fuzz_targets::cmdline(data));
+fuzz_target!(|data: &[u8]| fuzz_checks::cmdline(data));

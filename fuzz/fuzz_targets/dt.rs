@@ -1,6 +1,6 @@
-//! Fuzz target `dt`: device-tree bytes -> BootInfo. The checks live in the kernel crate
-//! (kernel/src/fuzz_targets/), where `cargo test -p kernel` replays fuzz/corpus/dt/.
+//! Fuzz target `dt`: device-tree bytes -> BootInfo. The checks live in crates/fuzz-checks,
+//! where `cargo test -p fuzz-checks` replays fuzz/corpus/dt/.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| kernel::fuzz_targets::dt(data));
+fuzz_target!(|data: &[u8]| fuzz_checks::dt(data));

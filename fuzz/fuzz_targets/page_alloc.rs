@@ -1,6 +1,6 @@
-//! Fuzz target `page_alloc`: operation sequence -> page allocator vs a model. The checks live in the kernel crate
-//! (kernel/src/fuzz_targets/), where `cargo test -p kernel` replays fuzz/corpus/page_alloc/.
+//! Fuzz target `page_alloc`: operation sequence -> page allocator vs a model.
+//! The checks live in crates/fuzz-checks, where `cargo test -p fuzz-checks` replays fuzz/corpus/page_alloc/.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| kernel::fuzz_targets::page_alloc(data));
+fuzz_target!(|data: &[u8]| fuzz_checks::page_alloc(data));

@@ -1,10 +1,11 @@
 //! The boot flow on the boot CPU: one call per stage, each handing a typed value to the next
 //! (see docs in the README "Design" section).
-use alloc::vec::Vec;
+
 use core::fmt::Write;
 
 use crate::arch::{self, mmu};
-use crate::{config, dt, print, println};
+use crate::{print, println};
+use bootcfg::{config, dt};
 
 /// Boot-time heap: device-tree results, test bookkeeping, percpu chunk metadata (which grows with
 /// the percpu objects alive: 4 workers x 35000 objects in the stress preset outgrew 4 MiB).
@@ -47,11 +48,11 @@ fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
             mmu::early_ioremap(0xfe20_0000, 0x100).ok_or("early page-table pool exhausted")?;
         match c.kind {
             dt::ConsoleKind::Pl011 => unsafe {
-                set_gpio14_15(gpio, 4); // ALT0
+                crate::board::rpi4::set_gpio14_15(gpio, 4); // ALT0
                 crate::console::Pl011::new(va).init(c.clock_hz.unwrap_or(48_000_000));
             },
             dt::ConsoleKind::MiniUart => unsafe {
-                set_gpio14_15(gpio, 2); // ALT5
+                crate::board::rpi4::set_gpio14_15(gpio, 2); // ALT5
                 let aux = mmu::early_ioremap(c.base & !0xfff, 0x100)
                     .ok_or("early page-table pool exhausted")?;
                 crate::console::MiniUart::new(va).init((aux + 4) as *mut u32, 500_000_000);
@@ -60,24 +61,6 @@ fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
     }
     crate::console::set_uart(c.kind, va);
     Ok(())
-}
-
-/// GPFSEL1 function for pins 14 and 15 and no pull (BCM2711 GPIO_PUP_PDN_CNTRL_REG0).
-///
-/// # Safety
-/// `gpio` must map the GPIO block (0xfe200000 on a Pi 4).
-unsafe fn set_gpio14_15(gpio: u64, func: u32) {
-    unsafe {
-        let gpfsel1 = (gpio + 0x04) as *mut u32;
-        let mut v = core::ptr::read_volatile(gpfsel1);
-        v &= !((7 << 12) | (7 << 15));
-        v |= (func << 12) | (func << 15);
-        core::ptr::write_volatile(gpfsel1, v);
-        let pup = (gpio + 0xe4) as *mut u32;
-        let mut p = core::ptr::read_volatile(pup);
-        p &= !((3 << 28) | (3 << 30));
-        core::ptr::write_volatile(pup, p);
-    }
 }
 
 fn banner(info: &dt::BootInfo, bootargs: &str, cfg: &config::Config, kimage_pa: u64) {
@@ -191,7 +174,7 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     }
     if let Some(wdt) = info.watchdog {
         if let Some(va) = mmu::early_ioremap(wdt, 0x100) {
-            arch::set_pi_watchdog(va);
+            crate::board::rpi4::set_watchdog(va);
         }
     }
     if let Err(e) = console_init(&info) {
@@ -208,21 +191,21 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     let cfg = config::get();
 
     let possible =
-        info.cpus.len().min(cfg.maxcpus.unwrap_or(arch::NR_CPUS)).clamp(1, arch::NR_CPUS);
+        info.cpus.len().min(cfg.maxcpus.unwrap_or(mm_types::NR_CPUS)).clamp(1, mm_types::NR_CPUS);
     let kimage = kernel_image_range(kimage_pa);
-    match crate::mm::setup::mm_init(&info, kimage, possible, cfg.pcp) {
+    match crate::mm::init::mm_init(&info, kimage, possible, cfg.pcp) {
         Ok(s) => {
             println!(
                 "mm: mem_map {} KiB for {} pages ({} bytes per struct page), {} early page tables",
                 s.mem_map_bytes >> 10,
                 s.nr_pages,
-                core::mem::size_of::<crate::mm::Page>(),
+                core::mem::size_of::<mm_page_alloc::Page>(),
                 s.early_tables
             );
             let p = &s.percpu;
             println!(
                 "percpu: Embedded {} pages/cpu s{} d{} u{} x {} units at {:#x} (static section, first chunk, zone pcps)",
-                p.unit_size / crate::mm::PAGE_SIZE, p.static_size, p.dyn_size, p.unit_size, p.nr_units, p.base_pa
+                p.unit_size / mm_types::PAGE_SIZE, p.static_size, p.dyn_size, p.unit_size, p.nr_units, p.base_pa
             );
         }
         Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("mm_init: {e}")),
@@ -230,11 +213,11 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     // Per-CPU areas exist now: exception entries check the boot stack's bounds.
     let (lo, hi) = boot_stack();
     arch::exception::set_kernel_stack(lo, hi);
-    crate::mm::setup::show_mem(&mut crate::console::Console);
+    crate::mm::init::show_mem(&mut crate::console::Console);
     // Guard pages below the boot stack and every per-CPU stack stay unmapped.
     let mut guards = alloc::vec![boot_stack_guard()];
-    guards.extend((0..arch::NR_CPUS).map(|c| crate::smp::stack_range(c).0));
-    if let Err(e) = crate::mm::setup::paging_init(&info, &guards) {
+    guards.extend((0..mm_types::NR_CPUS).map(|c| crate::smp::stack_range(c).0));
+    if let Err(e) = crate::mm::pgtable::paging_init(&info, &guards) {
         fatal(crate::EXIT_PANIC, format_args!("{e}"));
     }
 
@@ -255,7 +238,7 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         print!(" cpu{cpu}(mpidr {:#x})", crate::smp::cpu_mpidr(cpu));
     }
     println!();
-    crate::smp::on_each_cpu(&crate::mm::setup::cpu_drop_idmap);
+    crate::smp::on_each_cpu(&crate::mm::pgtable::cpu_drop_idmap);
     crate::mm::vmalloc::vmalloc_init();
     crate::mm::percpu::percpu_init();
     crate::smp::set_quiescent_hook(crate::rcu::rcu_quiescent);
@@ -315,14 +298,3 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     let _ = writeln!(w, "\n*** KERNEL PANIC on CPU {}: {}", arch::smp_processor_id(), info);
     arch::exit(crate::EXIT_PANIC)
 }
-
-crate::ktest!(ktest_registry_works, {
-    crate::kassert!(!crate::ktest::registry().is_empty());
-    Ok(())
-});
-
-crate::ktest!(heap_allocates, {
-    let v: Vec<u64> = (0..1000).collect();
-    crate::kassert_eq!(v.iter().sum::<u64>(), 499_500);
-    Ok(())
-});

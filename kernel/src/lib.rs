@@ -1,36 +1,40 @@
-//! The kernel: Linux-style memory management for bare-metal arm64.
+//! The kernel: boots, brings up every CPU, instantiates the mm crates on real memory, runs
+//! test_vmalloc or the in-kernel tests, and reports over the serial console.
 //!
-//! Portable logic (device tree, memblock, buddy and per-CPU page lists, page-table walker, KVA
-//! allocator, bootargs) builds and is tested on the host with `cargo test`; architecture code
-//! (`arch`, `console`, the boot flow in `kmain`) compiles only for `target_os = "none"`.
-#![cfg_attr(not(test), no_std)]
+//! Everything portable lives in crates/ and is tested on the host; this crate is the part that
+//! only makes sense on the machine (`target_os = "none"`). Layers, lowest first; a module
+//! uses only modules above it in this list (`scripts/modcycles.py` checks there are no cycles):
+//!
+//! | module | what |
+//! |---|---|
+//! | [`arch`] | aarch64: registers, barriers, exception vectors, MMU bring-up, TLB ops, GIC, PSCI, semihosting |
+//! | [`board`] | Raspberry Pi 4 specifics: GPIO pin functions, PM watchdog |
+//! | [`percpu_defs`] | per-CPU variables (`define_per_cpu!`, TPIDR_EL1) |
+//! | [`console`] | the serial console drivers and `print!` |
+//! | [`ktest`] | the in-kernel test registry (`.ktest` linker section) |
+//! | [`smp`] | secondary CPUs, cross-CPU calls, `cond_resched` |
+//! | [`mm`] | the mm crates' kernel instances, vmalloc, kmalloc, boot setup |
+//! | [`rcu`] | RCU grace periods, `call_rcu`, `kvfree_rcu` |
+//! | [`bench`] | test_vmalloc and the page-allocator micro-benchmark |
+//! | [`ktests`] | the in-kernel tests, one file per subsystem |
+//! | `kmain` | the boot flow, stage by stage |
+#![no_std]
+#![cfg(target_os = "none")]
 
 extern crate alloc;
 
-pub mod bench;
-pub mod config;
-pub mod dt;
-#[cfg(not(target_os = "none"))]
-pub mod fuzz_targets;
-pub mod ktest;
-pub mod mm;
-pub mod params;
-pub mod ratelimit;
-
-#[cfg(target_os = "none")]
 pub mod arch;
-#[cfg(target_os = "none")]
+pub mod bench;
+pub mod board;
 pub mod console;
-#[cfg(target_os = "none")]
 mod kmain;
-#[cfg(target_os = "none")]
+pub mod ktest;
+mod ktests;
+pub mod mm;
 pub mod percpu_defs;
-#[cfg(target_os = "none")]
 pub mod rcu;
-#[cfg(target_os = "none")]
 pub mod smp;
 
-#[cfg(target_os = "none")]
 pub use kmain::{kmain, secondary_main};
 
 /// Exit statuses (semihosting SYS_EXIT): the kernel's contract with `make test` and the host tool.

@@ -326,7 +326,7 @@ pub fn rcu_barrier() {
 }
 
 /// Pointers per page-sized block (Linux: KVFREE_BULK_MAX_ENTR).
-const BULK_ENTRIES: usize = (crate::mm::PAGE_SIZE - 16) / 8;
+const BULK_ENTRIES: usize = (mm_types::PAGE_SIZE - 16) / 8;
 
 #[repr(C)]
 struct BulkBlock {
@@ -334,7 +334,7 @@ struct BulkBlock {
     _pad: usize,
     ptrs: [*mut u8; BULK_ENTRIES],
 }
-const _: () = assert!(core::mem::size_of::<BulkBlock>() == crate::mm::PAGE_SIZE);
+const _: () = assert!(core::mem::size_of::<BulkBlock>() == mm_types::PAGE_SIZE);
 
 /// After its grace period: vfree every pointer of the block, then keep its page as a spare if
 /// the cache has room (Linux: kvfree_rcu_bulk + put_cached_bnode), else free it.
@@ -352,12 +352,12 @@ unsafe fn free_bulk_block(b: *mut BulkBlock) {
         return;
     }
     drop(q);
-    crate::mm::kalloc::free_page_va(b as *mut u8);
+    crate::mm::page_alloc::free_page_va(b as *mut u8);
 }
 
 /// Gfp of a block page (Linux: GFP_KERNEL | __GFP_NORETRY | __GFP_NOMEMALLOC | __GFP_NOWARN).
-fn bnode_gfp() -> crate::mm::gfp::GfpFlags {
-    use crate::mm::gfp::GfpFlags as G;
+fn bnode_gfp() -> mm_types::gfp::GfpFlags {
+    use mm_types::gfp::GfpFlags as G;
     G::GFP_KERNEL | G::__GFP_NORETRY | G::__GFP_NOMEMALLOC | G::__GFP_NOWARN
 }
 
@@ -376,7 +376,7 @@ fn fill_page_cache() {
                 return;
             }
         }
-        let page = crate::mm::kalloc::alloc_page_va(bnode_gfp());
+        let page = crate::mm::page_alloc::alloc_page_va(bnode_gfp());
         let mut g = q.lock();
         if page.is_null() {
             g.refill = false;
@@ -385,7 +385,7 @@ fn fill_page_cache() {
         let n = g.nr_cached;
         if n >= RCU_MIN_CACHED_OBJS {
             drop(g);
-            crate::mm::kalloc::free_page_va(page);
+            crate::mm::page_alloc::free_page_va(page);
             return;
         }
         g.cache[n] = page as *mut BulkBlock;
@@ -408,7 +408,7 @@ pub fn kvfree_rcu_shrink() -> usize {
                 let n = g.nr_cached;
                 core::mem::replace(&mut g.cache[n], core::ptr::null_mut())
             };
-            crate::mm::kalloc::free_page_va(page as *mut u8);
+            crate::mm::page_alloc::free_page_va(page as *mut u8);
             freed += 1;
         }
     }
@@ -416,7 +416,7 @@ pub fn kvfree_rcu_shrink() -> usize {
 }
 
 /// Queues this CPU's partly filled block behind a grace period.
-fn flush_bulk() {
+pub(crate) fn flush_bulk() {
     let mut q = QUEUES.this_cpu().lock();
     let b = core::mem::replace(&mut q.bulk, core::ptr::null_mut());
     drop(q);
@@ -437,7 +437,7 @@ fn add_ptr_to_bulk(ptr: *mut u8, can_alloc: bool) -> bool {
             let n = q.nr_cached;
             core::mem::replace(&mut q.cache[n], core::ptr::null_mut()) as *mut u8
         } else if can_alloc {
-            crate::mm::kalloc::alloc_page_va(bnode_gfp())
+            crate::mm::page_alloc::alloc_page_va(bnode_gfp())
         } else {
             core::ptr::null_mut()
         };
@@ -495,131 +495,8 @@ pub unsafe fn kvfree_rcu(ptr: *mut u8, head: *mut RcuHead) {
     }
 }
 
-crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
-    use alloc::boxed::Box;
-    use alloc::sync::Arc;
-    use core::sync::atomic::AtomicUsize;
-    let others: alloc::vec::Vec<usize> =
-        smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
-    let Some(&reader) = others.first() else {
-        // One CPU: a grace period ends at once.
-        let before = completed();
-        synchronize_rcu();
-        crate::kassert!(completed() > before);
-        return Ok(());
-    };
-    // The reader enters a read-side section, holds it until told, then leaves.
-    let state = Arc::new(AtomicUsize::new(0));
-    let s = state.clone();
-    smp::start_work(
-        reader,
-        Box::new(move || {
-            rcu_read_lock();
-            s.store(1, Ordering::SeqCst);
-            arch::sev();
-            while s.load(Ordering::SeqCst) != 2 {
-                smp::cond_resched(); // quiescent points inside a read-side section do not count
-            }
-            rcu_read_unlock();
-            s.store(3, Ordering::SeqCst);
-            arch::sev();
-        }),
-    );
-    while state.load(Ordering::SeqCst) != 1 {
-        smp::wait_for_event();
-    }
-    // An object freed with kvfree_rcu must stay alive while the reader is inside.
-    let obj = crate::mm::vmalloc::vmalloc(crate::mm::PAGE_SIZE);
-    crate::kassert!(!obj.is_null());
-    unsafe { *obj = 0x5a };
-    let freed_before = completed();
-    kvfree_rcu_mightsleep(obj);
-    flush_bulk();
-    // Give the grace-period machinery plenty of quiescent points: it must not end.
-    for _ in 0..1000 {
-        rcu_quiescent();
-        smp::poll_mailbox();
-    }
-    let mut report = alloc::string::String::new();
-    let v = arch::exception::probe_read(obj, &mut report);
-    crate::kassert!(v == Some(0x5a), "object freed while a reader was inside: {:?} {}", v, report);
-    crate::kassert!(
-        !QUEUES.this_cpu().lock().ready.is_empty(),
-        "callback ran before the reader left"
-    );
-    state.store(2, Ordering::SeqCst);
-    arch::sev();
-    rcu_barrier();
-    crate::kassert!(completed() > freed_before);
-    crate::kassert!(QUEUES.this_cpu().lock().ready.is_empty());
-    while state.load(Ordering::SeqCst) != 3 {
-        smp::wait_for_event();
-    }
-    Ok(())
-});
-
-// rcu_barrier must not sleep while this CPU owes the quiescent state of a grace period it
-// started itself: two callbacks queued back to back need two grace periods, the second started
-// by this CPU's own report ending the first. Sleeping then (nobody else will kick this CPU for
-// it) hung the single-CPU kernel: the sleep is skipped while this CPU's NEED_RESCHED is set.
-crate::ktest!(rcu_barrier_never_sleeps_owing_its_own_quiescent_state, {
-    use core::sync::atomic::AtomicUsize;
-    static RAN: AtomicUsize = AtomicUsize::new(0);
-    static mut H1: RcuHead = RcuHead::new();
-    static mut H2: RcuHead = RcuHead::new();
-    unsafe fn count(_h: *mut RcuHead) {
-        RAN.fetch_add(1, Ordering::SeqCst);
-    }
-    RAN.store(0, Ordering::SeqCst);
-    // The first starts a grace period; the second, queued before any quiescent state, needs
-    // the next one (NEED_GP).
-    // SAFETY: the heads are statics that outlive their callbacks; `count` ignores its argument.
-    unsafe {
-        call_rcu(&raw mut H1, count);
-        call_rcu(&raw mut H2, count);
-    }
-    rcu_barrier();
-    crate::kassert_eq!(RAN.load(Ordering::SeqCst), 2);
-    Ok(())
-});
-
-// rcu_barrier must wait for callbacks that already left their queue but are still running on
-// another CPU (a kvfree_rcu block vfrees hundreds of areas): a slow callback queued on another
-// CPU has finished by the time rcu_barrier returns.
-crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
-    use alloc::boxed::Box;
-    use core::sync::atomic::AtomicUsize;
-    static DONE: AtomicUsize = AtomicUsize::new(0);
-    static mut HEAD: RcuHead = RcuHead::new();
-    unsafe fn slow(_h: *mut RcuHead) {
-        let t0 = arch::cycles();
-        while arch::cycles_to_us(arch::cycles() - t0) < 2000 {
-            core::hint::spin_loop();
-        }
-        DONE.store(1, Ordering::SeqCst);
-    }
-    let Some(other) = smp::online_cpus().find(|&c| c != arch::smp_processor_id()) else {
-        return Ok(()); // one CPU: nothing runs elsewhere
-    };
-    DONE.store(0, Ordering::SeqCst);
-    let queued = alloc::sync::Arc::new(AtomicUsize::new(0));
-    let q = queued.clone();
-    smp::start_work(
-        other,
-        Box::new(move || {
-            unsafe { call_rcu(&raw mut HEAD, slow) };
-            q.store(1, Ordering::SeqCst);
-            arch::sev();
-        }),
-    );
-    while queued.load(Ordering::SeqCst) == 0 {
-        smp::quiescent_point();
-        smp::wait_for_event();
-    }
-    rcu_barrier();
-    crate::kassert!(
-        DONE.load(Ordering::SeqCst) == 1,
-        "rcu_barrier returned while a callback was still running"
-    );
-    Ok(())
-});
+/// Whether this CPU holds callbacks whose grace period has ended but which have not run yet
+/// (for the tests: a callback must not run while a reader is inside).
+pub(crate) fn local_ready_callbacks() -> bool {
+    !QUEUES.this_cpu().lock().ready.is_empty()
+}

@@ -7,9 +7,10 @@
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use crate::arch::{self, NR_CPUS};
-use crate::dt::{BootInfo, EnableMethod};
+use crate::arch;
 use crate::println;
+use bootcfg::dt::{BootInfo, EnableMethod};
+use mm_types::NR_CPUS;
 
 /// Per-CPU kernel stacks: a guard page (left unmapped once the image is mapped with page
 /// granularity) below each 64 KiB stack.
@@ -341,47 +342,3 @@ pub fn start_work(cpu: usize, f: Box<dyn Fn() + Send + Sync>) {
     }
     arch::sev();
 }
-
-crate::ktest!(call_on_every_cpu_runs_there, {
-    let seen: [AtomicBool; NR_CPUS] = [const { AtomicBool::new(false) }; NR_CPUS];
-    on_each_cpu(&|| seen[arch::smp_processor_id()].store(true, Ordering::SeqCst));
-    for cpu in 0..NR_CPUS {
-        crate::kassert_eq!(seen[cpu].load(Ordering::SeqCst), cpu_online(cpu));
-    }
-    Ok(())
-});
-
-crate::ktest!(barrier_and_work_on_all_cpus, {
-    use alloc::sync::Arc;
-    let n = num_online_cpus();
-    let barrier = Arc::new(Barrier::new(n));
-    let phase = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    for cpu in online_cpus().filter(|&c| c != arch::smp_processor_id()) {
-        let (b, p, d) = (barrier.clone(), phase.clone(), done.clone());
-        start_work(
-            cpu,
-            Box::new(move || {
-                for _ in 0..10 {
-                    p.fetch_add(1, Ordering::SeqCst);
-                    b.wait();
-                    b.wait();
-                }
-                d.fetch_add(1, Ordering::SeqCst);
-                arch::sev();
-            }),
-        );
-    }
-    for round in 1..=10 {
-        phase.fetch_add(1, Ordering::SeqCst);
-        barrier.wait();
-        // Everyone incremented exactly once in this round before anyone passed the barrier.
-        crate::kassert_eq!(phase.load(Ordering::SeqCst), round * n);
-        barrier.wait();
-    }
-    while done.load(Ordering::SeqCst) != n - 1 {
-        quiescent_point();
-        wait_for_event();
-    }
-    Ok(())
-});

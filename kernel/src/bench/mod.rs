@@ -1,7 +1,3 @@
-//! Benchmarks run inside the kernel.
-pub mod params;
-#[cfg(target_os = "none")]
-pub mod test_vmalloc;
-
-#[cfg(target_os = "none")]
+//! Benchmarks run inside the kernel: Linux's test_vmalloc and a page-allocator micro-benchmark.
 pub mod pagealloc;
+pub mod test_vmalloc;

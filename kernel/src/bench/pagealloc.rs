@@ -4,9 +4,9 @@
 use alloc::vec;
 
 use crate::arch;
-use crate::mm::gfp::GfpFlags;
-use crate::mm::kalloc;
+use crate::mm::page_alloc;
 use crate::println;
+use mm_types::gfp::GfpFlags;
 
 fn ns(delta: u64) -> u64 {
     ((delta as u128 * 1_000_000_000) / arch::timer_hz() as u128) as u64
@@ -15,13 +15,13 @@ fn ns(delta: u64) -> u64 {
 fn pairs(order: u32, n: u64) -> u64 {
     // Warm the pcp lists first so the loop measures the steady state.
     for _ in 0..64 {
-        let p = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, order).unwrap();
-        kalloc::__free_pages(p, order);
+        let p = page_alloc::alloc_pages(GfpFlags::GFP_KERNEL, order).unwrap();
+        page_alloc::__free_pages(p, order);
     }
     let t0 = arch::cycles();
     for _ in 0..n {
-        let p = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, order).unwrap();
-        kalloc::__free_pages(p, order);
+        let p = page_alloc::alloc_pages(GfpFlags::GFP_KERNEL, order).unwrap();
+        page_alloc::__free_pages(p, order);
     }
     ns(arch::cycles() - t0) / n
 }
@@ -41,8 +41,8 @@ pub fn run() {
     // One order-0 page freed through free_pages_bulk (vfree of a 1-page area with the patch).
     let t0 = arch::cycles();
     for _ in 0..n {
-        let p = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
-        kalloc::free_pages_bulk(&[p]);
+        let p = page_alloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
+        page_alloc::free_pages_bulk(&[p]);
     }
     println!(
         "BENCH pagealloc order0_free_pages_bulk alloc+free ops={n} ns_per_op={}",
@@ -50,8 +50,8 @@ pub fn run() {
     );
     let t0 = arch::cycles();
     for _ in 0..n {
-        let p = kalloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
-        kalloc::__free_contig_range(p, 1);
+        let p = page_alloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
+        page_alloc::__free_contig_range(p, 1);
     }
     println!(
         "BENCH pagealloc order0_free_contig_range alloc+free ops={n} ns_per_op={}",
@@ -65,17 +65,17 @@ pub fn run() {
         let t0 = arch::cycles();
         for _ in 0..rounds {
             slots.iter_mut().for_each(|s| *s = None);
-            let got = kalloc::alloc_pages_bulk(GfpFlags::GFP_KERNEL, 100, &mut slots);
+            let got = page_alloc::alloc_pages_bulk(GfpFlags::GFP_KERNEL, 100, &mut slots);
             assert_eq!(got, 100);
             if bulk_free {
                 let mut pfns = [0u64; 100];
                 for (d, s) in pfns.iter_mut().zip(slots.iter()) {
                     *d = s.unwrap();
                 }
-                kalloc::free_pages_bulk(&pfns);
+                page_alloc::free_pages_bulk(&pfns);
             } else {
                 for s in slots.iter() {
-                    kalloc::__free_page(s.unwrap());
+                    page_alloc::__free_page(s.unwrap());
                 }
             }
         }

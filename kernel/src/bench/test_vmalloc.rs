@@ -12,11 +12,12 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use super::params::{self, Rng, Suite, TvParams, TESTS};
 use crate::arch;
-use crate::mm::gfp::GfpFlags;
-use crate::mm::{kalloc, kmalloc, percpu, vmalloc as vm, PAGE_SIZE};
+use crate::mm::{kmalloc, page_alloc, percpu, vmalloc as vm};
 use crate::{println, rcu, smp};
+use bootcfg::test_vmalloc::{self as params, Rng, Suite, TvParams, TESTS};
+use mm_types::gfp::GfpFlags;
+use mm_types::PAGE_SIZE;
 
 /// One test call: Ok = pass, Err = fail (xfailed when the test is marked xfail).
 type TestFn = fn(&TvParams, &mut Rng) -> Result<(), ()>;
@@ -231,7 +232,7 @@ fn pcpu_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
         for i in 0..n {
             let size = rng.below((PAGE_SIZE / 4) as u32) as usize + 1;
             // align = 2^k, k uniform in [1, PAGE_SHIFT - 1]
-            let align = 1usize << (rng.below(crate::mm::PAGE_SHIFT - 1) + 1);
+            let align = 1usize << (rng.below(mm_types::PAGE_SHIFT - 1) + 1);
             let q = percpu::alloc_percpu(size, align);
             *arr.add(i) = q;
             if q == 0 {
@@ -284,11 +285,11 @@ fn kvfree_rcu_2_arg_vmalloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
 
 fn vm_map_ram_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
     let n = p.nr_pages.max(1) as usize;
-    let mut pages: Vec<Option<crate::mm::Pfn>> = vec![None; n];
-    let got = kalloc::alloc_pages_bulk(GfpFlags::GFP_KERNEL, n, &mut pages);
+    let mut pages: Vec<Option<mm_types::Pfn>> = vec![None; n];
+    let got = page_alloc::alloc_pages_bulk(GfpFlags::GFP_KERNEL, n, &mut pages);
     let mut rv = if got == n { Ok(()) } else { Err(()) };
     if rv.is_ok() {
-        let pfns: Vec<crate::mm::Pfn> = pages.iter().map(|p| p.unwrap()).collect();
+        let pfns: Vec<mm_types::Pfn> = pages.iter().map(|p| p.unwrap()).collect();
         for _ in 0..p.test_loop_count {
             let v = vm::vm_map_ram(&pfns);
             if v.is_null() {
@@ -300,7 +301,7 @@ fn vm_map_ram_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
         }
     }
     for pfn in pages.into_iter().flatten() {
-        kalloc::__free_page(pfn);
+        page_alloc::__free_page(pfn);
     }
     rv
 }
@@ -386,18 +387,21 @@ pub fn settle_and_measure() -> (u64, u64) {
     vm::vm_unmap_aliases();
     vm::vmap_node_shrink();
     kmalloc::kmalloc_shrink();
-    crate::mm::kva_glue::shrink();
-    kalloc::drain_all_pages();
-    (kalloc::nr_free_pages() + crate::mm::setup::nr_pagetable_pages(), vm::free_vmalloc_bytes())
+    crate::mm::kva::shrink();
+    page_alloc::drain_all_pages();
+    (
+        page_alloc::nr_free_pages() + crate::mm::pgtable::nr_pagetable_pages(),
+        vm::free_vmalloc_bytes(),
+    )
 }
 
 /// What still holds memory after a LOST leak line, so a failing CI log says where to look.
 fn leak_report() {
-    let (busy, busy_bytes, lazy, lazy_bytes) = crate::mm::kva_glue::usage();
-    let (reserve, live) = crate::mm::kva_glue::reserve_state();
+    let (busy, busy_bytes, lazy, lazy_bytes) = crate::mm::kva::usage();
+    let (reserve, live) = crate::mm::kva::reserve_state();
     println!(
         "mm: state after LOST: busy vmap areas {} ({} KiB), lazy areas {} ({} KiB), live KVA ranges {}, KVA node reserve {} pages, rcu callbacks pending {}, free pages {}, page-table pages {}",
-        busy, busy_bytes >> 10, lazy, lazy_bytes >> 10, live, reserve, rcu::nr_pending(), kalloc::nr_free_pages(), crate::mm::setup::nr_pagetable_pages()
+        busy, busy_bytes >> 10, lazy, lazy_bytes >> 10, live, reserve, rcu::nr_pending(), page_alloc::nr_free_pages(), crate::mm::pgtable::nr_pagetable_pages()
     );
 }
 
@@ -553,7 +557,7 @@ fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
 /// the closing line: a test passes when it did not fail (xfail counts as passed).
 pub fn run(pairs: &[(String, Option<String>)]) -> Result<(usize, usize), String> {
     let p = TvParams::parse(pairs, smp::num_online_cpus() as u32)?;
-    let cfg = crate::config::get();
+    let cfg = bootcfg::config::get();
     println!(
         "test_vmalloc: params {} {} timer_hz={} cpus={}",
         p.describe(),

@@ -16,12 +16,12 @@ static BASE: AtomicU64 = AtomicU64::new(0);
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 /// Selects the UART mapped at `va` as the console.
-pub fn set_uart(kind: crate::dt::ConsoleKind, va: u64) {
+pub fn set_uart(kind: bootcfg::dt::ConsoleKind, va: u64) {
     BASE.store(va, Ordering::SeqCst);
     KIND.store(
         match kind {
-            crate::dt::ConsoleKind::Pl011 => 1,
-            crate::dt::ConsoleKind::MiniUart => 2,
+            bootcfg::dt::ConsoleKind::Pl011 => 1,
+            bootcfg::dt::ConsoleKind::MiniUart => 2,
         },
         Ordering::SeqCst,
     );

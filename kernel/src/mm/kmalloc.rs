@@ -8,8 +8,9 @@
 //! leak check calls before counting free pages.
 use core::ptr::null_mut;
 
-use super::gfp::GfpFlags;
-use super::{kalloc, PAGE_SIZE};
+use crate::mm::page_alloc;
+use mm_types::gfp::GfpFlags;
+use mm_types::PAGE_SIZE;
 
 const MIN_SHIFT: u32 = 4;
 const MAX_SHIFT: u32 = 11;
@@ -84,12 +85,12 @@ pub fn kmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
     let Some(class) = class_of(size) else {
         // Page-sized and larger: whole pages, the order recorded by the page allocator.
         let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
-        return kalloc::alloc_pages_va(gfp, order);
+        return page_alloc::alloc_pages_va(gfp, order);
     };
     let mut c = CLASSES[class].lock();
     if c.partial.is_null() {
         drop(c);
-        let page = kalloc::alloc_pages_va(gfp - GfpFlags::__GFP_ZERO, 0);
+        let page = page_alloc::alloc_pages_va(gfp - GfpFlags::__GFP_ZERO, 0);
         if page.is_null() {
             return null_mut();
         }
@@ -138,7 +139,7 @@ pub fn kfree(ptr: *mut u8, size: usize) {
     }
     let Some(class) = class_of(size) else {
         let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
-        kalloc::free_pages_va(ptr, order);
+        page_alloc::free_pages_va(ptr, order);
         return;
     };
     let s = ((ptr as usize) & !(PAGE_SIZE - 1)) as *mut Slab;
@@ -173,7 +174,7 @@ pub fn kmalloc_shrink() -> usize {
             if unsafe { (*s).inuse } == 0 {
                 unsafe { list_del(&mut c.partial, s) };
                 c.nr_slabs -= 1;
-                kalloc::free_pages_va(s as *mut u8, 0);
+                page_alloc::free_pages_va(s as *mut u8, 0);
                 freed += 1;
             }
             s = next;

@@ -13,15 +13,18 @@
 use alloc::collections::BTreeMap;
 use core::ops::Range;
 
-use super::gfp::GfpFlags;
-use super::kva_glue as kva;
-use super::percpu_alloc::{ChunkId, PcpuBacking, PcpuChunk, PcpuPool};
-use super::pgtable::{flush_tlb_kernel_range, HwTlb, MapFlags, PageProt};
-use super::setup::{kernel_pgtable, KernelPt};
-use super::Memblock;
-use super::{kalloc, PAGE_SHIFT, PAGE_SIZE};
-use crate::arch::{self, NR_CPUS, PAGE_OFFSET, VMALLOC_END, VMALLOC_START};
+use crate::arch::HwTlb;
+use crate::arch::{self, PAGE_OFFSET, VMALLOC_END, VMALLOC_START};
+use crate::mm::kva;
+use crate::mm::page_alloc;
+use crate::mm::pgtable::{kernel_pgtable, KernelPt};
 use crate::percpu_defs;
+use mm_page_alloc::Memblock;
+use mm_percpu::{ChunkId, PcpuBacking, PcpuChunk, PcpuPool};
+use mm_pgtable::{flush_tlb_kernel_range, MapFlags, PageProt};
+use mm_types::gfp::GfpFlags;
+use mm_types::NR_CPUS;
+use mm_types::{PAGE_SHIFT, PAGE_SIZE};
 
 /// Unit size: 32 pages per CPU, what Linux arm64 embeds on QEMU virt ("Embedded 32 pages/cpu").
 pub const PCPU_UNIT_SIZE: usize = 32 * PAGE_SIZE;
@@ -152,7 +155,8 @@ impl PcpuBacking for Backing<'_> {
         let base = self.base(id);
         for unit in 0..self.nr_units {
             for p in pages.clone() {
-                let Some(pfn) = kalloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0)
+                let Some(pfn) =
+                    page_alloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0)
                 else {
                     return false;
                 };
@@ -169,7 +173,7 @@ impl PcpuBacking for Backing<'_> {
                     MapFlags::empty(),
                 );
                 if r.is_err() {
-                    kalloc::__free_page(pfn);
+                    page_alloc::__free_page(pfn);
                     return false;
                 }
             }
@@ -196,7 +200,7 @@ impl PcpuBacking for Backing<'_> {
         }
         flush_tlb_kernel_range(&mut HwTlb::new(), base, base + self.chunk_size());
         for pfn in pfns {
-            kalloc::__free_page(pfn);
+            page_alloc::__free_page(pfn);
         }
     }
 

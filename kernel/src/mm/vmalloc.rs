@@ -7,15 +7,17 @@
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::gfp::GfpFlags;
-use super::kva::KvaError;
-use super::kva_glue as kva;
-use super::pgtable::{flush_tlb_kernel_range, HwTlb, MapFlags, PageProt};
-use super::setup::{kernel_pgtable, KernelPt};
-use super::{kalloc, kmalloc, Pfn, MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZE};
+use super::{kmalloc, page_alloc};
+use crate::arch::HwTlb;
 use crate::arch::{self, VMALLOC_END, VMALLOC_START};
-use crate::config::{self, VfreeMode};
+use crate::mm::kva;
+use crate::mm::pgtable::{kernel_pgtable, KernelPt};
 use crate::smp;
+use bootcfg::config::{self, VfreeMode};
+use mm_kva::KvaError;
+use mm_pgtable::{flush_tlb_kernel_range, MapFlags, PageProt};
+use mm_types::gfp::GfpFlags;
+use mm_types::{Pfn, MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZE};
 
 pub const PMD_SHIFT: u32 = 21;
 pub const CONT_PTE_SHIFT: u32 = 16;
@@ -47,7 +49,7 @@ const VMAP_BLOCK: u64 = 2;
 const TAG_MASK: u64 = 7;
 
 /// Pages lazily unmapped but not yet purged (Linux: vmap_lazy_nr).
-static VMAP_LAZY: super::vmap_lazy::VmapLazy = super::vmap_lazy::VmapLazy::new();
+static VMAP_LAZY: mm_kva::vmap_lazy::VmapLazy = mm_kva::vmap_lazy::VmapLazy::new();
 static PURGE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 /// Purges since boot, and the last purge's flushed span (tests and stats).
@@ -71,7 +73,7 @@ pub fn nr_purges() -> u64 {
 
 /// Allocation-failure warnings go through warn_alloc's rate limit, as in Linux.
 fn warn(args: core::fmt::Arguments) {
-    kalloc::warn(args);
+    page_alloc::warn(args);
 }
 
 /// Misuse and internal-error reports since boot (tests).
@@ -239,13 +241,13 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
             if large <= order {
                 break;
             }
-            match kalloc::alloc_pages(large_gfp, large) {
+            match page_alloc::alloc_pages(large_gfp, large) {
                 None => {
                     max_attempt = large - 1;
                 }
                 Some(pfn) => {
-                    kalloc::mod_nr_vmalloc(1 << large);
-                    kalloc::split_page(pfn, large);
+                    page_alloc::mod_nr_vmalloc(1 << large);
+                    page_alloc::split_page(pfn, large);
                     for i in 0..(1usize << large) {
                         pages[nr_allocated + i] = pfn + i as u64;
                     }
@@ -263,7 +265,7 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
             for s in slots[..req].iter_mut() {
                 *s = None;
             }
-            let got = kalloc::alloc_pages_bulk(bulk_gfp, req, &mut slots[..req]);
+            let got = page_alloc::alloc_pages_bulk(bulk_gfp, req, &mut slots[..req]);
             let mut n = 0;
             for s in slots[..req].iter() {
                 if let Some(pfn) = s {
@@ -274,7 +276,7 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
             debug_assert_eq!(n, got);
             // NR_VMALLOC: +1 per page, as Linux accounts bulk pages.
             for _ in 0..n {
-                kalloc::mod_nr_vmalloc(1);
+                page_alloc::mod_nr_vmalloc(1);
             }
             nr_allocated += n;
             smp::cond_resched();
@@ -285,10 +287,10 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
     }
     // The fallback: one block of the mapping granule at a time, with the caller's gfp.
     while nr_allocated < nr_pages {
-        let Some(pfn) = kalloc::alloc_pages(gfp, order) else { break };
-        kalloc::mod_nr_vmalloc(1 << order);
+        let Some(pfn) = page_alloc::alloc_pages(gfp, order) else { break };
+        page_alloc::mod_nr_vmalloc(1 << order);
         if order > 0 {
-            kalloc::split_page(pfn, order);
+            page_alloc::split_page(pfn, order);
         }
         for i in 0..(1usize << order) {
             pages[nr_allocated + i] = pfn + i as u64;
@@ -312,9 +314,9 @@ fn vm_free_pages(vm: &VmStruct) {
             // Before the patch: one __free_page per page, each to the order-0 pcp list.
             for &pfn in pages {
                 if account {
-                    kalloc::mod_nr_vmalloc(-1);
+                    page_alloc::mod_nr_vmalloc(-1);
                 }
-                kalloc::__free_page(pfn);
+                page_alloc::__free_page(pfn);
                 smp::cond_resched();
             }
         }
@@ -322,10 +324,10 @@ fn vm_free_pages(vm: &VmStruct) {
             // The patch: stats in a separate pass, then free_pages_bulk over PFN runs.
             if account {
                 for _ in pages {
-                    kalloc::mod_nr_vmalloc(-1);
+                    page_alloc::mod_nr_vmalloc(-1);
                 }
             }
-            kalloc::free_pages_bulk(pages);
+            page_alloc::free_pages_bulk(pages);
         }
     }
 }
@@ -348,7 +350,7 @@ pub fn __vmalloc_node_range(
     gfp: GfpFlags,
     vm_flags: u32,
 ) -> *mut u8 {
-    if size == 0 || (size >> PAGE_SHIFT) as u64 > kalloc::allocator().totalram_pages() {
+    if size == 0 || (size >> PAGE_SHIFT) as u64 > page_alloc::allocator().totalram_pages() {
         if !gfp.contains(GfpFlags::__GFP_NOWARN) {
             warn(format_args!("vmalloc error: size {}, exceeds total pages", size));
         }
@@ -952,11 +954,11 @@ pub fn describe_fault(addr: u64, w: &mut dyn core::fmt::Write) {
 }
 
 /// Walks the kernel page tables for `va` (tests: huge mappings).
-pub fn walk(va: u64) -> Option<super::pgtable::Translation> {
+pub fn walk(va: u64) -> Option<mm_pgtable::Translation> {
     kernel_pgtable().walk(&KernelPt, va)
 }
 
 pub fn vmalloc_init() {
-    kva::init(VMALLOC_START, VMALLOC_END, arch::NR_CPUS.min(smp::num_online_cpus().max(1)));
+    kva::init(VMALLOC_START, VMALLOC_END, mm_types::NR_CPUS.min(smp::num_online_cpus().max(1)));
     arch::exception::set_fault_describer(describe_fault);
 }

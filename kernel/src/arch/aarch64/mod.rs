@@ -26,15 +26,8 @@ pub const FDT_VA: u64 = KIMAGE_VADDR + 510 * 0x20_0000;
 pub use cpu::*;
 pub mod mmu;
 
-/// CPUs supported (fixed-size per-CPU arrays).
-pub const NR_CPUS: usize = 8;
-
-static PI_WATCHDOG: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// Registers the Pi's PM/watchdog block (virtual address) for power-off.
-pub fn set_pi_watchdog(va: u64) {
-    PI_WATCHDOG.store(va, core::sync::atomic::Ordering::Relaxed);
-}
+pub mod tlb;
+pub use tlb::HwTlb;
 
 /// Ends the run with `code` as the exit status where the platform can report one: semihosting
 /// SYS_EXIT (QEMU with -semihosting, probed at boot), else PSCI SYSTEM_OFF (virt, status 0),
@@ -44,16 +37,7 @@ pub fn exit(code: u32) -> ! {
     if psci::available() {
         psci::call(psci::SYSTEM_OFF, 0, 0, 0);
     }
-    let wdt = PI_WATCHDOG.load(core::sync::atomic::Ordering::Relaxed);
-    if wdt != 0 {
-        const PM_PASSWORD: u32 = 0x5a00_0000;
-        unsafe {
-            // PM_RSTS: boot from "partition 63" = halt; PM_RSTC: full reset after a short timeout.
-            core::ptr::write_volatile((wdt + 0x20) as *mut u32, PM_PASSWORD | 0x555);
-            core::ptr::write_volatile((wdt + 0x24) as *mut u32, PM_PASSWORD | 10);
-            core::ptr::write_volatile((wdt + 0x1c) as *mut u32, PM_PASSWORD | 0x20);
-        }
-    }
+    crate::board::power_off();
     loop {
         wfe();
     }

@@ -11,11 +11,11 @@ pub const SYSTEM_RESET: u64 = 0x8400_0009;
 /// 0 = none, 1 = hvc, 2 = smc.
 static CONDUIT: AtomicU8 = AtomicU8::new(0);
 
-pub fn set_conduit(c: Option<crate::dt::PsciConduit>) {
+pub fn set_conduit(c: Option<bootcfg::dt::PsciConduit>) {
     let v = match c {
         None => 0,
-        Some(crate::dt::PsciConduit::Hvc) => 1,
-        Some(crate::dt::PsciConduit::Smc) => 2,
+        Some(bootcfg::dt::PsciConduit::Hvc) => 1,
+        Some(bootcfg::dt::PsciConduit::Smc) => 2,
     };
     CONDUIT.store(v, Ordering::Relaxed);
 }

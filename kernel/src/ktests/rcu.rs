@@ -1,0 +1,130 @@
+//! RCU: grace periods against readers on other CPUs, rcu_barrier.
+use crate::rcu::*;
+use crate::{arch, smp};
+use core::sync::atomic::Ordering;
+
+crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
+    use alloc::boxed::Box;
+    use alloc::sync::Arc;
+    use core::sync::atomic::AtomicUsize;
+    let others: alloc::vec::Vec<usize> =
+        smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+    let Some(&reader) = others.first() else {
+        // One CPU: a grace period ends at once.
+        let before = completed();
+        synchronize_rcu();
+        crate::kassert!(completed() > before);
+        return Ok(());
+    };
+    // The reader enters a read-side section, holds it until told, then leaves.
+    let state = Arc::new(AtomicUsize::new(0));
+    let s = state.clone();
+    smp::start_work(
+        reader,
+        Box::new(move || {
+            rcu_read_lock();
+            s.store(1, Ordering::SeqCst);
+            arch::sev();
+            while s.load(Ordering::SeqCst) != 2 {
+                smp::cond_resched(); // quiescent points inside a read-side section do not count
+            }
+            rcu_read_unlock();
+            s.store(3, Ordering::SeqCst);
+            arch::sev();
+        }),
+    );
+    while state.load(Ordering::SeqCst) != 1 {
+        smp::wait_for_event();
+    }
+    // An object freed with kvfree_rcu must stay alive while the reader is inside.
+    let obj = crate::mm::vmalloc::vmalloc(mm_types::PAGE_SIZE);
+    crate::kassert!(!obj.is_null());
+    unsafe { *obj = 0x5a };
+    let freed_before = completed();
+    kvfree_rcu_mightsleep(obj);
+    flush_bulk();
+    // Give the grace-period machinery plenty of quiescent points: it must not end.
+    for _ in 0..1000 {
+        rcu_quiescent();
+        smp::poll_mailbox();
+    }
+    let mut report = alloc::string::String::new();
+    let v = arch::exception::probe_read(obj, &mut report);
+    crate::kassert!(v == Some(0x5a), "object freed while a reader was inside: {:?} {}", v, report);
+    crate::kassert!(local_ready_callbacks(), "callback ran before the reader left");
+    state.store(2, Ordering::SeqCst);
+    arch::sev();
+    rcu_barrier();
+    crate::kassert!(completed() > freed_before);
+    crate::kassert!(!local_ready_callbacks());
+    while state.load(Ordering::SeqCst) != 3 {
+        smp::wait_for_event();
+    }
+    Ok(())
+});
+
+// rcu_barrier must not sleep while this CPU owes the quiescent state of a grace period it
+// started itself: two callbacks queued back to back need two grace periods, the second started
+// by this CPU's own report ending the first. Sleeping then (nobody else will kick this CPU for
+// it) hung the single-CPU kernel: the sleep is skipped while this CPU's NEED_RESCHED is set.
+crate::ktest!(rcu_barrier_never_sleeps_owing_its_own_quiescent_state, {
+    use core::sync::atomic::AtomicUsize;
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    static mut H1: RcuHead = RcuHead::new();
+    static mut H2: RcuHead = RcuHead::new();
+    unsafe fn count(_h: *mut RcuHead) {
+        RAN.fetch_add(1, Ordering::SeqCst);
+    }
+    RAN.store(0, Ordering::SeqCst);
+    // The first starts a grace period; the second, queued before any quiescent state, needs
+    // the next one (NEED_GP).
+    // SAFETY: the heads are statics that outlive their callbacks; `count` ignores its argument.
+    unsafe {
+        call_rcu(&raw mut H1, count);
+        call_rcu(&raw mut H2, count);
+    }
+    rcu_barrier();
+    crate::kassert_eq!(RAN.load(Ordering::SeqCst), 2);
+    Ok(())
+});
+
+// rcu_barrier must wait for callbacks that already left their queue but are still running on
+// another CPU (a kvfree_rcu block vfrees hundreds of areas): a slow callback queued on another
+// CPU has finished by the time rcu_barrier returns.
+crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
+    use alloc::boxed::Box;
+    use core::sync::atomic::AtomicUsize;
+    static DONE: AtomicUsize = AtomicUsize::new(0);
+    static mut HEAD: RcuHead = RcuHead::new();
+    unsafe fn slow(_h: *mut RcuHead) {
+        let t0 = arch::cycles();
+        while arch::cycles_to_us(arch::cycles() - t0) < 2000 {
+            core::hint::spin_loop();
+        }
+        DONE.store(1, Ordering::SeqCst);
+    }
+    let Some(other) = smp::online_cpus().find(|&c| c != arch::smp_processor_id()) else {
+        return Ok(()); // one CPU: nothing runs elsewhere
+    };
+    DONE.store(0, Ordering::SeqCst);
+    let queued = alloc::sync::Arc::new(AtomicUsize::new(0));
+    let q = queued.clone();
+    smp::start_work(
+        other,
+        Box::new(move || {
+            unsafe { call_rcu(&raw mut HEAD, slow) };
+            q.store(1, Ordering::SeqCst);
+            arch::sev();
+        }),
+    );
+    while queued.load(Ordering::SeqCst) == 0 {
+        smp::quiescent_point();
+        smp::wait_for_event();
+    }
+    rcu_barrier();
+    crate::kassert!(
+        DONE.load(Ordering::SeqCst) == 1,
+        "rcu_barrier returned while a callback was still running"
+    );
+    Ok(())
+});
