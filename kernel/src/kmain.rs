@@ -295,6 +295,11 @@ pub fn secondary_main(cpu: usize) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     let mut w = crate::console::EmergencyWriter;
-    let _ = writeln!(w, "\n*** KERNEL PANIC on CPU {}: {}", arch::smp_processor_id(), info);
+    let _ = writeln!(
+        w,
+        "\n*** KERNEL PANIC on CPU {}: {}",
+        crate::percpu_defs::smp_processor_id(),
+        info
+    );
     arch::exit(crate::EXIT_PANIC)
 }

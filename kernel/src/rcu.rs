@@ -183,7 +183,7 @@ fn request_gp() -> u64 {
 
 /// Reports a quiescent state for this CPU (`cpu`) if it is outside any read-side section.
 fn note_qs(cpu: usize) {
-    debug_assert_eq!(cpu, arch::smp_processor_id());
+    debug_assert_eq!(cpu, crate::percpu_defs::smp_processor_id());
     if NESTING.this_cpu().load(Ordering::Acquire) != 0 {
         return;
     }
@@ -211,7 +211,7 @@ fn note_qs(cpu: usize) {
 /// The quiescent-point hook (cond_resched, idle): report a quiescent state and run this CPU's
 /// callbacks whose grace period has ended.
 pub fn rcu_quiescent() {
-    let cpu = arch::smp_processor_id();
+    let cpu = crate::percpu_defs::smp_processor_id();
     note_qs(cpu);
     if NESTING.this_cpu().load(Ordering::Relaxed) != 0 {
         // Inside a read-side section: the quiescent state is still owed; ask again at the
@@ -284,7 +284,7 @@ pub unsafe fn call_rcu(head: *mut RcuHead, func: unsafe fn(*mut RcuHead)) {
 /// read-side section.
 pub fn synchronize_rcu() {
     let target = request_gp();
-    let cpu = arch::smp_processor_id();
+    let cpu = crate::percpu_defs::smp_processor_id();
     while GP_DONE.load(Ordering::Acquire) < target {
         // Clears this CPU's NEED_RESCHED before reporting, so a grace period this CPU starts
         // below leaves it set and wait_for_event does not sleep owing its quiescent state.

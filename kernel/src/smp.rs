@@ -79,7 +79,7 @@ pub fn set_need_resched_local() {
 
 /// Runs a pending request for this CPU, if any. Called at quiescent points and in idle.
 pub fn poll_mailbox() {
-    let cpu = arch::smp_processor_id();
+    let cpu = crate::percpu_defs::smp_processor_id();
     let p = MAILBOX[cpu].func.swap(core::ptr::null_mut(), Ordering::AcqRel);
     if !p.is_null() {
         let call = unsafe { &*p };
@@ -147,7 +147,7 @@ pub fn quiescent_point() {
 
 /// Runs `f` on `cpu` and waits for it (Linux: smp_call_function_single(..., wait = 1)).
 pub fn call_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) {
-    if cpu == arch::smp_processor_id() {
+    if cpu == crate::percpu_defs::smp_processor_id() {
         f();
         return;
     }
@@ -174,7 +174,7 @@ pub fn call_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) {
 
 /// Runs `f` on every online CPU (this one included) and waits for all (Linux: on_each_cpu).
 pub fn on_each_cpu(f: &(dyn Fn() + Sync)) {
-    let me = arch::smp_processor_id();
+    let me = crate::percpu_defs::smp_processor_id();
     for cpu in online_cpus() {
         if cpu != me {
             call_on_cpu(cpu, f);
@@ -218,7 +218,7 @@ static WORK: [AtomicPtr<Box<dyn Fn() + Send + Sync>>; NR_CPUS] =
 pub fn idle() -> ! {
     loop {
         quiescent_point();
-        let cpu = arch::smp_processor_id();
+        let cpu = crate::percpu_defs::smp_processor_id();
         let w = WORK[cpu].swap(core::ptr::null_mut(), Ordering::AcqRel);
         if !w.is_null() {
             let b = unsafe { Box::from_raw(w) };

@@ -481,7 +481,7 @@ fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
     let cpus_used = online.len().min(nr);
     let barrier = Arc::new(smp::Barrier::new(cpus_used));
     let done = Arc::new(AtomicUsize::new(0));
-    let me = arch::smp_processor_id();
+    let me = crate::percpu_defs::smp_processor_id();
     let params = Arc::new(p.clone());
     let job = |slot: usize| {
         let (results, barrier, done, params, failures) =

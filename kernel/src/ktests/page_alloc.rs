@@ -87,7 +87,7 @@ ktest!(page_alloc_reports_misuse, {
     let pfn = page_alloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).ok_or("alloc")?;
     page_alloc::try_free_pages(pfn, 0).map_err(|e| alloc::format!("{e}"))?;
     let e = page_alloc::allocator()
-        .put_page(arch::smp_processor_id(), pfn)
+        .put_page(crate::percpu_defs::smp_processor_id(), pfn)
         .err()
         .ok_or("put_page of a free page not detected")?;
     crate::println!("    (expected) {e}");
@@ -162,7 +162,7 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
     let ops = if cpus.len() > 1 { 100_000 } else { 20_000 };
     let work = |errors: Arc<AtomicUsize>, done: Arc<AtomicUsize>| {
         move || {
-            let me = arch::smp_processor_id() as u64 + 1;
+            let me = crate::percpu_defs::smp_processor_id() as u64 + 1;
             let mut rng = bootcfg::test_vmalloc::Rng::new(0x1234 + me);
             let mut held: Vec<(u64, u32)> = Vec::with_capacity(64);
             for i in 0..ops {
@@ -260,7 +260,7 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
             arch::sev();
         }
     };
-    let me = arch::smp_processor_id();
+    let me = crate::percpu_defs::smp_processor_id();
     for &c in cpus.iter().filter(|&&c| c != me) {
         crate::smp::start_work(c, alloc::boxed::Box::new(work(errors.clone(), done.clone())));
     }

@@ -21,7 +21,7 @@ crate::ktest!(per_cpu_areas_hold_each_cpus_statics_dynamics_and_pcp_lists, {
     let dynamic = percpu::alloc_percpu(8, 8);
     crate::kassert!(dynamic != 0);
     crate::smp::on_each_cpu(&|| {
-        let cpu = arch::smp_processor_id();
+        let cpu = crate::percpu_defs::smp_processor_id();
         let (lo, hi) = percpu::first_chunk_unit(cpu);
         let mine = KTEST_VALUE.this_cpu_ptr() as usize;
         let ok = arch::my_cpu_offset() == per_cpu_offset(cpu)

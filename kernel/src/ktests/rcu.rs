@@ -8,7 +8,7 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     use alloc::sync::Arc;
     use core::sync::atomic::AtomicUsize;
     let others: alloc::vec::Vec<usize> =
-        smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+        smp::online_cpus().filter(|&c| c != crate::percpu_defs::smp_processor_id()).collect();
     let Some(&reader) = others.first() else {
         // One CPU: a grace period ends at once.
         let before = completed();
@@ -103,7 +103,8 @@ crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
         }
         DONE.store(1, Ordering::SeqCst);
     }
-    let Some(other) = smp::online_cpus().find(|&c| c != arch::smp_processor_id()) else {
+    let Some(other) = smp::online_cpus().find(|&c| c != crate::percpu_defs::smp_processor_id())
+    else {
         return Ok(()); // one CPU: nothing runs elsewhere
     };
     DONE.store(0, Ordering::SeqCst);

@@ -7,7 +7,7 @@ use mm_types::NR_CPUS;
 
 crate::ktest!(call_on_every_cpu_runs_there, {
     let seen: [AtomicBool; NR_CPUS] = [const { AtomicBool::new(false) }; NR_CPUS];
-    on_each_cpu(&|| seen[arch::smp_processor_id()].store(true, Ordering::SeqCst));
+    on_each_cpu(&|| seen[crate::percpu_defs::smp_processor_id()].store(true, Ordering::SeqCst));
     for cpu in 0..NR_CPUS {
         crate::kassert_eq!(seen[cpu].load(Ordering::SeqCst), cpu_online(cpu));
     }
@@ -20,7 +20,7 @@ crate::ktest!(barrier_and_work_on_all_cpus, {
     let barrier = Arc::new(Barrier::new(n));
     let phase = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
-    for cpu in online_cpus().filter(|&c| c != arch::smp_processor_id()) {
+    for cpu in online_cpus().filter(|&c| c != crate::percpu_defs::smp_processor_id()) {
         let (b, p, d) = (barrier.clone(), phase.clone(), done.clone());
         start_work(
             cpu,

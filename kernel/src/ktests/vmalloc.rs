@@ -99,7 +99,7 @@ ktest!(vmalloc_concurrent_on_every_cpu, {
     let done = Arc::new(AtomicUsize::new(0));
     let work = |errors: Arc<AtomicUsize>, done: Arc<AtomicUsize>| {
         move || {
-            let me = arch::smp_processor_id() as u32;
+            let me = crate::percpu_defs::smp_processor_id() as u32;
             let mut rng = bootcfg::test_vmalloc::Rng::new(99 + me as u64);
             let mut held: Vec<(*mut u8, usize)> = Vec::new();
             for i in 0..3000u32 {
@@ -138,7 +138,7 @@ ktest!(vmalloc_concurrent_on_every_cpu, {
             arch::sev();
         }
     };
-    let me = arch::smp_processor_id();
+    let me = crate::percpu_defs::smp_processor_id();
     for &c in cpus.iter().filter(|&&c| c != me) {
         smp::start_work(c, alloc::boxed::Box::new(work(errors.clone(), done.clone())));
     }
@@ -183,7 +183,7 @@ ktest!(percpu_values_written_on_each_cpu_read_from_another, {
     let p = percpu::alloc_percpu(8, 8);
     kassert!(p != 0);
     smp::on_each_cpu(&|| {
-        let cpu = arch::smp_processor_id();
+        let cpu = crate::percpu_defs::smp_processor_id();
         let slot = percpu::per_cpu_ptr(p, cpu) as *const AtomicU64;
         unsafe { (*slot).store(0xc0de_0000 + cpu as u64, Ordering::SeqCst) };
     });
@@ -297,7 +297,7 @@ ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
     use alloc::sync::Arc;
     use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let others: Vec<usize> =
-        smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+        smp::online_cpus().filter(|&c| c != crate::percpu_defs::smp_processor_id()).collect();
     if others.is_empty() {
         return Ok(()); // needs a second CPU
     }
@@ -311,7 +311,7 @@ ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
         smp::start_work(
             cpu,
             alloc::boxed::Box::new(move || {
-                let me = arch::smp_processor_id() as u8;
+                let me = crate::percpu_defs::smp_processor_id() as u8;
                 let pfn = page_alloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).unwrap();
                 // Map one slot, check it, unmap it: after every unmap the block holds no live
                 // mapping and has free space, so it is a purge candidate at the very moment this
@@ -441,7 +441,7 @@ ktest!(vmap_lazy_nr_never_underflows_under_concurrent_purges, {
     use alloc::sync::Arc;
     use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let others: Vec<usize> =
-        smp::online_cpus().filter(|&c| c != arch::smp_processor_id()).collect();
+        smp::online_cpus().filter(|&c| c != crate::percpu_defs::smp_processor_id()).collect();
     if others.is_empty() {
         return Ok(());
     }

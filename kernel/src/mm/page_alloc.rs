@@ -52,19 +52,19 @@ pub fn bad_page_reports() -> u64 {
 #[inline]
 pub fn alloc_pages(gfp: GfpFlags, order: u32) -> Option<Pfn> {
     let _irq = IrqGuard::new();
-    allocator().alloc_pages(arch::smp_processor_id(), gfp, order)
+    allocator().alloc_pages(crate::percpu_defs::smp_processor_id(), gfp, order)
 }
 
 #[inline]
 pub fn __free_pages(pfn: Pfn, order: u32) {
     let _irq = IrqGuard::new();
-    report(allocator().__free_pages(arch::smp_processor_id(), pfn, order));
+    report(allocator().__free_pages(crate::percpu_defs::smp_processor_id(), pfn, order));
 }
 
 /// __free_pages returning the misuse report instead of printing it (tests).
 pub fn try_free_pages(pfn: Pfn, order: u32) -> Result<(), MmError> {
     let _irq = IrqGuard::new();
-    allocator().__free_pages(arch::smp_processor_id(), pfn, order)
+    allocator().__free_pages(crate::percpu_defs::smp_processor_id(), pfn, order)
 }
 
 #[inline]
@@ -78,25 +78,25 @@ pub fn split_page(pfn: Pfn, order: u32) {
 
 pub fn alloc_pages_bulk(gfp: GfpFlags, nr: usize, array: &mut [Option<Pfn>]) -> usize {
     let _irq = IrqGuard::new();
-    allocator().alloc_pages_bulk(arch::smp_processor_id(), gfp, nr, array)
+    allocator().alloc_pages_bulk(crate::percpu_defs::smp_processor_id(), gfp, nr, array)
 }
 
 /// The old free_contig_range: one order-0 free per page.
 pub fn free_contig_range(pfn: Pfn, nr: u64) {
     let _irq = IrqGuard::new();
-    report(allocator().free_contig_range(arch::smp_processor_id(), pfn, nr));
+    report(allocator().free_contig_range(crate::percpu_defs::smp_processor_id(), pfn, nr));
 }
 
 /// The patch's __free_contig_range: naturally aligned power-of-two chunks.
 pub fn __free_contig_range(pfn: Pfn, nr: u64) {
     let _irq = IrqGuard::new();
-    report(allocator().__free_contig_range(arch::smp_processor_id(), pfn, nr));
+    report(allocator().__free_contig_range(crate::percpu_defs::smp_processor_id(), pfn, nr));
 }
 
 /// The patch's free_pages_bulk: PFN-contiguous runs of `pages` through __free_contig_range,
 /// with a cond_resched() after each run (outside the interrupt-masked section), as Linux's.
 pub fn free_pages_bulk(pages: &[Pfn]) {
-    let cpu = arch::smp_processor_id();
+    let cpu = crate::percpu_defs::smp_processor_id();
     let mut rest = pages;
     while !rest.is_empty() {
         let (nr, r) = {
@@ -135,7 +135,7 @@ pub fn nr_free_pages() -> u64 {
 /// Empties this CPU's pcp lists.
 pub fn drain_local_pages() {
     let _irq = IrqGuard::new();
-    allocator().drain_local_pages(arch::smp_processor_id());
+    allocator().drain_local_pages(crate::percpu_defs::smp_processor_id());
 }
 
 /// Empties every CPU's pcp lists, each on its own CPU (Linux: drain_all_pages).
@@ -147,7 +147,11 @@ pub fn drain_all_pages() {
 #[inline]
 pub fn mod_nr_vmalloc(delta: i32) {
     let _irq = IrqGuard::new();
-    allocator().mod_node_page_state(arch::smp_processor_id(), NodeStatItem::NrVmalloc, delta);
+    allocator().mod_node_page_state(
+        crate::percpu_defs::smp_processor_id(),
+        NodeStatItem::NrVmalloc,
+        delta,
+    );
 }
 
 pub fn nr_vmalloc_pages() -> i64 {

@@ -101,7 +101,7 @@ fn alloc_vmap_area(
 ) -> Option<(u64, usize)> {
     let mut node = kva::NO_NODE;
     if kva::nr_vmap_nodes() > 1 && vstart == VMALLOC_START && vend == VMALLOC_END {
-        node = arch::smp_processor_id() % kva::nr_vmap_nodes();
+        node = crate::percpu_defs::smp_processor_id() % kva::nr_vmap_nodes();
         if let Some(start) = kva::pool_get(node, size, align) {
             return Some((start, node));
         }

@@ -7,22 +7,12 @@
 //! offsets into the strings block) is checked here first, so the crate never sees a blob that
 //! could make it panic. This mirrors libfdt's `fdt_check_header()` + `fdt_check_full()`.
 
-use super::DtError;
+use super::error::DtError;
 use alloc::format;
 use alloc::vec::Vec;
 
-/// `FDT_MAGIC` from libfdt/fdt.h, stored big-endian at offset 0.
-pub const FDT_MAGIC: u32 = 0xd00d_feed;
-/// Size of the version-17 header (`struct fdt_header`, ten big-endian u32s).
-pub const HEADER_SIZE: usize = 40;
-/// libfdt's FDT_MAX_DEPTH; also bounds our heap-allocated traversal stack.
-pub const MAX_DEPTH: usize = 64;
-
-const FDT_BEGIN_NODE: u32 = 1;
-const FDT_END_NODE: u32 = 2;
-const FDT_PROP: u32 = 3;
-const FDT_NOP: u32 = 4;
-const FDT_END: u32 = 9;
+use super::spec::{FDT_BEGIN_NODE, FDT_END, FDT_END_NODE, FDT_NOP, FDT_PROP};
+pub use super::spec::{FDT_MAGIC, HEADER_SIZE, MAX_DEPTH};
 
 /// The fields of `struct fdt_header` we use.
 #[derive(Debug, Clone, Copy)]

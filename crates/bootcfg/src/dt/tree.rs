@@ -6,8 +6,8 @@
 //! every ancestor. Nodes are stored in depth-first order with a parent index, so a node's
 //! ancestors, children and path are cheap to compute and the walk needs no recursion.
 
+use super::error::DtError;
 use super::raw::MAX_DEPTH;
-use super::DtError;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;

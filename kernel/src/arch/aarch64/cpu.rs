@@ -2,9 +2,6 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Logical id of the running CPU: its per-CPU `cpu_number` (Linux arm64 does the same).
-pub use crate::percpu_defs::smp_processor_id;
-
 /// This CPU's per-CPU offset (Linux arm64 `__my_cpu_offset`: TPIDR_EL1).
 #[inline(always)]
 pub fn my_cpu_offset() -> usize {
@@ -74,18 +71,6 @@ pub fn cycles_to_us(delta: u64) -> u64 {
     ((delta as u128 * 1_000_000) / timer_hz().max(1) as u128) as u64
 }
 
-/// Waits for an event: WFI woken by a GIC kick where available (QEMU TCG's WFE is a busy
-/// yield), else WFE.
-#[inline(always)]
-pub fn wfe() {
-    super::gic::wait();
-}
-/// Signals waiting CPUs: SEV for WFE waiters, plus an SGI kick for WFI waiters.
-#[inline(always)]
-pub fn sev() {
-    unsafe { asm!("sev", options(nomem, nostack, preserves_flags)) };
-    super::gic::kick_others();
-}
 #[inline(always)]
 pub fn wfe_raw() {
     unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };

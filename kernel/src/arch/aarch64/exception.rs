@@ -257,7 +257,7 @@ fn handle_bad_stack(frame: &mut Frame) -> ! {
     let _ = writeln!(
         w,
         "\n*** kernel stack overflow on CPU {}: SP {:#x} below the task stack [{:#x}-{:#x}) (guard page {:#x}); overflow stack [{:#x}-{:#x})",
-        crate::arch::smp_processor_id(), sp, lo, hi, lo - 4096, ovf, ovf + OVERFLOW_STACK_SIZE as u64
+        crate::percpu_defs::smp_processor_id(), sp, lo, hi, lo - 4096, ovf, ovf + OVERFLOW_STACK_SIZE as u64
     );
     report(frame, 4);
     crate::arch::exit(crate::EXIT_EXCEPTION)
@@ -266,7 +266,7 @@ fn handle_bad_stack(frame: &mut Frame) -> ! {
 fn report(frame: &Frame, kind: u64) {
     use core::fmt::Write;
     let ec = frame.esr >> 26;
-    let cpu = crate::arch::smp_processor_id();
+    let cpu = crate::percpu_defs::smp_processor_id();
     let mut w = crate::console::EmergencyWriter;
     let _ = writeln!(
         w,

@@ -55,7 +55,7 @@ pub fn cpu_init() -> bool {
     wr(c, GICC_CTLR, rd(c, GICC_CTLR) | 1);
     // Self-test: SGI to this CPU only (TargetListFilter = 0b10), then acknowledge it.
     wr(d, GICD_SGIR, (0b10 << 24) | SGI_WAKE);
-    crate::arch::dsb_sy();
+    super::cpu::dsb_sy();
     for _ in 0..1000 {
         let iar = rd(c, GICC_IAR);
         if iar & 0x3ff == SGI_WAKE {
@@ -82,7 +82,7 @@ pub fn disable_wfi() {
 #[inline]
 pub fn kick_others() {
     if WFI_OK.load(Ordering::Relaxed) {
-        crate::arch::dsb_sy();
+        super::cpu::dsb_sy();
         // TargetListFilter = 0b01: all CPUs but the sender.
         wr(GICD.load(Ordering::Relaxed), GICD_SGIR, (0b01 << 24) | SGI_WAKE);
     }
@@ -92,7 +92,7 @@ pub fn kick_others() {
 #[inline]
 pub fn wait() {
     if !WFI_OK.load(Ordering::Relaxed) {
-        crate::arch::cpu::wfe_raw();
+        super::cpu::wfe_raw();
         return;
     }
     unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };

@@ -13,6 +13,7 @@
 pub mod cpu;
 pub mod exception;
 pub mod gic;
+pub mod idle;
 pub mod psci;
 pub mod semihosting;
 
@@ -24,6 +25,7 @@ pub const KIMAGE_VADDR: u64 = 0xffff_ff80_0000_0000;
 pub const FDT_VA: u64 = KIMAGE_VADDR + 510 * 0x20_0000;
 
 pub use cpu::*;
+pub use idle::{sev, wfe};
 pub mod mmu;
 
 pub mod tlb;
