@@ -29,9 +29,14 @@ fn dtb_slice(dtb_pa: u64) -> &'static [u8] {
     let va = arch::FDT_VA + (dtb_pa & 0x1f_ffff);
     let window = 0x40_0000 - (dtb_pa & 0x1f_ffff) as usize;
     // totalsize is at offset 4 (big endian); the parser checks it against the slice.
+    // SAFETY: head.S maps a 4 MiB window at FDT_VA over the 2 MiB-aligned block holding the DTB, so
+    // the 8 header bytes at va are mapped (a DTB cannot start in the window's last 8 bytes:
+    // totalsize >= 40).
     let hdr = unsafe { core::slice::from_raw_parts(va as *const u8, 8) };
     let total = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
     let len = if total >= 8 { total.min(window) } else { window.min(64) };
+    // SAFETY: len <= window, the mapped bytes from va to the end of the 4 MiB window; the blob is
+    // never written while this slice lives (no one writes the DTB).
     unsafe { core::slice::from_raw_parts(va as *const u8, len) }
 }
 
@@ -47,10 +52,14 @@ fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
         let gpio =
             mmu::early_ioremap(0xfe20_0000, 0x100).ok_or("early page-table pool exhausted")?;
         match c.kind {
+            // SAFETY: gpio maps the GPIO block and va the PL011 (both from early_ioremap of the
+            // DT's or the SoC's addresses just above).
             dt::ConsoleKind::Pl011 => unsafe {
                 crate::board::rpi4::set_gpio14_15(gpio, 4); // ALT0
                 crate::console::Pl011::new(va).init(c.clock_hz.unwrap_or(48_000_000));
             },
+            // SAFETY: gpio maps the GPIO block, va the mini UART and aux its AUX block
+            // (early_ioremap above).
             dt::ConsoleKind::MiniUart => unsafe {
                 crate::board::rpi4::set_gpio14_15(gpio, 2); // ALT5
                 let aux = mmu::early_ioremap(c.base & !0xfff, 0x100)
@@ -59,7 +68,9 @@ fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
             },
         }
     }
-    crate::console::set_uart(c.kind, va);
+    // SAFETY: va is the console's register block mapped (device memory) by early_ioremap above;
+    // fixmap mappings are never removed.
+    unsafe { crate::console::set_uart(c.kind, va) };
     Ok(())
 }
 
@@ -160,6 +171,8 @@ pub fn kernel_image_range(kimage_pa: u64) -> (u64, u64) {
 pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     arch::exception::install_vectors();
     mmu::set_kimage_pa(kimage_pa);
+    // SAFETY: HEAP_SPACE is a static used only as this heap's memory, handed over once on the boot
+    // CPU before anything allocates.
     unsafe { HEAP.lock().init((&raw mut HEAP_SPACE) as *mut u8, HEAP_SIZE) };
     arch::semihosting::probe();
 
@@ -246,6 +259,9 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     match cfg.ktest_fault.as_deref() {
         Some("null") => {
             println!("ktest.fault=null: reading address 0");
+            // SAFETY: a deliberate NULL read (ktest.fault=null): address 0 is unmapped (TTBR0
+            // points at an empty table), so this faults into the exception report, which is what
+            // the check expects; it never reads memory.
             let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
             println!("read {v:#x}: no fault?!");
             arch::exit(crate::EXIT_TEST_FAILED);

@@ -72,6 +72,9 @@ pub fn registry() -> &'static [KTest] {
         static __ktest_start: KTest;
         static __ktest_end: KTest;
     }
+    // SAFETY: the linker script brackets .ktest with these symbols; every entry between them is a
+    // KTest placed by the ktest! macro (#[used] statics of that type), so the range is a valid
+    // slice for the whole run.
     unsafe {
         let start = &raw const __ktest_start;
         let end = &raw const __ktest_end;

@@ -26,6 +26,12 @@ pub struct RcuHead {
     func: Option<unsafe fn(*mut RcuHead)>,
 }
 
+impl Default for RcuHead {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RcuHead {
     pub const fn new() -> Self {
         RcuHead { next: core::ptr::null_mut(), func: None }
@@ -66,6 +72,9 @@ enum Callback {
     },
     Bulk(*mut BulkBlock),
 }
+// SAFETY: the raw pointers are rcu_heads and block pages handed to RCU by their owners (call_rcu's
+// contract, kvfree_rcu's blocks); whichever CPU runs the callback owns them from then on, so moving
+// a Callback between CPUs moves that ownership.
 unsafe impl Send for Callback {}
 
 struct CpuQueue {
@@ -81,6 +90,8 @@ struct CpuQueue {
     /// quiescent point (Linux: run_page_cache_worker -> fill_page_cache_func).
     refill: bool,
 }
+// SAFETY: as for Callback: the queue's pointers (block, spare pages) are owned by the queue and
+// used only under its lock.
 unsafe impl Send for CpuQueue {}
 
 /// Linux rcu_min_cached_objs: spare block pages kept per CPU.
@@ -272,6 +283,8 @@ pub fn rcu_quiescent() {
 /// # Safety
 /// `head` must stay valid until `func` runs; `func` must be safe to call with it.
 pub unsafe fn call_rcu(head: *mut RcuHead, func: unsafe fn(*mut RcuHead)) {
+    // SAFETY: head is valid until func runs (this fn's contract) and not yet queued, so nothing
+    // else reads it.
     unsafe {
         (*head).func = Some(func);
         (*head).next = core::ptr::null_mut();
@@ -338,7 +351,14 @@ const _: () = assert!(core::mem::size_of::<BulkBlock>() == mm_types::PAGE_SIZE);
 
 /// After its grace period: vfree every pointer of the block, then keep its page as a spare if
 /// the cache has room (Linux: kvfree_rcu_bulk + put_cached_bnode), else free it.
+///
+/// # Safety
+/// `b` is a block page queued by add_ptr_to_bulk whose grace period has ended; the caller
+/// owns it (it was taken off its queue) and nobody uses it afterwards.
 unsafe fn free_bulk_block(b: *mut BulkBlock) {
+    // SAFETY: b is a block page filled by add_ptr_to_bulk whose grace period has ended
+    // (free_bulk_block's contract): nr entries are vmalloc pointers no reader can still hold, and
+    // this CPU owns the page.
     unsafe {
         for i in 0..(*b).nr {
             crate::mm::vmalloc::vfree((*b).ptrs[i]);
@@ -445,9 +465,13 @@ fn add_ptr_to_bulk(ptr: *mut u8, can_alloc: bool) -> bool {
             return false;
         }
         q.bulk = page as *mut BulkBlock;
+        // SAFETY: page is a whole page this CPU just took (spare cache or page allocator), sized as
+        // a BulkBlock (asserted above), under the queue lock.
         unsafe { (*q.bulk).nr = 0 };
     }
     let b = q.bulk;
+    // SAFETY: q.bulk is this CPU's current block (non-null here), owned by the queue whose lock q
+    // holds; nr < BULK_ENTRIES before the push (a full block is queued and replaced at once below).
     unsafe {
         (*b).ptrs[(*b).nr] = ptr;
         (*b).nr += 1;
@@ -472,6 +496,10 @@ pub fn kvfree_rcu_mightsleep(ptr: *mut u8) {
     }
 }
 
+/// The callback of kvfree_rcu's two-argument fallback.
+///
+/// # Safety
+/// `head` is the rcu_head at the start of a vmalloc'ed object whose grace period has ended.
 unsafe fn vfree_rcu_head(head: *mut RcuHead) {
     // The rcu_head is the first field of the vmalloc'ed object (its offset is 0 in
     // test_vmalloc's struct); vfree accepts any address inside the area's first page.
@@ -491,6 +519,8 @@ pub unsafe fn kvfree_rcu(ptr: *mut u8, head: *mut RcuHead) {
         // grace period through its embedded rcu_head.
         QUEUES.this_cpu().lock().refill = true;
         smp::set_need_resched_local();
+        // SAFETY: head is embedded in the object at ptr (this fn's contract) and lives until
+        // vfree_rcu_head frees the object after the grace period.
         unsafe { call_rcu(head, vfree_rcu_head) };
     }
 }

@@ -23,6 +23,8 @@ static mut STACKS: Stacks = Stacks([[0; SLOT]; NR_CPUS]);
 
 /// Guard page and stack range [lo, hi) of `cpu`'s stack (virtual).
 pub fn stack_range(cpu: usize) -> (u64, u64, u64) {
+    // SAFETY: only the address of a stack slot is taken, no reference; cpu < NR_CPUS (array bound
+    // checked).
     let base = unsafe { (&raw const STACKS.0[cpu]) as u64 };
     (base, base + 4096, base + SLOT as u64)
 }
@@ -82,7 +84,11 @@ pub fn poll_mailbox() {
     let cpu = crate::percpu_defs::smp_processor_id();
     let p = MAILBOX[cpu].func.swap(core::ptr::null_mut(), Ordering::AcqRel);
     if !p.is_null() {
+        // SAFETY: p was published in MAILBOX by call_on_cpu, whose Call lives on the caller's stack
+        // until it sees done (set below, after the last use).
         let call = unsafe { &*p };
+        // SAFETY: call.f points at the caller's closure, alive for the same reason (call_on_cpu
+        // waits for done); it is Sync, so running it here is allowed.
         unsafe { (*call.f)() };
         call.done.store(true, Ordering::Release);
         arch::sev();
@@ -154,6 +160,8 @@ pub fn call_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) {
     assert!(cpu_online(cpu), "call_on_cpu: cpu {cpu} is offline");
     // Erase the borrow's lifetime: we wait for `done` before returning.
     let fptr: *const (dyn Fn() + Sync) =
+        // SAFETY: call_on_cpu does not return before the target CPU set done, after its last use of
+        // f, so the reference never outlives the borrow.
         unsafe { core::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(f) };
     let call = Call { f: fptr, done: AtomicBool::new(false) };
     let p = &call as *const Call as *mut Call;
@@ -221,6 +229,8 @@ pub fn idle() -> ! {
         let cpu = crate::percpu_defs::smp_processor_id();
         let w = WORK[cpu].swap(core::ptr::null_mut(), Ordering::AcqRel);
         if !w.is_null() {
+            // SAFETY: w came from Box::into_raw in start_work and the swap took it out of WORK, so
+            // this CPU is its only owner.
             let b = unsafe { Box::from_raw(w) };
             b();
             continue;
@@ -264,7 +274,11 @@ fn boot_secondary(
     }
     let (_, _, top) = stack_range(cpu);
     let ttbr0: u64;
+    // SAFETY: reading TTBR0_EL1 has no side effects.
     unsafe { core::arch::asm!("mrs {}, ttbr0_el1", out(reg) ttbr0) };
+    // SAFETY: secondary_boot_data and its PA pointer are written only here, by the boot CPU, before
+    // the secondary they describe is started (and one secondary at a time), so there is no
+    // concurrent access; the cache maintenance makes them visible to a CPU with caches off.
     unsafe {
         let d = &raw mut data;
         (*d).ttbr0 = ttbr0;
@@ -298,6 +312,8 @@ fn boot_secondary(
             // Device mapping: the write reaches memory without cache maintenance.
             let va = arch::mmu::early_ioremap(*release_addr, 8)
                 .ok_or("no page table for the release address")?;
+            // SAFETY: va maps the spin-table release address (early_ioremap above, device memory);
+            // writing the entry PA there is the spin-table protocol.
             unsafe { core::ptr::write_volatile(va as *mut u64, entry_pa) };
             arch::dsb_sy();
             arch::sev();
@@ -318,6 +334,8 @@ fn boot_secondary(
 /// First Rust code of a secondary CPU, with the MMU on and its own stack.
 pub fn secondary_start(cpu: usize) -> ! {
     // Before anything reads smp_processor_id (a per-CPU variable).
+    // SAFETY: per_cpu_offset(cpu) is this CPU's offset (setup_per_cpu_areas wrote it before
+    // secondaries start).
     unsafe { arch::set_my_cpu_offset(crate::percpu_defs::per_cpu_offset(cpu)) };
     arch::exception::install_vectors();
     let (_, lo, hi) = stack_range(cpu);

@@ -17,7 +17,12 @@ pub struct MiniUart {
 }
 
 impl MiniUart {
-    pub fn new(base: u64) -> Self {
+    /// A handle on the mini UART whose registers are mapped at `base`.
+    ///
+    /// # Safety
+    /// `base` must map the mini UART's registers as device memory for as long as the handle (and
+    /// any copy of `base` made from it) is used.
+    pub unsafe fn new(base: u64) -> Self {
         MiniUart { base }
     }
 
@@ -31,6 +36,8 @@ impl MiniUart {
     /// # Safety
     /// `base` must map the mini UART; `aux_enables` the AUX_ENABLES register (base - 0x40 + 4).
     pub unsafe fn init(&self, aux_enables: *mut u32, core_clock_hz: u32) {
+        // SAFETY: the caller's contract (this fn's # Safety): base maps the mini UART and
+        // aux_enables its AUX_ENABLES register.
         unsafe {
             write_volatile(aux_enables, read_volatile(aux_enables) | 1);
             write_volatile(self.reg(CNTL), 0);
@@ -44,6 +51,8 @@ impl MiniUart {
     }
 
     fn putc(&self, c: u8) {
+        // SAFETY: self.base maps the mini UART (MiniUart::new's contract, checked by init's
+        // caller); IO/LSR are its registers.
         unsafe {
             while read_volatile(self.reg(LSR)) & LSR_TX_EMPTY == 0 {}
             write_volatile(self.reg(IO), c as u32);

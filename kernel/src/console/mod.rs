@@ -16,7 +16,11 @@ static BASE: AtomicU64 = AtomicU64::new(0);
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 /// Selects the UART mapped at `va` as the console.
-pub fn set_uart(kind: bootcfg::dt::ConsoleKind, va: u64) {
+/// Makes the UART at `va` the console.
+///
+/// # Safety
+/// `va` must map the device of `kind` as device memory for the rest of the run.
+pub unsafe fn set_uart(kind: bootcfg::dt::ConsoleKind, va: u64) {
     BASE.store(va, Ordering::SeqCst);
     KIND.store(
         match kind {
@@ -34,8 +38,11 @@ pub fn has_uart() -> bool {
 fn write_raw(s: &str) {
     let base = BASE.load(Ordering::Relaxed);
     match KIND.load(Ordering::Relaxed) {
-        1 => Pl011::new(base).write_str(s),
-        2 => MiniUart::new(base).write_str(s),
+        // SAFETY: KIND is set only by set_uart, whose caller guarantees BASE maps that UART
+        // for the rest of the run.
+        1 => unsafe { Pl011::new(base) }.write_str(s),
+        // SAFETY: as above.
+        2 => unsafe { MiniUart::new(base) }.write_str(s),
         _ => crate::arch::semihosting::write_str(s),
     }
 }

@@ -15,7 +15,12 @@ pub struct Pl011 {
 }
 
 impl Pl011 {
-    pub fn new(base: u64) -> Self {
+    /// A handle on the PL011 whose registers are mapped at `base`.
+    ///
+    /// # Safety
+    /// `base` must map the PL011's registers as device memory for as long as the handle (and
+    /// any copy of `base` made from it) is used.
+    pub unsafe fn new(base: u64) -> Self {
         Pl011 { base }
     }
 
@@ -28,6 +33,7 @@ impl Pl011 {
     /// # Safety
     /// `base` must map the PL011's registers as device memory.
     pub unsafe fn init(&self, clock_hz: u32) {
+        // SAFETY: the caller's contract: base maps the PL011 as device memory.
         unsafe {
             while read_volatile(self.reg(FR)) & FR_BUSY != 0 {}
             write_volatile(self.reg(CR), 0);
@@ -41,6 +47,7 @@ impl Pl011 {
     }
 
     fn putc(&self, c: u8) {
+        // SAFETY: self.base maps the PL011 (the contract of the unsafe Pl011::new); FR and DR are its registers.
         unsafe {
             while read_volatile(self.reg(FR)) & FR_TXFF != 0 {}
             write_volatile(self.reg(DR), c as u32);

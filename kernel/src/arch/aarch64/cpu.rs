@@ -6,6 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 #[inline(always)]
 pub fn my_cpu_offset() -> usize {
     let v: u64;
+    // SAFETY: reading TPIDR_EL1 (EL1-owned, no side effects, touches no memory).
     unsafe { asm!("mrs {}, tpidr_el1", out(reg) v, options(nomem, nostack, preserves_flags)) };
     v as usize
 }
@@ -16,6 +17,8 @@ pub fn my_cpu_offset() -> usize {
 /// `off` must be this CPU's `__per_cpu_offset` (or 0 before the per-CPU areas exist).
 #[inline]
 pub unsafe fn set_my_cpu_offset(off: usize) {
+    // SAFETY: the caller passes this CPU's offset (the contract above); the ISB makes the new value
+    // visible to the per-CPU accesses that follow.
     unsafe {
         asm!("msr tpidr_el1, {}", "isb", in(reg) off as u64, options(nostack, preserves_flags))
     };
@@ -25,6 +28,7 @@ pub unsafe fn set_my_cpu_offset(off: usize) {
 #[inline]
 pub fn mpidr() -> u64 {
     let v: u64;
+    // SAFETY: reading an ID register has no side effects.
     unsafe { asm!("mrs {}, mpidr_el1", out(reg) v, options(nomem, nostack, preserves_flags)) };
     v & 0xff_00ff_ffff
 }
@@ -32,6 +36,7 @@ pub fn mpidr() -> u64 {
 #[inline]
 pub fn current_el() -> u64 {
     let v: u64;
+    // SAFETY: reading CurrentEL has no side effects.
     unsafe { asm!("mrs {}, CurrentEL", out(reg) v, options(nomem, nostack, preserves_flags)) };
     (v >> 2) & 3
 }
@@ -42,6 +47,7 @@ static TIMER_HZ: AtomicU64 = AtomicU64::new(0);
 pub fn timer_hz() -> u64 {
     let mut hz = TIMER_HZ.load(Ordering::Relaxed);
     if hz == 0 {
+        // SAFETY: reading the counter frequency register has no side effects.
         unsafe {
             asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags))
         };
@@ -60,6 +66,7 @@ pub fn set_timer_hz(hz: u64) {
 #[inline(always)]
 pub fn cycles() -> u64 {
     let v: u64;
+    // SAFETY: an ISB and a read of the virtual counter: no side effects.
     unsafe {
         asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack, preserves_flags))
     };
@@ -73,22 +80,27 @@ pub fn cycles_to_us(delta: u64) -> u64 {
 
 #[inline(always)]
 pub fn wfe_raw() {
+    // SAFETY: WFE only waits for an event or an interrupt; at worst it returns at once.
     unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
 }
 #[inline(always)]
 pub fn dsb_ishst() {
+    // SAFETY: a barrier changes no memory contents or registers.
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
 }
 #[inline(always)]
 pub fn dsb_ish() {
+    // SAFETY: a barrier changes no memory contents or registers.
     unsafe { asm!("dsb ish", options(nostack, preserves_flags)) };
 }
 #[inline(always)]
 pub fn dsb_sy() {
+    // SAFETY: a barrier changes no memory contents or registers.
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 #[inline(always)]
 pub fn isb() {
+    // SAFETY: a barrier changes no memory contents or registers.
     unsafe { asm!("isb", options(nostack, preserves_flags)) };
 }
 
@@ -98,6 +110,8 @@ pub fn isb() {
 pub fn dcache_clean_inval_poc(va: u64, len: u64) {
     let mut a = va & !63;
     while a < va + len {
+        // SAFETY: DC CIVAC writes a line back and invalidates it, leaving memory contents as they
+        // are; callers pass data they own and that is mapped.
         unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
         a += 64;
     }
@@ -119,6 +133,8 @@ impl IrqGuard {
     #[inline(always)]
     pub fn new() -> Self {
         let daif: u64;
+        // SAFETY: masks IRQs on this CPU and keeps the previous DAIF for Drop; no memory changes
+        // (the asm is not nomem, so it is a compiler barrier).
         unsafe {
             asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nostack, preserves_flags));
         }

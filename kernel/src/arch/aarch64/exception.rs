@@ -136,6 +136,9 @@ pub fn set_fault_describer(f: fn(u64, &mut dyn core::fmt::Write)) {
 pub fn probe_read(addr: *const u8, report: &mut alloc::string::String) -> Option<u8> {
     let val: u64;
     let faulted: u64;
+    // SAFETY: the load runs with this CPU's fixup slot armed: if addr is not mapped the fault
+    // handler records the fault and resumes at label 2 (no Rust state is touched in between); a
+    // mapped address is only read.
     unsafe {
         core::arch::asm!(
             "adr {tmp}, 2f",
@@ -172,6 +175,8 @@ pub fn probe_read(addr: *const u8, report: &mut alloc::string::String) -> Option
 /// Writes `val` to `*addr`; true if it faulted (see probe_read).
 pub fn probe_write(addr: *mut u8, val: u8, report: &mut alloc::string::String) -> bool {
     let faulted: u64;
+    // SAFETY: as probe_read: a fault resumes at the fixup; a mapped address is written, which is
+    // the caller's contract (see the doc).
     unsafe {
         core::arch::asm!(
             "adr {tmp}, 2f",
@@ -210,6 +215,8 @@ extern "C" fn handle_exception(frame: &mut Frame, kind: u64) {
     let ec = frame.esr >> 26;
     // The semihosting probe: an undefined `hlt #0xf000` means no semihosting. Skip it.
     if kind == 4 && ec == 0 && super::semihosting::PROBING.load(Ordering::SeqCst) == 1 {
+        // SAFETY: ELR points at the instruction that trapped, which is kernel text (mapped,
+        // readable).
         let insn = unsafe { core::ptr::read_volatile(frame.elr as *const u32) };
         if insn == super::semihosting::HLT_F000 {
             super::semihosting::PROBING.store(2, Ordering::SeqCst);
@@ -245,6 +252,7 @@ fn handle_bad_stack(frame: &mut Frame) -> ! {
     }
     IN_BAD_STACK.this_cpu().store(true, Ordering::Relaxed);
     let sp: u64;
+    // SAFETY: reading TPIDR_EL0, where the vector stub saved the faulting SP; no side effects.
     unsafe {
         core::arch::asm!("mrs {}, tpidr_el0", out(reg) sp, options(nomem, nostack, preserves_flags))
     };
@@ -322,6 +330,8 @@ pub fn install_vectors() {
     unsafe extern "C" {
         static exception_vectors: u8;
     }
+    // SAFETY: exception_vectors is the 2 KiB-aligned vector table in .text (linker.ld); writing
+    // VBAR_EL1 is what installs it.
     unsafe {
         core::arch::asm!("msr vbar_el1, {}", "isb", in(reg) &raw const exception_vectors as u64, options(nostack));
     }

@@ -25,9 +25,12 @@ static GICC: AtomicU64 = AtomicU64::new(0);
 static WFI_OK: AtomicBool = AtomicBool::new(false);
 
 fn rd(base: u64, off: u64) -> u32 {
+    // SAFETY: base is a GIC block mapped as device memory by init (GICD or GICC from early_ioremap)
+    // and off a register offset inside it.
     unsafe { read_volatile((base + off) as *const u32) }
 }
 fn wr(base: u64, off: u64, v: u32) {
+    // SAFETY: as in rd: a register of a mapped GIC block.
     unsafe { write_volatile((base + off) as *mut u32, v) }
 }
 
@@ -95,6 +98,7 @@ pub fn wait() {
         super::cpu::wfe_raw();
         return;
     }
+    // SAFETY: WFI waits for an interrupt (a GIC SGI wakes it); it changes no memory.
     unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
     let c = GICC.load(Ordering::Relaxed);
     loop {

@@ -11,6 +11,7 @@ pub fn wfe() {
 /// Signals waiting CPUs: SEV for WFE waiters, plus an SGI kick for WFI waiters.
 #[inline(always)]
 pub fn sev() {
+    // SAFETY: SEV only signals an event to the other CPUs.
     unsafe { asm!("sev", options(nomem, nostack, preserves_flags)) };
     super::gic::kick_others();
 }

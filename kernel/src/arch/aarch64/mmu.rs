@@ -52,6 +52,8 @@ pub fn early_pool_alloc() -> Option<u64> {
     if i >= EARLY_POOL_PAGES {
         return None;
     }
+    // SAFETY: only the address of the pool page is taken (no reference); the index i was claimed
+    // once by the atomic bump above, so no two callers get the same page.
     let va = unsafe { (&raw mut EARLY_POOL.0[i]) as u64 };
     Some(kimage_va_to_pa(va))
 }
@@ -69,6 +71,7 @@ pub fn early_pool_range() -> (u64, u64) {
 /// TTBR1_EL1 root table PA.
 pub fn ttbr1() -> u64 {
     let v: u64;
+    // SAFETY: reading TTBR1_EL1 has no side effects.
     unsafe { core::arch::asm!("mrs {}, ttbr1_el1", out(reg) v, options(nomem, nostack)) };
     v & 0x0000_ffff_ffff_f000
 }
@@ -111,9 +114,13 @@ pub fn early_ioremap(pa: u64, size: u64) -> Option<u64> {
         for level in 0..3 {
             let idx = ((va >> (39 - 9 * level)) & 511) as usize;
             let t = table_va(table) as *mut u64;
+            // SAFETY: t is an early-pool table (table_va of a PA this walk allocated or read from a
+            // valid table descriptor) and idx < 512.
             let e = unsafe { t.add(idx).read_volatile() };
             table = if e & DESC_VALID == 0 {
                 let new = early_pool_alloc()?;
+                // SAFETY: as above: an entry of a live early table, written before any walk can
+                // need it (the DSB below publishes it).
                 unsafe { t.add(idx).write_volatile(new | DESC_TABLE) };
                 new
             } else {
@@ -123,6 +130,8 @@ pub fn early_ioremap(pa: u64, size: u64) -> Option<u64> {
         let idx = ((va >> 12) & 511) as usize;
         let t = table_va(table) as *mut u64;
         let pte = (first + i * 4096) | PTE_PAGE | PTE_AF | ATTR_DEVICE_NGNRE | PTE_PXN | PTE_UXN;
+        // SAFETY: the last-level table was found or allocated by the walk above and idx < 512; the
+        // fixmap range maps only device memory.
         unsafe { t.add(idx).write_volatile(pte) };
     }
     super::dsb_ishst();

@@ -28,10 +28,13 @@ pub fn available() -> bool {
 pub fn call(fid: u64, a1: u64, a2: u64, a3: u64) -> Option<i64> {
     let mut r = fid;
     match CONDUIT.load(Ordering::Relaxed) {
+        // SAFETY: an SMCCC call through HVC with the PSCI function id and its arguments; the
+        // firmware clobbers at most x0-x7 (declared), and no memory of ours.
         1 => unsafe {
             asm!("hvc #0", inout("x0") r, inout("x1") a1 => _, inout("x2") a2 => _, inout("x3") a3 => _,
                  out("x4") _, out("x5") _, out("x6") _, out("x7") _, options(nostack))
         },
+        // SAFETY: as above, through SMC (the conduit the device tree names).
         2 => unsafe {
             asm!("smc #0", inout("x0") r, inout("x1") a1 => _, inout("x2") a2 => _, inout("x3") a3 => _,
                  out("x4") _, out("x5") _, out("x6") _, out("x7") _, options(nostack))

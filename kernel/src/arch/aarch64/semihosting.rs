@@ -20,9 +20,17 @@ pub(crate) static PROBING: AtomicU8 = AtomicU8::new(0);
 /// Encoding of `hlt #0xf000`.
 pub(crate) const HLT_F000: u32 = 0xd45e_0000;
 
+/// One semihosting operation.
+///
+/// # Safety
+/// `arg` must be what `op` expects: 0, or the address of a parameter block (and any buffers
+/// it points to) that stays valid for the call. Semihosting must be available or probing
+/// (PROBING = 1, so the exception handler skips the trap).
 #[inline(never)]
 unsafe fn call(op: u64, arg: u64) -> u64 {
     let r: u64;
+    // SAFETY: a semihosting trap: the caller's contract (call's doc) makes arg a valid parameter
+    // block for op; the host writes only x0.
     unsafe { asm!("hlt #0xf000", inout("x0") op => r, in("x1") arg, options(nostack)) };
     r
 }
@@ -36,6 +44,8 @@ pub fn probe() -> bool {
     }
     PROBING.store(1, Ordering::SeqCst);
     // The exception handler sets x0 to u64::MAX and skips the instruction when it traps.
+    // SAFETY: SYS_ERRNO takes no parameter block; if semihosting is absent the HLT traps and the
+    // handler skips it (PROBING).
     let r = unsafe { call(SYS_ERRNO, 0) };
     let absent = PROBING.load(Ordering::SeqCst) == 2 || r == u64::MAX;
     PROBING.store(0, Ordering::SeqCst);
@@ -56,6 +66,7 @@ pub fn write_str(s: &str) {
     for chunk in s.as_bytes().chunks(255) {
         buf[..chunk.len()].copy_from_slice(chunk);
         buf[chunk.len()] = 0;
+        // SAFETY: buf is a NUL-terminated string on this stack, alive during the call.
         unsafe { call(SYS_WRITE0, buf.as_ptr() as u64) };
     }
 }
@@ -66,5 +77,6 @@ pub fn exit(code: u32) {
         return;
     }
     let block: [u64; 2] = [ADP_STOPPED_APPLICATION_EXIT, code as u64];
+    // SAFETY: block is the two-word SYS_EXIT parameter block on this stack.
     unsafe { call(SYS_EXIT, block.as_ptr() as u64) };
 }
