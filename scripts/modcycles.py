@@ -166,7 +166,7 @@ def sccs(g):
 
 def main():
     dirs = sys.argv[1:] or sorted(
-        [os.path.join('crates', d, 'src') for d in os.listdir('crates')]) + ['kernel/src']
+        [os.path.join('crates', d, 'src') for d in os.listdir('crates')]) + ['kernel/src', 'tools/src']
     bad = 0
     for d in dirs:
         c = Crate(d)
