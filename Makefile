@@ -4,7 +4,9 @@
 #   make run        boot it under QEMU virt (BOARD=rpi4: raspi4b), run the default benchmark;
 #                   the output is also saved to target/run.log and ends with that boot's
 #                   table (tvtool summary: rows, pass/fail, leak lines); exit status = QEMU's
-#   make test       host unit tests + in-kernel tests under QEMU + boot/fault checks (CI runs this)
+#   make test       lint + host unit tests + in-kernel tests under QEMU + boot/fault checks (CI)
+#   make lint       cargo fmt --check, clippy (host crates, tools, target) with -D warnings,
+#                   no module cycles, no source file over 800 lines outside tests
 #   make bench      the seed table: mm.vfree=single vs bulk, 19 rows x 6 runs, -icount shift=0
 #   make bench-wall the same without -icount (wall-clock, this host's noise): 8 runs, one QEMU
 #                   at a time, plus the run-to-run spread per row (CV, CI half-width)
@@ -38,18 +40,20 @@ OBJCOPY := $(SYSROOT)/lib/rustlib/x86_64-unknown-linux-gnu/bin/llvm-objcopy
 # Use the prebuilt core/alloc for the target when rustup has it, else build them from rust-src.
 HAVE_STD := $(shell rustup target list --installed 2>/dev/null | grep -qx $(TARGET) && echo yes)
 ifeq ($(HAVE_STD),yes)
-CARGO_KERNEL := cargo build --release -p boot --target $(TARGET)
+CARGO_TGT    := cargo
+BUILD_STD    :=
 else
-CARGO_KERNEL := RUSTC_BOOTSTRAP=1 cargo build --release -p boot --target $(TARGET) \
-	-Zbuild-std=core,alloc,compiler_builtins -Zbuild-std-features=compiler-builtins-mem
+CARGO_TGT    := RUSTC_BOOTSTRAP=1 cargo
+BUILD_STD    := -Zbuild-std=core,alloc,compiler_builtins -Zbuild-std-features=compiler-builtins-mem
 endif
+CARGO_KERNEL := $(CARGO_TGT) build --release -p boot --target $(TARGET) $(BUILD_STD)
 
 QEMU_VIRT  = qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(SMP) -m $(MEM) -nographic -no-reboot -semihosting
 # The upstream Pi 4 DTB's stdout-path is the mini UART, QEMU's *second* serial port.
 QEMU_RPI4  = qemu-system-aarch64 -M raspi4b -dtb $(PI4_DTB) -display none -monitor none \
              -serial null -serial stdio -no-reboot -semihosting
 
-.PHONY: fuzz fuzz-long stress all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc tools setup gdb clean
+.PHONY: lint fuzz fuzz-long stress all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc tools setup gdb clean
 
 TVTOOL := tools/target/release/tvtool
 
@@ -79,8 +83,18 @@ run: build tools
 	echo; $(TVTOOL) summary $(RUN_LOG) --qemu-rc $$rc || true; \
 	exit $$rc
 
-test: build test-host test-kernel test-smoke
+test: lint build test-host test-kernel test-smoke
 	@echo "make test: all passed"
+
+lint: setup
+	cargo fmt --all --check
+	cd tools && cargo fmt --check
+	rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs
+	cargo clippy --all-targets -- -D warnings
+	cd tools && cargo clippy --release --all-targets -- -D warnings
+	$(CARGO_TGT) clippy --release -p kernel -p boot --target $(TARGET) $(BUILD_STD) -- -D warnings
+	python3 scripts/modcycles.py
+	python3 scripts/filesize.py 800
 
 test-host: setup
 	bash scripts/dt-fixtures.sh target/dt-fixtures

@@ -21,6 +21,11 @@ if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-none;
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rust-src' || rustup component add rust-src >/dev/null 2>&1 || true
 rustup component list --installed 2>/dev/null | grep -q '^llvm-tools' || rustup component add llvm-tools >/dev/null 2>&1 || rustup component add llvm-tools-preview >/dev/null 2>&1 || true
+# make test runs `cargo fmt --check` and `cargo clippy` (make lint).
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 \
+    || { echo "setup: could not install the $c component (rustup component add $c)"; exit 1; }
+done
 
 # --- QEMU >= 9 and dtc --------------------------------------------------------------------------
 qemu_ok() {
