@@ -62,8 +62,13 @@ fn loop_end() {
 }
 
 /// Writes one byte at the start of a mapping ("touch").
+///
+/// # Safety
+///
+/// `p` must be valid for a one-byte write: the start of a live mapping the caller owns.
 #[inline(always)]
-fn touch(p: *mut u8, v: u8) {
+unsafe fn touch(p: *mut u8, v: u8) {
+    // SAFETY: the caller's contract.
     unsafe { core::ptr::write_volatile(p, v) };
 }
 
@@ -78,7 +83,9 @@ fn fix_size_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
         if ptr.is_null() {
             return Err(());
         }
-        touch(ptr, 1);
+        // SAFETY: `ptr` is a live area of at least one page (non-null, checked), ours until the
+        // vfree below.
+        unsafe { touch(ptr, 1) };
         vm::vfree(ptr);
     }
     Ok(())
@@ -93,6 +100,10 @@ fn full_fit_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
     if ptr_arr.is_null() || junk_arr.is_null() {
         rv = Err(());
     } else {
+        // SAFETY: ptr_arr and junk_arr are live areas (non-null, checked) of junk_length
+        // pointers each, page aligned, owned by this call until the vfrees at the end, so every
+        // index i < junk_length is in bounds; `q` is touched only when non-null, a live one-page
+        // area of this call's.
         unsafe {
             for i in 0..junk_length {
                 *ptr_arr.add(i) = vm::vmalloc(PAGE_SIZE);
@@ -129,6 +140,9 @@ fn long_busy_list_alloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
         return Err(());
     }
     let mut rv = Ok(());
+    // SAFETY: `arr` is a live area (non-null, checked) of BUSY pointers, page aligned, owned by
+    // this call until the vfree at the end, so every index i < BUSY is in bounds; `a` and `b`
+    // are touched only when both are non-null, live areas of this call's.
     unsafe {
         for i in 0..BUSY {
             let q = vm::vmalloc(PAGE_SIZE);
@@ -170,7 +184,8 @@ fn random_size_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
         if q.is_null() {
             return Err(());
         }
-        touch(q, 1);
+        // SAFETY: `q` is a live area of n pages (non-null, checked), ours until the vfree.
+        unsafe { touch(q, 1) };
         vm::vfree(q);
     }
     Ok(())
@@ -228,6 +243,8 @@ fn pcpu_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
         return Err(());
     }
     let mut rv = Ok(());
+    // SAFETY: `arr` is a live area (non-null, checked) of n usizes, page aligned, owned by this
+    // call until the vfree at the end: every index i < n is in bounds.
     unsafe {
         for i in 0..n {
             let size = rng.below((PAGE_SIZE / 4) as u32) as usize + 1;
@@ -263,6 +280,8 @@ fn kvfree_rcu_1_arg_vmalloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
         if q.is_null() {
             return Err(());
         }
+        // SAFETY: `q` is a live one-page area (non-null, checked; page aligned, and a page holds
+        // a TestKvfreeRcu) owned by this call until kvfree_rcu_mightsleep takes it.
         unsafe { core::ptr::write_volatile(&mut (*q).array[0], 1) };
         rcu::kvfree_rcu_mightsleep(q as *mut u8);
     }
@@ -275,6 +294,10 @@ fn kvfree_rcu_2_arg_vmalloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
         if q.is_null() {
             return Err(());
         }
+        // SAFETY: `q` is a live one-page area (non-null, checked; page aligned, and a page holds
+        // a TestKvfreeRcu) owned by this call; `rcu` is the first field of the repr(C) struct,
+        // so the head is at the object's start, as kvfree_rcu requires, and `q` is not used
+        // after kvfree_rcu takes it.
         unsafe {
             core::ptr::write_volatile(&mut (*q).array[0], 1);
             rcu::kvfree_rcu(q as *mut u8, &raw mut (*q).rcu);
@@ -296,8 +319,12 @@ fn vm_map_ram_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
                 rv = Err(());
                 break;
             }
-            touch(v, 0xa5);
-            vm::vm_unmap_ram(v, n);
+            // SAFETY: `v` maps n >= 1 pages (non-null, checked), this call's until the unmap;
+            // it is what vm_map_ram of n pages returned and is unmapped once.
+            unsafe {
+                touch(v, 0xa5);
+                vm::vm_unmap_ram(v, n);
+            }
         }
     }
     for pfn in pages.into_iter().flatten() {
@@ -317,7 +344,8 @@ fn no_block_alloc_test(p: &TvParams, rng: &mut Rng) -> Result<(), ()> {
         if q.is_null() {
             rv = Err(());
         } else {
-            touch(q, 0);
+            // SAFETY: `q` is a live area of n >= 1 pages (non-null), ours until the vfree.
+            unsafe { touch(q, 0) };
         }
         vm::vfree(q);
     }
@@ -330,8 +358,11 @@ fn vrealloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
         if q.is_null() {
             return Err(());
         }
+        // SAFETY: `q` is a live one-page area (non-null, checked) owned by this call.
         unsafe { *q = b'a' };
         let check = |q: *mut u8| -> Result<(), ()> {
+            // SAFETY: only called with vrealloc's result: when non-null, a live area of at least
+            // PAGE_SIZE / 2 bytes owned by this call.
             if q.is_null() || unsafe { *q } != b'a' {
                 Err(())
             } else {
@@ -339,14 +370,17 @@ fn vrealloc_test(p: &TvParams, _: &mut Rng) -> Result<(), ()> {
             }
         };
         // Grow: must move (the area has no room), content kept.
-        let r = vm::vrealloc(q, 4 * PAGE_SIZE, GfpFlags::GFP_KERNEL);
+        // SAFETY: `q` is the start of a live vmalloc area owned by this call (vrealloc frees it
+        // only when it moves, and `q` is then replaced by the result or not used again).
+        let r = unsafe { vm::vrealloc(q, 4 * PAGE_SIZE, GfpFlags::GFP_KERNEL) };
         if check(r).is_err() {
             vm::vfree(if r.is_null() { q } else { r });
             return Err(());
         }
         q = r;
         for size in [PAGE_SIZE, PAGE_SIZE / 2, PAGE_SIZE] {
-            let r = vm::vrealloc(q, size, GfpFlags::GFP_KERNEL);
+            // SAFETY: as above: `q` is the start of this call's live area.
+            let r = unsafe { vm::vrealloc(q, size, GfpFlags::GFP_KERNEL) };
             if check(r).is_err() {
                 vm::vfree(if r.is_null() { q } else { r });
                 return Err(());

@@ -45,6 +45,8 @@ ktest!(page_alloc_until_oom_then_free_everything, {
 
 ktest!(page_alloc_zeroes_with_gfp_zero, {
     let pfn = page_alloc::alloc_pages(GfpFlags::GFP_KERNEL, 2).ok_or("alloc")?;
+    // SAFETY: the order-2 block (4 pages) just allocated is this test's until the free below;
+    // the linear map covers it.
     unsafe { core::ptr::write_bytes(page_alloc::pfn_to_virt(pfn), 0xa5, 4 * 4096) };
     page_alloc::__free_pages(pfn, 2);
     let pfn =
@@ -178,6 +180,8 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
                     for (k, s) in slots.iter().take(got).enumerate() {
                         let pfn = s.unwrap();
                         pfns[k] = pfn;
+                        // SAFETY: a page this CPU just got from the bulk allocation and holds
+                        // until free_pages_bulk below; reached through the linear map.
                         unsafe {
                             (page_alloc::pfn_to_virt(pfn) as *mut u64)
                                 .write_volatile(me << 32 | pfn)
@@ -191,6 +195,8 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
                     if let Some(b) = big {
                         page_alloc::split_page(b, order);
                         for k in 0..(1u64 << order) {
+                            // SAFETY: page k of the block this CPU just allocated and split; it
+                            // holds every page until the contig-range free below.
                             unsafe {
                                 (page_alloc::pfn_to_virt(b + k) as *mut u64)
                                     .write_volatile(me << 32 | (b + k))
@@ -198,6 +204,7 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
                         }
                     }
                     for &pfn in &pfns[..got] {
+                        // SAFETY: still this CPU's page from the bulk allocation above.
                         if unsafe { (page_alloc::pfn_to_virt(pfn) as *mut u64).read_volatile() }
                             != me << 32 | pfn
                         {
@@ -206,6 +213,7 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
                     }
                     if let Some(b) = big {
                         for k in 0..(1u64 << order) {
+                            // SAFETY: still this CPU's page of the split block above.
                             if unsafe {
                                 (page_alloc::pfn_to_virt(b + k) as *mut u64).read_volatile()
                             } != me << 32 | (b + k)
@@ -233,6 +241,8 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
                         order,
                     ) {
                         let p = page_alloc::pfn_to_virt(pfn) as *mut u64;
+                        // SAFETY: the first page of a block this CPU just allocated and keeps in
+                        // `held` until it frees it; two words, page aligned.
                         unsafe {
                             p.write_volatile(me << 32 | i as u64);
                             p.add(1).write_volatile(pfn);
@@ -243,6 +253,8 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
                     let k = rng.below(held.len() as u32) as usize;
                     let (pfn, order) = held.swap_remove(k);
                     let p = page_alloc::pfn_to_virt(pfn) as *mut u64;
+                    // SAFETY: a block this CPU allocated and wrote (above), still held until the
+                    // free below.
                     let (tag, tpfn) = unsafe { (p.read_volatile(), p.add(1).read_volatile()) };
                     if tag >> 32 != me || tpfn != pfn {
                         errors.fetch_add(1, Ordering::SeqCst);

@@ -37,6 +37,8 @@ crate::ktest!(per_cpu_areas_hold_each_cpus_statics_dynamics_and_pcp_lists, {
         let g = arch::IrqGuard::new();
         let c = KTEST_CELL.get_with(&g);
         c.set(c.get() + 3000 + cpu as u64);
+        // SAFETY: `dynamic` is a live, 8-aligned 8-byte percpu allocation (freed at the end);
+        // this CPU's copy is written only here, by this CPU, and read after on_each_cpu returns.
         unsafe { *(percpu::this_cpu_ptr(dynamic) as *mut u64) = 2000 + cpu as u64 };
     });
     crate::kassert!(
@@ -50,11 +52,13 @@ crate::ktest!(per_cpu_areas_hold_each_cpus_statics_dynamics_and_pcp_lists, {
         // SAFETY: every CPU finished its on_each_cpu call; nobody touches the cells now.
         let c = unsafe { (*KTEST_CELL.per_cpu_ptr(cpu)).get() };
         crate::kassert!(
-            c >= 3000 + cpu as u64 && (c - cpu as u64) % 3000 == 0,
+            c >= 3000 + cpu as u64 && (c - cpu as u64).is_multiple_of(3000),
             "cpu {} cell {}",
             cpu,
             c
         );
+        // SAFETY: CPU `cpu`'s copy of the live `dynamic` allocation, written by that CPU inside
+        // on_each_cpu, which has returned: no one writes it now.
         let d = unsafe { *(percpu::per_cpu_ptr(dynamic, cpu) as *const u64) };
         crate::kassert_eq!(d, 2000 + cpu as u64);
         let (lo, hi) = percpu::first_chunk_unit(cpu);

@@ -39,6 +39,7 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     // An object freed with kvfree_rcu must stay alive while the reader is inside.
     let obj = crate::mm::vmalloc::vmalloc(mm_types::PAGE_SIZE);
     crate::kassert!(!obj.is_null());
+    // SAFETY: `obj` is a live one-page vmalloc area (non-null, checked) owned by this test.
     unsafe { *obj = 0x5a };
     let freed_before = completed();
     kvfree_rcu_mightsleep(obj);
@@ -72,6 +73,11 @@ crate::ktest!(rcu_barrier_never_sleeps_owing_its_own_quiescent_state, {
     static RAN: AtomicUsize = AtomicUsize::new(0);
     static mut H1: RcuHead = RcuHead::new();
     static mut H2: RcuHead = RcuHead::new();
+    /// The RCU callback: counts one run.
+    ///
+    /// # Safety
+    ///
+    /// None beyond call_rcu's callback type: the head is not used.
     unsafe fn count(_h: *mut RcuHead) {
         RAN.fetch_add(1, Ordering::SeqCst);
     }
@@ -96,6 +102,11 @@ crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
     use core::sync::atomic::AtomicUsize;
     static DONE: AtomicUsize = AtomicUsize::new(0);
     static mut HEAD: RcuHead = RcuHead::new();
+    /// The RCU callback: spins 2 ms, then flags that it finished.
+    ///
+    /// # Safety
+    ///
+    /// None beyond call_rcu's callback type: the head is not used.
     unsafe fn slow(_h: *mut RcuHead) {
         let t0 = arch::cycles();
         while arch::cycles_to_us(arch::cycles() - t0) < 2000 {
@@ -113,6 +124,8 @@ crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
     smp::start_work(
         other,
         Box::new(move || {
+            // SAFETY: HEAD is a static (valid forever) queued by this test alone, once, and
+            // rcu_barrier waits for the callback before the test ends; `slow` ignores its head.
             unsafe { call_rcu(&raw mut HEAD, slow) };
             q.store(1, Ordering::SeqCst);
             arch::sev();

@@ -8,8 +8,8 @@ use mm_types::NR_CPUS;
 crate::ktest!(call_on_every_cpu_runs_there, {
     let seen: [AtomicBool; NR_CPUS] = [const { AtomicBool::new(false) }; NR_CPUS];
     on_each_cpu(&|| seen[crate::percpu_defs::smp_processor_id()].store(true, Ordering::SeqCst));
-    for cpu in 0..NR_CPUS {
-        crate::kassert_eq!(seen[cpu].load(Ordering::SeqCst), cpu_online(cpu));
+    for (cpu, s) in seen.iter().enumerate() {
+        crate::kassert_eq!(s.load(Ordering::SeqCst), cpu_online(cpu));
     }
     Ok(())
 });

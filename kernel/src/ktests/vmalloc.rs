@@ -24,9 +24,12 @@ ktest!(vmalloc_write_read_free_sizes_and_alignments, {
             kassert_eq!(p as usize % (1 << align_shift), 0);
             let seed = rng.next_u32();
             for i in 0..pages {
+                // SAFETY: `p` is a live vmalloc area of `pages` pages (non-null, checked) owned
+                // by this test; page i < pages starts page aligned.
                 unsafe { (p.add(i * PAGE_SIZE) as *mut u32).write_volatile(seed ^ i as u32) };
             }
             for i in 0..pages {
+                // SAFETY: as above.
                 let v = unsafe { (p.add(i * PAGE_SIZE) as *const u32).read_volatile() };
                 kassert_eq!(v, seed ^ i as u32);
             }
@@ -48,6 +51,7 @@ ktest!(vmalloc_huge_maps_pmd_blocks_and_cont_ptes, {
         t.level,
         t.block_size
     );
+    // SAFETY: the last byte of the live 2 MiB area `p` (non-null, checked), owned by this test.
     unsafe { p.add((2 << 20) - 1).write_volatile(1) };
     vm::vfree(p);
     for kib in [64usize, 128, 192] {
@@ -77,7 +81,10 @@ ktest!(vmalloc_guard_page_and_use_after_free_fault, {
     let p = vm::vmalloc(3 * PAGE_SIZE);
     kassert!(!p.is_null());
     let mut report = String::new();
-    let faulted = arch::exception::probe_write(unsafe { p.add(3 * PAGE_SIZE) }, 1, &mut report);
+    // SAFETY: one past the end of the 3-page area `p` (non-null, checked): an allowed `add`
+    // result (the guard page follows; no wrap-around).
+    let guard = unsafe { p.add(3 * PAGE_SIZE) };
+    let faulted = arch::exception::probe_write(guard, 1, &mut report);
     kassert!(faulted, "a write one byte past a vmalloc area did not fault");
     kassert!(report.contains("guard page"), "report does not name the guard page: {}", report);
     crate::println!("    (expected) {report}");
@@ -115,12 +122,17 @@ ktest!(vmalloc_concurrent_on_every_cpu, {
                         continue;
                     }
                     for k in 0..pages {
+                        // SAFETY: `p` is a live area of `pages` pages (non-null, checked) that
+                        // only this CPU uses; page k starts page aligned.
                         unsafe { (p.add(k * PAGE_SIZE) as *mut u32).write_volatile(me << 24 | i) };
                     }
                     held.push((p, pages));
                 } else if let Some((p, pages)) = held.pop() {
+                    // SAFETY: `p` is a live area of `pages` pages from `held`, this CPU's alone
+                    // until the vfree below.
                     let tag = unsafe { (p as *const u32).read_volatile() };
                     for k in 0..pages {
+                        // SAFETY: as above, page k < pages.
                         if unsafe { (p.add(k * PAGE_SIZE) as *const u32).read_volatile() } != tag
                             || tag >> 24 != me
                         {
@@ -185,9 +197,12 @@ ktest!(percpu_values_written_on_each_cpu_read_from_another, {
     smp::on_each_cpu(&|| {
         let cpu = crate::percpu_defs::smp_processor_id();
         let slot = percpu::per_cpu_ptr(p, cpu) as *const AtomicU64;
+        // SAFETY: `p` is a live, zeroed 8-byte, 8-aligned percpu allocation (freed only after
+        // this loop) and per_cpu_ptr gives this CPU's copy; an AtomicU64 may share it.
         unsafe { (*slot).store(0xc0de_0000 + cpu as u64, Ordering::SeqCst) };
     });
     for cpu in smp::online_cpus() {
+        // SAFETY: as above, CPU `cpu`'s copy, accessed atomically.
         let v =
             unsafe { (*(percpu::per_cpu_ptr(p, cpu) as *const AtomicU64)).load(Ordering::SeqCst) };
         kassert_eq!(v, 0xc0de_0000 + cpu as u64);
@@ -219,12 +234,14 @@ ktest!(vmalloc_until_oom_then_free_everything, {
         if p.is_null() {
             break;
         }
+        // SAFETY: `p` is a live 4-page area (non-null, checked) owned by this test.
         unsafe { p.write_volatile(areas.len() as u8) };
         areas.push(p);
         kassert!(areas.len() < 100_000, "vmalloc never failed");
     }
     kassert!(areas.len() >= 100, "only {} areas of 4 pages from 8 MiB", areas.len());
     for (i, &p) in areas.iter().enumerate() {
+        // SAFETY: every area in `areas` is still live (freed below) and was written above.
         kassert_eq!(unsafe { p.read_volatile() }, i as u8);
     }
     for p in areas {
@@ -252,12 +269,14 @@ ktest!(vm_unmap_aliases_flushes_dirty_vmap_block_ranges, {
     kassert!(!p.is_null() && !keep.is_null());
     // SAFETY: `p` maps the page (checked non-null above).
     kassert_eq!(unsafe { p.read_volatile() }, 0x5a);
-    vm::vm_unmap_ram(p, 1);
+    // SAFETY: `p` is what vm_map_ram of 1 page returned, unmapped once here.
+    unsafe { vm::vm_unmap_ram(p, 1) };
     vm::vm_unmap_aliases();
     let mut report = String::new();
     let v = arch::exception::probe_read(p, &mut report);
     kassert!(v.is_none(), "read of an unmapped vm_map_ram slot after vm_unmap_aliases returned {:?} (stale TLB entry)", v);
-    vm::vm_unmap_ram(keep, 1);
+    // SAFETY: `keep` is what vm_map_ram of 1 page returned, unmapped once here.
+    unsafe { vm::vm_unmap_ram(keep, 1) };
     page_alloc::__free_page(pfn);
     kassert_eq!(settled(), before);
     Ok(())
@@ -323,14 +342,14 @@ ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
                         break;
                     }
                     let mut report = String::new();
-                    if arch::exception::probe_write(p, me, &mut report)
-                        || arch::exception::probe_read(p, &mut report) != Some(me)
+                    if (arch::exception::probe_write(p, me, &mut report)
+                        || arch::exception::probe_read(p, &mut report) != Some(me))
+                        && errors.fetch_add(1, Ordering::SeqCst) == 0
                     {
-                        if errors.fetch_add(1, Ordering::SeqCst) == 0 {
-                            crate::println!("purge race: cpu {} addr {:p}: {}", me, p, report);
-                        }
+                        crate::println!("purge race: cpu {} addr {:p}: {}", me, p, report);
                     }
-                    vm::vm_unmap_ram(p, 1);
+                    // SAFETY: `p` is what vm_map_ram of 1 page returned, unmapped once here.
+                    unsafe { vm::vm_unmap_ram(p, 1) };
                 }
                 page_alloc::__free_page(pfn);
                 done.fetch_add(1, Ordering::SeqCst);
@@ -411,9 +430,11 @@ ktest!(vmalloc_misuse_is_reported_and_survived, {
     let a = vm::vmalloc(PAGE_SIZE);
     let b = vm::vmalloc(65 * PAGE_SIZE);
     kassert!(!a.is_null() && !b.is_null());
-    vm::vm_unmap_ram(a, 1);
+    // SAFETY: `a` lies in a vmalloc area, not in a vmap block: refused and reported, untouched.
+    unsafe { vm::vm_unmap_ram(a, 1) };
     check("vm_unmap_ram of a 1-page vmalloc area", &mut expect)?;
-    vm::vm_unmap_ram(b, 65);
+    // SAFETY: a count above VMAP_MAX_ALLOC: checked against the busy tree, no contract.
+    unsafe { vm::vm_unmap_ram(b, 65) };
     check("vm_unmap_ram of a 65-page vmalloc area", &mut expect)?;
     // SAFETY: both vmalloc areas stayed mapped (vm_unmap_ram was refused); in-bounds offsets.
     unsafe {
@@ -422,8 +443,12 @@ ktest!(vmalloc_misuse_is_reported_and_survived, {
     }
     vm::vfree(a);
     vm::vfree(b);
-    vm::vm_unmap_ram(small, 1);
-    vm::vm_unmap_ram(large, 65);
+    // SAFETY: `small` is what vm_map_ram of 1 page returned (the vfree of it was refused),
+    // unmapped once here; `large` has a count above VMAP_MAX_ALLOC (no contract).
+    unsafe {
+        vm::vm_unmap_ram(small, 1);
+        vm::vm_unmap_ram(large, 65);
+    }
     for pfn in pfns {
         page_alloc::__free_page(pfn);
     }

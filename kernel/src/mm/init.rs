@@ -68,6 +68,11 @@ pub fn mm_init(
     let pa = mb
         .alloc(bytes.next_multiple_of(PAGE_SIZE as u64), PAGE_SIZE as u64)
         .ok_or_else(|| format!("memblock: no room for mem_map ({bytes} bytes)"))?;
+    // SAFETY: memblock handed out [pa, pa + bytes) to this call alone and keeps it reserved (the
+    // page allocator built from `mb` below never frees it), so it lives for the rest of the
+    // kernel's life; it is RAM, mapped RW by the linear map set up above, and page aligned (more
+    // than Page needs). Each of the n Page slots is initialised before the shared slice over
+    // them is formed, and nothing writes the memory other than through that slice afterwards.
     let mem_map: &'static [Page] = unsafe {
         let p = (PAGE_OFFSET + pa) as *mut Page;
         for i in 0..n {

@@ -35,6 +35,9 @@ struct Class {
     partial: *mut Slab,
     nr_slabs: usize,
 }
+// SAFETY: `partial` links slab pages that belong to the slab allocator, not to any CPU or
+// thread; a Class is only reached through its CLASSES mutex, which serialises every access to the
+// list and to the slab headers on it.
 unsafe impl Send for Class {}
 
 static CLASSES: [spin::Mutex<Class>; NR_CLASSES] =
@@ -54,7 +57,15 @@ fn obj_size(class: usize) -> usize {
     1 << (class as u32 + MIN_SHIFT)
 }
 
+/// Unlinks slab `s` from the list at `head`.
+///
+/// # Safety
+///
+/// `s` must point to the live header of a slab page that is on the list `head`, every slab on
+/// that list must be live, and the caller must hold the class lock that owns `head`.
 unsafe fn list_del(head: &mut *mut Slab, s: *mut Slab) {
+    // SAFETY: per the contract, `s` and its neighbours (`prev`, `next`, non-null ones only) are
+    // live slab headers on this list, which the held class lock lets us modify.
     unsafe {
         if !(*s).prev.is_null() {
             (*(*s).prev).next = (*s).next;
@@ -69,7 +80,15 @@ unsafe fn list_del(head: &mut *mut Slab, s: *mut Slab) {
     }
 }
 
+/// Links slab `s` at the front of the list at `head`.
+///
+/// # Safety
+///
+/// `s` must point to the live header of a slab page that is on no list, every slab on the list
+/// `head` must be live, and the caller must hold the class lock that owns `head`.
 unsafe fn list_add(head: &mut *mut Slab, s: *mut Slab) {
+    // SAFETY: per the contract, `s` and the current first slab (if any) are live slab headers
+    // that the held class lock lets us modify.
     unsafe {
         (*s).prev = null_mut();
         (*s).next = *head;
@@ -97,6 +116,9 @@ pub fn kmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
         let s = page as *mut Slab;
         let osz = obj_size(class);
         let first = if osz < HDR { HDR } else { osz };
+        // SAFETY: `page` is a fresh page-aligned PAGE_SIZE page from the page allocator, owned by
+        // this call alone (not on any list yet); the header (32 bytes) and every object at
+        // [first, PAGE_SIZE) in steps of osz (>= 16, so FreeObj-aligned) lie inside it.
         unsafe {
             (*s).class = class as u32;
             (*s).inuse = 0;
@@ -112,10 +134,14 @@ pub fn kmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
             }
         }
         c = CLASSES[class].lock();
+        // SAFETY: `s` is the slab just built (live, on no list); the class lock is held.
         unsafe { list_add(&mut c.partial, s) };
         c.nr_slabs += 1;
     }
     let s = c.partial;
+    // SAFETY: the class lock is held; `s` is non-null (the list was non-empty or just got a new
+    // slab) and every slab on the partial list is live with at least one free object (a slab
+    // leaves the list when its last free object is taken), so `o` is a valid free object.
     let obj = unsafe {
         let o = (*s).free;
         (*s).free = (*o).next;
@@ -127,13 +153,21 @@ pub fn kmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
     };
     drop(c);
     if gfp.contains(GfpFlags::__GFP_ZERO) {
+        // SAFETY: `obj` is an object of obj_size(class) bytes just taken off its slab's free
+        // list: it is this caller's alone.
         unsafe { core::ptr::write_bytes(obj, 0, obj_size(class)) };
     }
     obj
 }
 
 /// Frees what kmalloc returned (`size` = the size passed to kmalloc).
-pub fn kfree(ptr: *mut u8, size: usize) {
+///
+/// # Safety
+///
+/// `ptr` must be null or a pointer returned by [`kmalloc`] with a `size` of the same size class
+/// (page-sized and larger: the same page order) and not freed since; the caller gives up the
+/// object (no access to it afterwards).
+pub unsafe fn kfree(ptr: *mut u8, size: usize) {
     if ptr.is_null() {
         return;
     }
@@ -144,6 +178,10 @@ pub fn kfree(ptr: *mut u8, size: usize) {
     };
     let s = ((ptr as usize) & !(PAGE_SIZE - 1)) as *mut Slab;
     let mut c = CLASSES[class].lock();
+    // SAFETY: per the contract, `ptr` is a live object of this class, so the page it lies in
+    // is a live slab of this class (a slab with an object in use is never released by
+    // kmalloc_shrink) whose header starts the page; the class lock is held, and the object is
+    // no longer used by anyone, so it can hold the free-list link.
     unsafe {
         assert_eq!(
             (*s).class as usize,
@@ -170,8 +208,11 @@ pub fn kmalloc_shrink() -> usize {
         let mut c = class.lock();
         let mut s = c.partial;
         while !s.is_null() {
+            // SAFETY: the class lock is held; every slab on the partial list is a live slab page.
             let next = unsafe { (*s).next };
+            // SAFETY: as above.
             if unsafe { (*s).inuse } == 0 {
+                // SAFETY: `s` is live and on this class's partial list; the class lock is held.
                 unsafe { list_del(&mut c.partial, s) };
                 c.nr_slabs -= 1;
                 page_alloc::free_pages_va(s as *mut u8, 0);

@@ -44,7 +44,15 @@ fn reserve_target() -> usize {
 }
 
 impl Reserve {
-    fn push(&mut self, p: *mut u8) {
+    /// Adds page `p` to the reserve, linked through its first word.
+    ///
+    /// # Safety
+    ///
+    /// `p` must be a 4 KiB-aligned page of the linear map that nobody else uses from now on: it
+    /// belongs to the reserve until `pop` hands it out.
+    unsafe fn push(&mut self, p: *mut u8) {
+        // SAFETY: per the contract, `p` is an aligned page owned by the reserve, so its first
+        // word is ours to write.
         unsafe { (p as *mut usize).write(self.head) };
         self.head = p as usize;
         self.nr += 1;
@@ -55,6 +63,8 @@ impl Reserve {
             return None;
         }
         let p = self.head as *mut u8;
+        // SAFETY: nr > 0, so `head` is the last page pushed: owned by the reserve (reached only
+        // through the RESERVE lock, held as &mut self), its first word written by `push`.
         self.head = unsafe { (p as *const usize).read() };
         self.nr -= 1;
         RESERVE_NR.store(self.nr, Ordering::Relaxed);
@@ -70,10 +80,15 @@ impl PageSource for KPages {
         }
         RESERVE.lock().pop()
     }
+    // The signature is mm_kva::PageSource's (a safe trait): `p` is trusted to be a page this
+    // source handed out, which mm_kva's node caches are the only ones to give back.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     fn free_page(&mut self, p: *mut u8) {
         let mut r = RESERVE.lock();
         if r.nr < reserve_target() {
-            r.push(p);
+            // SAFETY: the node caches give back only pages they got from `alloc_page` (4 KiB,
+            // aligned, linear map: the page allocator's or the reserve's) and no longer use.
+            unsafe { r.push(p) };
             return;
         }
         drop(r);
@@ -92,7 +107,8 @@ fn reserve_top_up() -> bool {
         if p.is_null() {
             return false;
         }
-        r.push(p);
+        // SAFETY: a fresh order-0 page from the page allocator, owned by no one else.
+        unsafe { r.push(p) };
     }
     true
 }

@@ -160,13 +160,19 @@ pub fn nr_vmalloc_pages() -> i64 {
 
 /// `__GFP_ZERO` hook: zeroes through the linear map with `dc zva` (Linux arm64 clear_page),
 /// one cache-line-sized block per instruction; a byte loop only if DCZID_EL0 prohibits it.
+///
+/// Only for the page allocator (its `PageAllocHooks::zero`, a safe `fn` type): it passes pages it
+/// is handing out with `__GFP_ZERO`, which no one else uses yet.
 pub fn zero_pages(pfn: u64, nr: usize) {
     let dczid: u64;
+    // SAFETY: reading DCZID_EL0, an ID register: no memory access, no side effect.
     unsafe {
         core::arch::asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags))
     };
     let va = pfn_to_virt(pfn);
     if dczid & (1 << 4) != 0 {
+        // SAFETY: [pfn, pfn + nr) are RAM pages the page allocator is handing out (its only
+        // caller, see above), mapped RW by the linear map and used by no one else yet.
         unsafe { core::ptr::write_bytes(va, 0, nr * PAGE_SIZE) };
         return;
     }
@@ -174,6 +180,8 @@ pub fn zero_pages(pfn: u64, nr: usize) {
     let mut p = va as usize;
     let end = p + nr * PAGE_SIZE;
     while p < end {
+        // SAFETY: `dc zva` zeroes the block of `block` bytes at p (aligned: va is page aligned
+        // and block, at most 2 KiB, divides PAGE_SIZE), which lies inside the pages above.
         unsafe { core::arch::asm!("dc zva, {}", in(reg) p, options(nostack, preserves_flags)) };
         p += block;
     }

@@ -77,11 +77,19 @@ pub fn setup_per_cpu_areas(
     let base = PAGE_OFFSET + pa;
     for unit in 0..nr_units {
         let u = base as usize + unit * PCPU_UNIT_SIZE;
+        // SAFETY: unit `unit` is [u, u + PCPU_UNIT_SIZE) inside the memblock allocation above,
+        // handed to this call alone and mapped RW by the linear map (mm_init maps all RAM
+        // first); the template [start, end) is the image's .data..percpu, end - start <=
+        // static_size < PCPU_UNIT_SIZE, and it lies in the image (reserved in memblock), so it
+        // does not overlap the unit. Only the boot CPU runs.
         unsafe {
             core::ptr::write_bytes(u as *mut u8, 0, PCPU_UNIT_SIZE);
             core::ptr::copy_nonoverlapping(start as *const u8, u as *mut u8, end - start);
         }
         percpu_defs::set_per_cpu_offset(unit, u.wrapping_sub(start));
+        // SAFETY: with the offset just recorded, per_cpu_ptr(unit) is CPU_NUMBER's copy inside
+        // the unit just filled (aligned: the unit is page aligned and the template 64-byte
+        // aligned); no other CPU runs yet, so nothing else accesses it.
         unsafe { *percpu_defs::CPU_NUMBER.per_cpu_ptr(unit) = unit };
     }
     percpu_defs::set_nr_cpu_ids(nr_units);
@@ -91,11 +99,12 @@ pub fn setup_per_cpu_areas(
     let id = pool.add_chunk(PcpuChunk::new_first_chunk(static_size, dyn_size), true);
     let mut by_base = BTreeMap::new();
     by_base.insert(base, id);
-    let mut base_of = alloc::vec::Vec::new();
-    base_of.resize(id + 1, 0);
+    let mut base_of = alloc::vec![0; id + 1];
     base_of[id] = base;
     *PCPU.lock() = Some(State { pool, by_base, base_of, nr_units, delta, vm_chunks: false });
     // Linux smp_prepare_boot_cpu: set_my_cpu_offset(per_cpu_offset(smp_processor_id())).
+    // SAFETY: this runs on the boot CPU, logical CPU 0, whose unit 0 was just set up:
+    // per_cpu_offset(0) is this CPU's __per_cpu_offset, as set_my_cpu_offset requires.
     unsafe { arch::set_my_cpu_offset(percpu_defs::per_cpu_offset(0)) };
     Ok(FirstChunk {
         base_pa: pa,
@@ -230,6 +239,10 @@ pub fn alloc_percpu(size: usize, align: usize) -> usize {
     let Some(area) = st.pool.alloc(size, align, false, &mut bk) else { return 0 };
     let base = bk.base(area.chunk) + area.offset as u64;
     for unit in 0..st.nr_units {
+        // SAFETY: the pool just gave this call [offset, offset + size) of the chunk, populated
+        // in every unit (alloc with is_atomic false populates: first-chunk units are linear-map
+        // memory, vmalloc-chunk pages were mapped by Backing::populate); the PCPU lock is held
+        // and no one else has the new pointer yet.
         unsafe {
             core::ptr::write_bytes((base + (unit * PCPU_UNIT_SIZE) as u64) as *mut u8, 0, size)
         };

@@ -14,6 +14,11 @@ use mm_types::{GfpFlags, PAGE_SHIFT, PAGE_SIZE};
 /// Page tables from the early pool in the image (before the page allocator exists).
 pub struct EarlyPt;
 
+// SAFETY: the tables it reaches are head.S's (TTBR1's boot root and its tables, in the image) and
+// early-pool pages, all inside the image, which `table_va` reaches through the image mapping
+// (RW data, 4 KiB-aligned pages); early-pool pages are zeroed statics handed out once each by an
+// atomic bump and never freed or reused. It takes no populate lock: it is used only by the boot
+// CPU before any secondary runs (mm_init, paging_init).
 unsafe impl PtMemory for EarlyPt {
     fn table(&self, pa: u64) -> *mut [u64; 512] {
         mmu::table_va(pa) as *mut [u64; 512]
@@ -29,6 +34,11 @@ unsafe impl PtMemory for EarlyPt {
 /// Page tables from the page allocator (Linux: pte_alloc_kernel -> __get_free_page).
 pub struct KernelPt;
 
+// SAFETY: table pages are the current root (image or page-allocator page) and pages from
+// alloc_table: order-0 pages from the page allocator with __GFP_ZERO (zeroed), owned by the page
+// tables until free_table; `table_va` reaches image pages through the image mapping and all other
+// RAM through the linear map, both RW and 4 KiB aligned. New tables are linked under
+// PAGE_TABLE_LOCK (with_populate_lock), as the trait requires for concurrent mappers.
 unsafe impl PtMemory for KernelPt {
     fn table(&self, pa: u64) -> *mut [u64; 512] {
         mmu::table_va(pa) as *mut [u64; 512]
@@ -102,6 +112,12 @@ pub fn cpu_replace_ttbr1() {
         return;
     }
     let pa = mmu::kimage_va_to_pa(replace_ttbr1_phys as *const () as usize as u64);
+    // SAFETY: `pa` (non-null) is the physical address of replace_ttbr1_phys, executable there
+    // through the identity map in TTBR0 until cpu_drop_idmap. Only a CPU still on the old
+    // tables gets here: the boot CPU in paging_init, before smp bring-up and so long before kmain
+    // drops the idmap (secondaries start on the new TTBR1; once switched, the check above
+    // returns). The routine touches no memory and only x0/x1, points TTBR1 at `new` (the same
+    // kernel mappings, built by paging_init) through the zeroed table, and returns.
     let f: extern "C" fn(u64, u64) = unsafe { core::mem::transmute(pa as usize) };
     f(new, zero);
 }
@@ -110,6 +126,10 @@ pub fn cpu_replace_ttbr1() {
 /// accesses (NULL pointers) fault.
 pub fn cpu_drop_idmap() {
     let zero = ZERO_TABLE.load(Ordering::Acquire);
+    // SAFETY: `zero` is the zeroed table page paging_init allocated (kmain calls this after
+    // paging_init, once every CPU is up and off the identity map); nothing the kernel runs
+    // afterwards lives in the user range, so TTBR0 may map nothing. The TLB invalidation drops
+    // the idmap's cached entries.
     unsafe {
         core::arch::asm!("msr ttbr0_el1, {}", "isb", "tlbi vmalle1", "dsb nsh", "isb", in(reg) zero, options(nostack));
     }
@@ -182,6 +202,10 @@ pub fn paging_init(info: &BootInfo, guards: &[u64]) -> Result<(), String> {
     // The fixmap (UART, watchdog, spin-table slots): share the early tables' L0 entry.
     let old = mmu::ttbr1();
     let idx = ((arch::FIXMAP_START >> 39) & 511) as usize;
+    // SAFETY: `old` is the live TTBR1 root (a head.S table, reached as EarlyPt's contract says)
+    // and `root.root_pa` the new root from KernelPt::alloc_table (ours alone: not installed on
+    // any CPU yet); idx < 512. Only the boot CPU runs (paging_init precedes smp bring-up), so
+    // nothing writes the old entry meanwhile.
     unsafe {
         let e = (*EarlyPt.table(old))[idx];
         (*mem.table(root.root_pa))[idx] = e;

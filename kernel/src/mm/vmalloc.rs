@@ -30,6 +30,10 @@ pub const VM_ALLOW_HUGE_VMAP: u32 = 0x400;
 pub const VM_MAP_PUT_PAGES: u32 = 0x200;
 
 /// Linux's struct vm_struct.
+///
+/// Invariant of every vm_struct this file creates (kmalloc'ed, owned by its area until
+/// free_vm_struct): `pages` is null or a kmalloc'ed array of `nr_pages * 8` bytes (the full count
+/// once the area is published) whose first `nr_pages` entries are the area's pages.
 #[repr(C)]
 pub struct VmStruct {
     pub addr: u64,
@@ -267,6 +271,9 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
             }
             let got = page_alloc::alloc_pages_bulk(bulk_gfp, req, &mut slots[..req]);
             let mut n = 0;
+            // Kept as `if let`: `.iter().flatten()` compiles this hot loop (inlined into
+            // __vmalloc_node_range) to different code.
+            #[allow(clippy::manual_flatten)]
             for s in slots[..req].iter() {
                 if let Some(pfn) = s {
                     pages[nr_allocated + n] = *pfn;
@@ -307,6 +314,9 @@ fn vm_free_pages(vm: &VmStruct) {
     if vm.pages.is_null() || vm.nr_pages == 0 {
         return;
     }
+    // SAFETY: by the VmStruct invariant a non-null `pages` is a kmalloc'ed array (aligned,
+    // initialised: zeroed at allocation) holding at least nr_pages Pfns; nothing writes it while
+    // the area is being freed.
     let pages = unsafe { core::slice::from_raw_parts(vm.pages, vm.nr_pages) };
     let account = vm.flags & VM_MAP_PUT_PAGES == 0;
     match config::get().vfree {
@@ -332,7 +342,17 @@ fn vm_free_pages(vm: &VmStruct) {
     }
 }
 
-fn free_vm_struct(vm: *mut VmStruct) {
+/// Frees a vm_struct and its pages array (not the pages).
+///
+/// # Safety
+///
+/// `vm` must be a vm_struct kmalloc'ed by this file, reachable by no one else (never published,
+/// or unlinked from its busy tree by this caller), with `nr_pages` the count its pages array
+/// was allocated for whenever `pages` is non-null. `vm` is dangling afterwards.
+unsafe fn free_vm_struct(vm: *mut VmStruct) {
+    // SAFETY: per the contract `vm` is live and ours; its pages array (if any) was kmalloc'ed
+    // with nr_pages * 8 bytes and `vm` itself with size_of::<VmStruct>(), and neither is used
+    // again.
     unsafe {
         if !(*vm).pages.is_null() {
             kmalloc::kfree((*vm).pages as *mut u8, (*vm).nr_pages * 8);
@@ -403,7 +423,8 @@ fn vmalloc_once(
         return Err(());
     }
     let Some((start, node)) = alloc_vmap_area(va_size, align as u64, vstart, vend, gfp) else {
-        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+        // SAFETY: `vm` was kmalloc'ed just above with this size and never published.
+        unsafe { kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>()) };
         return Err(());
     };
     let nr_pages = size_aligned >> PAGE_SHIFT;
@@ -420,6 +441,8 @@ fn vmalloc_once(
             | GfpFlags::__GFP_NOMEMALLOC))
         | GfpFlags::__GFP_ZERO;
     let pages = kmalloc::kmalloc(nr_pages * 8, nested_gfp) as *mut Pfn;
+    // SAFETY: `vm` is a non-null kmalloc object of size_of::<VmStruct>() bytes (size-class
+    // aligned, so aligned for VmStruct), not published yet: this call's alone.
     unsafe {
         *vm = VmStruct {
             addr: start,
@@ -433,6 +456,9 @@ fn vmalloc_once(
     }
     // Before anything was mapped: pages (if any) back, the range straight to the free tree.
     // The pages array was sized for nr_pages; nr_pages in the vm_struct says how many were got.
+    // SAFETY: called only with this call's `vm`, never published (busy_insert is the last
+    // step), so live and this call's alone; its pages array was kmalloc'ed with nr_pages * 8
+    // bytes, and with `pages` nulled free_vm_struct frees only the struct.
     let free_area_struct = |vm: *mut VmStruct| unsafe {
         if !(*vm).pages.is_null() {
             kmalloc::kfree((*vm).pages as *mut u8, nr_pages * 8);
@@ -441,6 +467,8 @@ fn vmalloc_once(
         free_vm_struct(vm);
     };
     let fail = |vm: *mut VmStruct| {
+        // SAFETY: `vm` is this call's unpublished vm_struct (see free_area_struct); its first
+        // nr_pages entries are pages vm_area_alloc_pages got, which go back once.
         unsafe {
             if (*vm).nr_pages > 0 {
                 vm_free_pages(&*vm);
@@ -453,11 +481,15 @@ fn vmalloc_once(
     if pages.is_null() {
         return fail(vm);
     }
+    // SAFETY: `pages` is a non-null kmalloc'ed array of nr_pages Pfns (aligned, zeroed by
+    // __GFP_ZERO), reachable only through this call's unpublished `vm`, which is not used to
+    // read or write the array while the slice is in use.
     let slice = unsafe { core::slice::from_raw_parts_mut(pages, nr_pages) };
     // Linux __vmalloc_area_node: (page_order ? gfp & ~__GFP_NOFAIL : gfp) | __GFP_NOWARN.
     let page_gfp = if shift > PAGE_SHIFT { gfp - GfpFlags::__GFP_NOFAIL } else { gfp }
         | GfpFlags::__GFP_NOWARN;
     let got = vm_area_alloc_pages(page_gfp, shift - PAGE_SHIFT, slice);
+    // SAFETY: `vm` is live and this call's alone (unpublished).
     unsafe { (*vm).nr_pages = got };
     if got != nr_pages {
         if !gfp.contains(GfpFlags::__GFP_NOWARN) {
@@ -473,6 +505,8 @@ fn vmalloc_once(
     let fail_mapped = |vm: *mut VmStruct| {
         vunmap_range_noflush(start, size_aligned as u64);
         free_vmap_area_noflush(start, start + va_size, node);
+        // SAFETY: `vm` is this call's unpublished vm_struct holding all nr_pages pages, now
+        // unmapped; they go back once.
         unsafe { vm_free_pages(&*vm) };
         free_area_struct(vm);
         Err(())
@@ -546,12 +580,24 @@ pub fn vfree(addr: *mut u8) {
         warn_misuse(format_args!("WARNING: Trying to vfree() nonexistent vm area ({:p})", addr));
         return;
     };
+    // SAFETY: remove_vm_area unlinked the area from its busy tree, so this call alone owns its
+    // vm_struct (a live one: tag-free busy values are vm_structs alive until free_vm_struct);
+    // its pages array, if any (a vmap() area has none), holds nr_pages pages: the full count,
+    // as only complete areas are published.
     unsafe { vm_free_pages(&*vm) };
-    free_vm_struct(vm);
+    // SAFETY: as above; the area is unmapped and its pages freed, so nothing uses `vm` again.
+    unsafe { free_vm_struct(vm) };
 }
 
 /// Linux vrealloc: in place when the area already has room, else allocate, copy, free.
-pub fn vrealloc(p: *mut u8, size: usize, gfp: GfpFlags) -> *mut u8 {
+///
+/// # Safety
+///
+/// `p` must be null or the start of a live area returned by the vmalloc family
+/// ([`__vmalloc_node_range`] and its wrappers, or `vrealloc`), owned by the caller: no other
+/// CPU frees, reallocates or accesses it during the call. When the area moves, `p` is freed
+/// (dangling afterwards); when it shrinks in place, the bytes from `size` on are zeroed.
+pub unsafe fn vrealloc(p: *mut u8, size: usize, gfp: GfpFlags) -> *mut u8 {
     if p.is_null() {
         return __vmalloc(size, gfp);
     }
@@ -567,12 +613,17 @@ pub fn vrealloc(p: *mut u8, size: usize, gfp: GfpFlags) -> *mut u8 {
         return null_mut();
     }
     let vm = val as *mut VmStruct;
+    // SAFETY: a tag-free busy value is the area's live vm_struct; the caller owns the area, so
+    // no vfree can free it during this call.
     let (old_size, alloced) = unsafe { ((*vm).requested_size, (*vm).nr_pages << PAGE_SHIFT) };
     if size <= alloced {
         if size < old_size {
             // Shrinking: the tail reads as zero if it grows back (Linux zeroes it).
+            // SAFETY: `p` is the area's start (contract) and [p + size, p + old_size) lies in
+            // its first old_size <= alloced bytes, mapped and owned by the caller.
             unsafe { core::ptr::write_bytes(p.add(size), 0, old_size - size) };
         }
+        // SAFETY: as above; the caller's ownership of the area makes this write exclusive.
         unsafe { (*vm).requested_size = size };
         return p;
     }
@@ -580,6 +631,8 @@ pub fn vrealloc(p: *mut u8, size: usize, gfp: GfpFlags) -> *mut u8 {
     if n.is_null() {
         return null_mut();
     }
+    // SAFETY: `p` is the start of the caller's area, mapped for old_size bytes; `n` is a fresh
+    // area of at least size bytes, distinct from it (both busy), so the ranges do not overlap.
     unsafe { core::ptr::copy_nonoverlapping(p, n, old_size.min(size)) };
     vfree(p);
     n
@@ -593,15 +646,19 @@ pub fn vmap(pages: &[Pfn]) -> *mut u8 {
         GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO,
     ) as *mut VmStruct;
     if vm.is_null() || pages.is_empty() {
-        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+        // SAFETY: `vm` is null or was kmalloc'ed just above with this size, never published.
+        unsafe { kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>()) };
         return null_mut();
     }
     let Some((start, node)) =
         alloc_vmap_area(size, PAGE_SIZE as u64, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL)
     else {
-        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+        // SAFETY: `vm` was kmalloc'ed above with this size and never published.
+        unsafe { kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>()) };
         return null_mut();
     };
+    // SAFETY: `vm` is a non-null kmalloc object of size_of::<VmStruct>() bytes, not published
+    // yet: this call's alone.
     unsafe {
         // No pages array and nr_pages 0: the pages stay their owner's (Linux records them only
         // with VM_MAP_PUT_PAGES), so a vfree() of this area unmaps it and frees no page.
@@ -620,7 +677,8 @@ pub fn vmap(pages: &[Pfn]) -> *mut u8 {
     {
         vunmap_range_noflush(start, size - PAGE_SIZE as u64);
         free_vmap_area_noflush(start, start + size, node);
-        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+        // SAFETY: `vm` was kmalloc'ed above with this size and never published.
+        unsafe { kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>()) };
         return null_mut();
     }
     start as *mut u8
@@ -629,7 +687,10 @@ pub fn vmap(pages: &[Pfn]) -> *mut u8 {
 /// vunmap(): removes a vmap() mapping; the pages stay with their owner.
 pub fn vunmap(addr: *mut u8) {
     if let Some(vm) = remove_vm_area(addr as u64) {
-        kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>());
+        // SAFETY: remove_vm_area unlinked the area, so its vm_struct (kmalloc'ed with this size)
+        // is this call's alone and used by no one again. (A vmap() area has no pages array; a
+        // vmalloc area passed here by mistake leaks its pages array and pages, as in Linux.)
+        unsafe { kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>()) };
     }
 }
 
@@ -658,6 +719,10 @@ struct VmapBlock {
 struct VbqList {
     head: *mut VmapBlock,
 }
+// SAFETY: the list links kmalloc'ed vmap blocks, which belong to no CPU or thread. A block's
+// `free`, `next` and `on_free_list` are accessed only under the lock of the queue holding it (or
+// by its creator before it is listed), its dirty fields under VB_LOCK, and `va_start`/`node`
+// never change after creation; so the list may be locked from any CPU.
 unsafe impl Send for VbqList {}
 crate::define_per_cpu! {
     /// Per-CPU lists of blocks with free space (Linux: vmap_block_queue).
@@ -677,6 +742,9 @@ fn vb_alloc(count: usize) -> Option<u64> {
     let mut prev: *mut VmapBlock = null_mut();
     let mut b = q.head;
     while !b.is_null() {
+        // SAFETY: this CPU's queue lock is held; every block on a free list is live (a block
+        // leaves the list, under this lock, before it can be freed: when vb_alloc fills it or
+        // purge_fragmented_blocks takes it), and its free-list fields are guarded by this lock.
         unsafe {
             if (*b).free >= need {
                 let off = VMAP_BBMAP_BITS - (*b).free;
@@ -712,6 +780,8 @@ fn vb_alloc(count: usize) -> Option<u64> {
         kva::free_now(start, start + VMAP_BLOCK_SIZE);
         return None;
     }
+    // SAFETY: `vb` is a non-null kmalloc object of size_of::<VmapBlock>() bytes (size-class
+    // aligned), not published yet: this call's alone.
     unsafe {
         *vb = VmapBlock {
             va_start: start,
@@ -725,11 +795,16 @@ fn vb_alloc(count: usize) -> Option<u64> {
         };
     }
     if !kva::busy_insert(start, start + VMAP_BLOCK_SIZE, vb as u64 | VMAP_BLOCK, node) {
-        kmalloc::kfree(vb as *mut u8, core::mem::size_of::<VmapBlock>());
+        // SAFETY: `vb` was kmalloc'ed above with this size; the insert failed, so it was never
+        // published.
+        unsafe { kmalloc::kfree(vb as *mut u8, core::mem::size_of::<VmapBlock>()) };
         kva::free_now(start, start + VMAP_BLOCK_SIZE);
         return None;
     }
     let mut q = VBQ.this_cpu().lock();
+    // SAFETY: `vb` is live: it has a live slot (the one returned below, not handed out yet), so
+    // no vb_free can make it all dirty, and it is on no list for purge_fragmented_blocks to find;
+    // its free-list fields are written under this CPU's queue lock, which it joins now.
     unsafe {
         (*vb).next = q.head;
         (*vb).on_free_list = true;
@@ -738,14 +813,29 @@ fn vb_alloc(count: usize) -> Option<u64> {
     Some(start)
 }
 
-fn free_vmap_block(vb: *mut VmapBlock) {
+/// Unlinks a vmap block's area, queues it for the lazy purge and frees the block.
+///
+/// # Safety
+///
+/// `vb` must be a live vmap block that holds no live mapping, is on no free list and that no
+/// one else will reach again (its last slot was just freed, or purge_fragmented_blocks took it).
+unsafe fn free_vmap_block(vb: *mut VmapBlock) {
+    // SAFETY: `vb` is live (contract); va_start and node never change after creation.
     let (start, node) = unsafe { ((*vb).va_start, (*vb).node) };
     kva::busy_remove(start);
-    kmalloc::kfree(vb as *mut u8, core::mem::size_of::<VmapBlock>());
+    // SAFETY: `vb` was kmalloc'ed with this size by vb_alloc and, per the contract, is not
+    // reached again once its busy entry is gone.
+    unsafe { kmalloc::kfree(vb as *mut u8, core::mem::size_of::<VmapBlock>()) };
     free_vmap_area_noflush(start, start + VMAP_BLOCK_SIZE, node);
 }
 
-fn vb_free(addr: u64, count: usize) -> bool {
+/// Frees `count` pages at `addr` back to their vmap block; false when `addr` is in no block.
+///
+/// # Safety
+///
+/// If `addr` lies in a vmap block, `(addr, count)` must be a live slot returned by
+/// vm_map_ram(count pages) and not freed since (see [`vm_unmap_ram`]).
+unsafe fn vb_free(addr: u64, count: usize) -> bool {
     let order = get_order(count);
     let Some((start, _end, val, _)) = kva::busy_find(addr) else { return false };
     if val & TAG_MASK != VMAP_BLOCK {
@@ -755,6 +845,9 @@ fn vb_free(addr: u64, count: usize) -> bool {
     vunmap_range_noflush(addr, (count * PAGE_SIZE) as u64);
     let _g = VB_LOCK.lock();
     let off = ((addr - start) >> PAGE_SHIFT) as usize;
+    // SAFETY: the block holds the caller's live slot (contract), so it is live: it cannot have
+    // become all dirty, and purge_fragmented_blocks only takes blocks without live slots. Its
+    // dirty fields are guarded by VB_LOCK, held.
     let all_dirty = unsafe {
         (*vb).dirty += 1 << order;
         (*vb).dirty_min = (*vb).dirty_min.min(off);
@@ -762,7 +855,9 @@ fn vb_free(addr: u64, count: usize) -> bool {
         (*vb).dirty == VMAP_BBMAP_BITS
     };
     if all_dirty {
-        free_vmap_block(vb);
+        // SAFETY: all dirty means free == 0 (dirty never exceeds what was handed out), so the
+        // block is off every free list, and this was its last live slot: no one reaches it again.
+        unsafe { free_vmap_block(vb) };
     }
     true
 }
@@ -796,17 +891,28 @@ pub fn vm_map_ram(pages: &[Pfn]) -> *mut u8 {
         start
     };
     if !vmap_pages_range(addr, pages, PAGE_SHIFT) {
-        vm_unmap_ram(addr as *mut u8, count);
+        // SAFETY: `addr` is the slot or area of `count` pages reserved above, freed only here.
+        unsafe { vm_unmap_ram(addr as *mut u8, count) };
         return null_mut();
     }
     addr as *mut u8
 }
 
 /// Unmaps what vm_map_ram mapped; the TLB flush is deferred to the lazy purge.
-pub fn vm_unmap_ram(mem: *mut u8, count: usize) {
+///
+/// Other addresses (vmalloc areas, addresses in no area) are reported and left alone.
+///
+/// # Safety
+///
+/// When `count <= VMAP_MAX_ALLOC` and `mem` lies in a vmap block, `(mem, count)` must be what a
+/// vm_map_ram of `count` pages returned, not unmapped since: a vmap block's dirty accounting
+/// cannot tell a double or bogus unmap, which would free the block under its live slots (and
+/// under its free list).
+pub unsafe fn vm_unmap_ram(mem: *mut u8, count: usize) {
     let addr = mem as u64;
     if count <= VMAP_MAX_ALLOC {
-        if !vb_free(addr, count) {
+        // SAFETY: the caller's contract is vb_free's.
+        if !unsafe { vb_free(addr, count) } {
             warn_misuse(format_args!(
                 "WARNING: vm_unmap_ram of {:#x}: not a vmap block address",
                 addr
@@ -846,6 +952,8 @@ pub fn purge_fragmented_blocks() {
             let mut prev: *mut VmapBlock = null_mut();
             let mut b = q.head;
             while !b.is_null() && n < victims.len() {
+                // SAFETY: this queue's lock and VB_LOCK are held, which guard every field of the
+                // blocks on the list; listed blocks are live (see vb_alloc).
                 unsafe {
                     let next = (*b).next;
                     if (*b).free + (*b).dirty == VMAP_BBMAP_BITS && (*b).dirty != VMAP_BBMAP_BITS {
@@ -873,7 +981,9 @@ pub fn purge_fragmented_blocks() {
             return;
         }
         for &vb in &victims[..n] {
-            free_vmap_block(vb);
+            // SAFETY: each victim was unlinked and marked full and all dirty under both locks
+            // while it had no live slot (see above): nothing allocates from or frees into it.
+            unsafe { free_vmap_block(vb) };
         }
     }
 }
