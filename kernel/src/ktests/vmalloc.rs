@@ -84,7 +84,10 @@ ktest!(vmalloc_guard_page_and_use_after_free_fault, {
     // SAFETY: one past the end of the 3-page area `p` (non-null, checked): an allowed `add`
     // result (the guard page follows; no wrap-around).
     let guard = unsafe { p.add(3 * PAGE_SIZE) };
-    let faulted = arch::exception::probe_write(guard, 1, &mut report);
+    // SAFETY: `guard` is the area's guard page: unmapped, so the write faults and is fixed up;
+    // were it mapped (the bug this test looks for), it is still inside the VA range vmalloc
+    // reserved for this area, which nothing else uses.
+    let faulted = unsafe { arch::exception::probe_write(guard, 1, &mut report) };
     kassert!(faulted, "a write one byte past a vmalloc area did not fault");
     kassert!(report.contains("guard page"), "report does not name the guard page: {}", report);
     crate::println!("    (expected) {report}");
@@ -342,8 +345,10 @@ ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
                         break;
                     }
                     let mut report = String::new();
-                    if (arch::exception::probe_write(p, me, &mut report)
-                        || arch::exception::probe_read(p, &mut report) != Some(me))
+                    // SAFETY: p is this CPU's own vm_map_ram slot over a page it allocated; the
+                    // write faults (and is reported) only if a purge on another CPU took it.
+                    let wrote_faulted = unsafe { arch::exception::probe_write(p, me, &mut report) };
+                    if (wrote_faulted || arch::exception::probe_read(p, &mut report) != Some(me))
                         && errors.fetch_add(1, Ordering::SeqCst) == 0
                     {
                         crate::println!("purge race: cpu {} addr {:p}: {}", me, p, report);

@@ -2,7 +2,7 @@
 //! copy of the static per-CPU section (`percpu_defs`) plus a dynamic area, then chunks of one
 //! unit per possible CPU in vmalloc space, reserved top-down (pcpu_get_vm_areas), pages
 //! populated on demand, empty chunks released by the balance work. The chunk-internal bitmap
-//! allocator and the chunk lists are `percpu_alloc` (host-tested); this file supplies the
+//! allocator and the chunk lists are `mm_percpu` (crates/percpu, host-tested); this file supplies the
 //! memory (`PcpuBacking`).
 //!
 //! Pointers follow Linux: a percpu pointer is its unit-0 address minus the first chunk's

@@ -173,7 +173,11 @@ pub fn probe_read(addr: *const u8, report: &mut alloc::string::String) -> Option
 }
 
 /// Writes `val` to `*addr`; true if it faulted (see probe_read).
-pub fn probe_write(addr: *mut u8, val: u8, report: &mut alloc::string::String) -> bool {
+///
+/// # Safety
+/// If `addr` is mapped, writing `val` there must be allowed: the byte belongs to the caller
+/// (an area it allocated, or one it freed and expects to fault), nobody else uses it.
+pub unsafe fn probe_write(addr: *mut u8, val: u8, report: &mut alloc::string::String) -> bool {
     let faulted: u64;
     // SAFETY: as probe_read: a fault resumes at the fixup; a mapped address is written, which is
     // the caller's contract (see the doc).
