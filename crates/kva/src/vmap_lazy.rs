@@ -88,6 +88,9 @@ mod tests {
         Purge,
     }
 
+    /// How to take back one applied step.
+    type Undo<'a> = Box<dyn Fn(&VmapLazy, &mut BTreeSet<usize>) + 'a>;
+
     /// Runs every interleaving of `cpus` (each a sequence of steps, order kept within a CPU)
     /// and returns whether any purge subtracted more than was counted.
     fn any_underflow(cpus: &[Vec<Step>]) -> bool {
@@ -107,7 +110,7 @@ mod tests {
                 let step = cpus[c][pos[c]];
                 pos[c] += 1;
                 // Apply, remembering how to undo.
-                let (bad, undo): (bool, Box<dyn Fn(&VmapLazy, &mut BTreeSet<usize>)>) = match step {
+                let (bad, undo): (bool, Undo<'_>) = match step {
                     Step::Count(a) => {
                         lazy.add(pages[a]);
                         (

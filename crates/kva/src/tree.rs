@@ -1,0 +1,738 @@
+//! The balanced (AVL) tree of disjoint ranges, optionally augmented with `subtree_max_size`
+//! (Linux: the augmented rbtree of free vmap areas, the plain rbtrees of busy and lazy ones).
+//!
+//! A [`RawTree`] owns the [`NodeCache`] its nodes come from, so the whole life of a tree node
+//! (allocated, linked, unlinked, freed) happens in this module. Nodes are handed out to the
+//! structures above only as raw pointers: lookups are safe, and the operations that take a
+//! node back (`link`, `remove`, `area`, `set_start`...) are `unsafe fn`s whose contract is
+//! that the pointer is a node of this tree, i.e. it came from a lookup (or `alloc_node`) of
+//! the same tree and has not been removed since. The free tree's size changes and searches are
+//! in the child module `search`.
+//!
+//! "Tree node" in the contracts below: a node reachable from the root of a [`RawTree`], which
+//! by the tree's invariant is live. Nodes are only accessed through raw pointers, never
+//! references, and written only under `&mut RawTree`.
+
+use core::marker::PhantomData;
+use core::ptr::null_mut;
+
+use crate::slab::{NodeCache, PageSource, SlabStats, VaNode};
+use crate::{BusyArea, KvaError};
+
+mod search;
+
+/// # Safety
+/// `n` is a tree node.
+#[inline]
+unsafe fn va_size(n: *const VaNode) -> u64 {
+    // SAFETY: `n` is a live tree node (contract).
+    unsafe { (*n).va_end - (*n).va_start }
+}
+
+/// # Safety
+/// `n` is null or a tree node.
+#[inline]
+unsafe fn height(n: *const VaNode) -> u32 {
+    if n.is_null() {
+        0
+    } else {
+        // SAFETY: non-null, so a live tree node (contract).
+        unsafe { (*n).height }
+    }
+}
+
+/// Linux `get_subtree_max_size`.
+///
+/// # Safety
+/// `n` is null or a tree node.
+#[inline]
+unsafe fn get_subtree_max_size(n: *const VaNode) -> u64 {
+    if n.is_null() {
+        0
+    } else {
+        // SAFETY: non-null, so a live tree node (contract).
+        unsafe { (*n).subtree_max_size }
+    }
+}
+
+/// Linux `compute_subtree_max_size`.
+///
+/// # Safety
+/// `n` is a tree node.
+#[inline]
+unsafe fn compute_subtree_max_size(n: *const VaNode) -> u64 {
+    // SAFETY: `n` is a tree node (contract); its children are null or tree nodes.
+    unsafe { va_size(n).max(get_subtree_max_size((*n).left)).max(get_subtree_max_size((*n).right)) }
+}
+
+/// # Safety
+/// `n` is null or a tree node.
+unsafe fn leftmost(mut n: *mut VaNode) -> *mut VaNode {
+    if n.is_null() {
+        return n;
+    }
+    // SAFETY: `n` starts as a tree node (contract) and only moves to non-null left children,
+    // which are tree nodes too.
+    unsafe {
+        while !(*n).left.is_null() {
+            n = (*n).left;
+        }
+    }
+    n
+}
+
+/// # Safety
+/// `n` is null or a tree node.
+unsafe fn rightmost(mut n: *mut VaNode) -> *mut VaNode {
+    if n.is_null() {
+        return n;
+    }
+    // SAFETY: `n` starts as a tree node (contract) and only moves to non-null right children,
+    // which are tree nodes too.
+    unsafe {
+        while !(*n).right.is_null() {
+            n = (*n).right;
+        }
+    }
+    n
+}
+
+/// In-order successor.
+///
+/// # Safety
+/// `n` is a tree node.
+unsafe fn successor(mut n: *mut VaNode) -> *mut VaNode {
+    // SAFETY: `n` is a tree node (contract), so its right child is null or a tree node.
+    let r = unsafe { (*n).right };
+    if !r.is_null() {
+        // SAFETY: as just said, `r` is a tree node.
+        return unsafe { leftmost(r) };
+    }
+    // SAFETY: `n` and each non-null parent reached from it are tree nodes.
+    unsafe {
+        let mut p = (*n).parent;
+        while !p.is_null() && (*p).right == n {
+            n = p;
+            p = (*p).parent;
+        }
+        p
+    }
+}
+
+/// The area a node holds.
+///
+/// # Safety
+/// `n` is a tree node.
+#[inline]
+unsafe fn area(n: *const VaNode) -> BusyArea {
+    // SAFETY: `n` is a live tree node (contract).
+    unsafe { BusyArea { va_start: (*n).va_start, va_end: (*n).va_end, value: (*n).value } }
+}
+
+/// An AVL tree of disjoint ranges ordered by address, with the cache its nodes come from. `AUG`
+/// selects the `subtree_max_size` augmentation (free tree) or none (busy/lazy trees).
+///
+/// Invariant: `root` is null or the root of a binary tree whose nodes were all allocated from
+/// `cache` and not freed, each reachable once, with `parent` links matching (null at the root)
+/// and ranges disjoint and in address order. Nodes leave the tree before they are freed
+/// (`remove`, `drain`). Outside the methods heights, AVL balance and (with `AUG`)
+/// `subtree_max_size` are right too. Memory safety rests on the links alone: a null child has
+/// height 0 and size 0, so even a wrong height or size never makes the code follow a null link.
+pub(crate) struct RawTree<P: PageSource, const AUG: bool> {
+    root: *mut VaNode,
+    cache: NodeCache<P>,
+}
+
+// SAFETY: the tree's raw pointers lead only to nodes in pages of its own `cache`, which it owns
+// (and which is Send for `P: Send`); moving the tree moves all of them together.
+unsafe impl<P: PageSource + Send, const AUG: bool> Send for RawTree<P, AUG> {}
+
+impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
+    pub(crate) const fn new(page_source: P) -> Self {
+        RawTree { root: null_mut(), cache: NodeCache::new(page_source) }
+    }
+
+    /// No node in the tree.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.root.is_null()
+    }
+
+    /// [`NodeCache::shrink`] of the tree's cache.
+    #[inline]
+    pub(crate) fn shrink(&mut self) -> usize {
+        self.cache.shrink()
+    }
+
+    #[inline]
+    pub(crate) fn stats(&self) -> SlabStats {
+        self.cache.stats()
+    }
+
+    #[inline]
+    pub(crate) fn page_source(&self) -> &P {
+        self.cache.page_source()
+    }
+
+    #[inline]
+    pub(crate) fn page_source_mut(&mut self) -> &mut P {
+        self.cache.page_source_mut()
+    }
+
+    /// Nodes allocated from the tree's cache (linked or not).
+    #[inline]
+    pub(crate) fn nodes_in_use(&self) -> usize {
+        self.cache.objects_in_use()
+    }
+
+    /// A new node from the tree's cache holding `[va_start, va_end)` and `value`, not linked
+    /// yet (pass it to [`RawTree::link`] or [`RawTree::link_before`]); `None` if the cache
+    /// needed a page and the page source had none.
+    #[inline]
+    pub(crate) fn alloc_node(
+        &mut self,
+        va_start: u64,
+        va_end: u64,
+        value: u64,
+    ) -> Option<*mut VaNode> {
+        let n = self.cache.alloc()?;
+        // SAFETY: `n` is a fresh node from our cache, valid for writes and used by nothing else.
+        unsafe {
+            (*n).va_start = va_start;
+            (*n).va_end = va_end;
+            (*n).value = value;
+        }
+        Some(n)
+    }
+
+    /// The lower part of splitting `at` at `va_end` (Linux NE_FIT_TYPE: `lva->va_start =
+    /// va->va_start`): a new node holding `[at.va_start, va_end)` and value 0, not linked yet
+    /// (pass it to [`RawTree::link_before`]); `None` if no node. `at`'s start is read after the
+    /// allocation, as Linux does.
+    ///
+    /// # Safety
+    /// `at` is a node of this tree.
+    #[inline]
+    pub(crate) unsafe fn alloc_split_low(
+        &mut self,
+        at: *const VaNode,
+        va_end: u64,
+    ) -> Option<*mut VaNode> {
+        let n = self.cache.alloc()?;
+        // SAFETY: `n` is a fresh node from our cache, valid for writes and used by nothing else;
+        // `at` is a live node of this tree (contract), distinct from the fresh `n`.
+        unsafe {
+            (*n).va_start = (*at).va_start;
+            (*n).va_end = va_end;
+            (*n).value = 0;
+        }
+        Some(n)
+    }
+
+    /// The area of a node.
+    ///
+    /// # Safety
+    /// `n` is a node of this tree.
+    #[inline]
+    pub(crate) unsafe fn area(&self, n: *const VaNode) -> BusyArea {
+        // SAFETY: `n` is a node of this tree (contract).
+        unsafe { area(n) }
+    }
+
+    /// Replaces a node's value (busy trees: the user value).
+    ///
+    /// # Safety
+    /// `n` is a node of this tree.
+    #[inline]
+    pub(crate) unsafe fn set_value(&mut self, n: *mut VaNode, value: u64) {
+        // SAFETY: `n` is a live node of this tree (contract); `&mut self` makes the write
+        // exclusive.
+        unsafe { (*n).value = value };
+    }
+
+    /// # Safety
+    /// `n` is a tree node.
+    #[inline]
+    unsafe fn update(n: *mut VaNode) {
+        // SAFETY: `n` is a tree node (contract); its children are null or tree nodes.
+        unsafe {
+            (*n).height = 1 + height((*n).left).max(height((*n).right));
+            if AUG {
+                (*n).subtree_max_size = compute_subtree_max_size(n);
+            }
+        }
+    }
+
+    /// # Safety
+    /// `parent` is null (then `old` is the root) or a tree node with child `old`; `new` is
+    /// null or a node.
+    #[inline]
+    unsafe fn replace_child(&mut self, parent: *mut VaNode, old: *mut VaNode, new: *mut VaNode) {
+        if parent.is_null() {
+            self.root = new;
+        } else {
+            // SAFETY: `parent` is a non-null tree node (contract).
+            unsafe {
+                if (*parent).left == old {
+                    (*parent).left = new;
+                } else {
+                    (*parent).right = new;
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// `x` is a tree node with a right child.
+    unsafe fn rotate_left(&mut self, x: *mut VaNode) -> *mut VaNode {
+        // SAFETY: `x` and its right child `y` are tree nodes (contract), `b` (y's left child)
+        // and `p` (x's parent) are tree nodes where non-null; all four are distinct and the
+        // relinking below keeps every one of them reachable exactly once.
+        unsafe {
+            let y = (*x).right;
+            let b = (*y).left;
+            (*x).right = b;
+            if !b.is_null() {
+                (*b).parent = x;
+            }
+            let p = (*x).parent;
+            (*y).parent = p;
+            self.replace_child(p, x, y);
+            (*y).left = x;
+            (*x).parent = y;
+            Self::update(x);
+            Self::update(y);
+            y
+        }
+    }
+
+    /// # Safety
+    /// `x` is a tree node with a left child.
+    unsafe fn rotate_right(&mut self, x: *mut VaNode) -> *mut VaNode {
+        // SAFETY: mirror image of `rotate_left`: `x` and its left child `y` are tree nodes
+        // (contract), `b` (y's right child) and `p` (x's parent) are tree nodes where non-null.
+        unsafe {
+            let y = (*x).left;
+            let b = (*y).right;
+            (*x).left = b;
+            if !b.is_null() {
+                (*b).parent = x;
+            }
+            let p = (*x).parent;
+            (*y).parent = p;
+            self.replace_child(p, x, y);
+            (*y).right = x;
+            (*x).parent = y;
+            Self::update(x);
+            Self::update(y);
+            y
+        }
+    }
+
+    /// Restores the AVL balance at `n` (children already balanced and up to date) and updates
+    /// height/augment; returns the subtree's new root.
+    ///
+    /// # Safety
+    /// `n` is a tree node.
+    unsafe fn rebalance(&mut self, n: *mut VaNode) -> *mut VaNode {
+        // SAFETY: `n` is a tree node (contract), its children null or tree nodes. Heights only
+        // steer which rotation happens: a null link has height 0, so `hl > hr + 1` makes `l`
+        // non-null, `height(l.right) > height(l.left)` makes `l.right` non-null (and it is `n`'s
+        // left child after `rotate_left(l)`), and symmetrically on the right. So each rotation
+        // gets a tree node with the child it needs.
+        unsafe {
+            let (l, r) = ((*n).left, (*n).right);
+            let (hl, hr) = (height(l), height(r));
+            if hl > hr + 1 {
+                if height((*l).left) < height((*l).right) {
+                    self.rotate_left(l);
+                }
+                self.rotate_right(n)
+            } else if hr > hl + 1 {
+                if height((*r).right) < height((*r).left) {
+                    self.rotate_right(r);
+                }
+                self.rotate_left(n)
+            } else {
+                Self::update(n);
+                n
+            }
+        }
+    }
+
+    /// Walks from `n` to the root rebalancing and recomputing height and subtree_max_size,
+    /// stopping once a subtree root's (height, max) is what it was before. `force_through`, if
+    /// non-null, is an ancestor that must be recomputed even if the walk would stop below it.
+    ///
+    /// # Safety
+    /// `n` is null or a tree node; `force_through` is null or a tree node.
+    unsafe fn retrace(&mut self, mut n: *mut VaNode, force_through: *mut VaNode) {
+        let mut forced = !force_through.is_null();
+        while !n.is_null() {
+            // SAFETY: `n` is a tree node: the argument (contract), then the parent of the
+            // subtree root `rebalance` returned, checked non-null by the loop.
+            unsafe {
+                let old_h = (*n).height;
+                let old_m = (*n).subtree_max_size;
+                if n == force_through {
+                    forced = false;
+                }
+                let top = self.rebalance(n);
+                if !forced && (*top).height == old_h && (!AUG || (*top).subtree_max_size == old_m) {
+                    break;
+                }
+                n = (*top).parent;
+            }
+        }
+    }
+
+    /// Linux `augment_tree_propagate_from`: after `n`'s size changed (shrunk by a clip, grown by
+    /// a merge), recompute subtree_max_size upwards until a node's value does not change.
+    ///
+    /// # Safety
+    /// `n` is null or a tree node.
+    unsafe fn propagate_from(&mut self, mut n: *mut VaNode) {
+        while !n.is_null() {
+            // SAFETY: `n` is a tree node: the argument (contract), then non-null parents.
+            unsafe {
+                let m = compute_subtree_max_size(n);
+                if m == (*n).subtree_max_size {
+                    break;
+                }
+                (*n).subtree_max_size = m;
+                n = (*n).parent;
+            }
+        }
+    }
+
+    /// Links a fresh node (range set) as the `left`/right child of `parent` (null: as root) and
+    /// rebalances (Linux `link_va` + `rb_insert_augmented` + propagation).
+    ///
+    /// # Safety
+    /// `node` came from [`RawTree::alloc_node`] of this tree and is not linked. Either `parent`
+    /// is null and the tree is empty, or `(parent, as_left)` is what [`RawTree::find_links`]
+    /// returned for `node`'s range with no change to the tree since.
+    pub(crate) unsafe fn link(&mut self, node: *mut VaNode, parent: *mut VaNode, as_left: bool) {
+        // SAFETY: `node` is a live, unlinked node of our cache (contract): its links are ours.
+        unsafe {
+            (*node).left = null_mut();
+            (*node).right = null_mut();
+            (*node).parent = parent;
+            (*node).height = 1;
+            (*node).subtree_max_size = if AUG { va_size(node) } else { 0 };
+        }
+        if parent.is_null() {
+            self.root = node;
+        } else {
+            // SAFETY: `parent` is a tree node whose `as_left` child slot is empty and where the
+            // range keeps the address order (contract: from `find_links`).
+            unsafe {
+                if as_left {
+                    (*parent).left = node;
+                } else {
+                    (*parent).right = node;
+                }
+            }
+            // SAFETY: `parent` is a tree node; only heights and augment on its path to the root
+            // are stale, which is what `retrace` repairs.
+            unsafe { self.retrace(parent, null_mut()) };
+        }
+    }
+
+    /// Links `node` as the in-order predecessor of `at` (Linux: `insert_vmap_area_augment`
+    /// with `from = &va->rb_node` in the NE_FIT_TYPE split).
+    ///
+    /// # Safety
+    /// `node` came from [`RawTree::alloc_node`] of this tree and is not linked; `at` is a node
+    /// of this tree, and `node`'s range lies between `at`'s predecessor and `at`.
+    pub(crate) unsafe fn link_before(&mut self, node: *mut VaNode, at: *mut VaNode) {
+        // SAFETY: `at` is a tree node (contract).
+        let l = unsafe { (*at).left };
+        if l.is_null() {
+            // SAFETY: `at` has no left child, which is where its predecessor's range goes.
+            unsafe { self.link(node, at, true) };
+        } else {
+            // SAFETY: `l` is a tree node; the rightmost node of `at`'s left subtree has no right
+            // child and is `at`'s predecessor, so `node` goes there.
+            unsafe {
+                let p = rightmost(l);
+                self.link(node, p, false);
+            }
+        }
+    }
+
+    /// Finds where `[start, end)` would be linked. Returns `(parent, as_left, prev, next)` with
+    /// the would-be neighbours, or `Err(Overlap)` if it overlaps a node (Linux `find_va_links`
+    /// + `get_va_next_sibling`).
+    pub(crate) fn find_links(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<(*mut VaNode, bool, *mut VaNode, *mut VaNode), KvaError> {
+        let (mut parent, mut as_left) = (null_mut(), false);
+        let (mut prev, mut next) = (null_mut(), null_mut());
+        let mut n = self.root;
+        while !n.is_null() {
+            parent = n;
+            // SAFETY: `n` is the root or a child of a tree node, non-null: a tree node
+            // (invariant); `&self` rules out changes.
+            unsafe {
+                if end <= (*n).va_start {
+                    next = n;
+                    as_left = true;
+                    n = (*n).left;
+                } else if start >= (*n).va_end {
+                    prev = n;
+                    as_left = false;
+                    n = (*n).right;
+                } else {
+                    return Err(KvaError::Overlap);
+                }
+            }
+        }
+        Ok((parent, as_left, prev, next))
+    }
+
+    /// Unlinks `n` (Linux `unlink_va` / `rb_erase_augmented`). The node is not freed.
+    ///
+    /// # Safety
+    /// `n` is a tree node.
+    unsafe fn erase(&mut self, n: *mut VaNode) {
+        // SAFETY: `n` is a tree node (contract); its children and parent are tree nodes where
+        // non-null.
+        let (l, r, p) = unsafe { ((*n).left, (*n).right, (*n).parent) };
+        if l.is_null() || r.is_null() {
+            let child = if l.is_null() { r } else { l };
+            if !child.is_null() {
+                // SAFETY: `child` is a non-null child of `n`, a tree node.
+                unsafe { (*child).parent = p };
+            }
+            // SAFETY: `p` is null (`n` is the root) or `n`'s parent, a tree node.
+            unsafe { self.replace_child(p, n, child) };
+            if !p.is_null() {
+                // SAFETY: `p` is a tree node; the tree is well linked again.
+                unsafe { self.retrace(p, null_mut()) };
+            }
+        } else {
+            // Two children: the in-order successor takes n's place.
+            // SAFETY: `l`, `r` are tree nodes (both non-null here); `s`, the leftmost node of
+            // `r`'s subtree, is a tree node with no left child; when `s != r` its parent `sp`
+            // is a tree node inside `r`'s subtree and `sr` (s's right child) is null or a tree
+            // node. The relinking moves `s` into `n`'s place and `sr` into `s`'s, keeping every
+            // node other than `n` reachable once.
+            unsafe {
+                let s = leftmost(r);
+                // Like Linux's augment->copy: the successor inherits the values its new
+                // ancestors were computed with, so the retrace below may stop early correctly.
+                (*s).height = (*n).height;
+                (*s).subtree_max_size = (*n).subtree_max_size;
+                let from;
+                if s == r {
+                    (*s).left = l;
+                    (*l).parent = s;
+                    from = s;
+                } else {
+                    let sp = (*s).parent;
+                    let sr = (*s).right;
+                    (*sp).left = sr;
+                    if !sr.is_null() {
+                        (*sr).parent = sp;
+                    }
+                    (*s).left = l;
+                    (*l).parent = s;
+                    (*s).right = r;
+                    (*r).parent = s;
+                    from = sp;
+                }
+                (*s).parent = p;
+                self.replace_child(p, n, s);
+                self.retrace(from, s);
+            }
+        }
+        // SAFETY: `n` is still live (unlinked, not freed).
+        unsafe {
+            (*n).left = null_mut();
+            (*n).right = null_mut();
+            (*n).parent = null_mut();
+        }
+    }
+
+    /// Unlinks `n` and gives it back to the cache (Linux `unlink_va` + `kmem_cache_free`).
+    ///
+    /// # Safety
+    /// `n` is a node of this tree. It must not be used afterwards.
+    pub(crate) unsafe fn remove(&mut self, n: *mut VaNode) {
+        // SAFETY: `n` is a node of this tree (contract).
+        unsafe { self.erase(n) };
+        // SAFETY: `n` came from our cache (invariant), is unlinked now and not used again
+        // (contract).
+        unsafe { self.cache.free(n) };
+    }
+
+    /// The node containing `addr` (Linux `__find_vmap_area`), or null.
+    pub(crate) fn find_containing(&self, addr: u64) -> *mut VaNode {
+        let mut n = self.root;
+        while !n.is_null() {
+            // SAFETY: `n` is the root or a child of a tree node, non-null: a tree node
+            // (invariant); `&self` rules out changes.
+            unsafe {
+                if addr < (*n).va_start {
+                    n = (*n).left;
+                } else if addr >= (*n).va_end {
+                    n = (*n).right;
+                } else {
+                    return n;
+                }
+            }
+        }
+        null_mut()
+    }
+
+    /// The node starting exactly at `start`, or null.
+    pub(crate) fn find_start(&self, start: u64) -> *mut VaNode {
+        let mut n = self.root;
+        while !n.is_null() {
+            // SAFETY: as in `find_containing`.
+            unsafe {
+                if start < (*n).va_start {
+                    n = (*n).left;
+                } else if start > (*n).va_start {
+                    n = (*n).right;
+                } else {
+                    return n;
+                }
+            }
+        }
+        null_mut()
+    }
+
+    /// The lowest node, or null.
+    #[inline]
+    pub(crate) fn first(&self) -> *mut VaNode {
+        // SAFETY: the root is null or a tree node (invariant).
+        unsafe { leftmost(self.root) }
+    }
+
+    /// The highest node, or null.
+    #[inline]
+    pub(crate) fn last(&self) -> *mut VaNode {
+        // SAFETY: the root is null or a tree node (invariant).
+        unsafe { rightmost(self.root) }
+    }
+
+    /// The areas in address order.
+    #[inline]
+    pub(crate) fn iter(&self) -> InOrder<'_> {
+        InOrder { node: self.first(), _m: PhantomData }
+    }
+
+    /// Removes every node, calling `f` on each area in address order; returns how many. O(n):
+    /// the tree is dismantled leftmost-first without rebalancing.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(BusyArea)) -> usize {
+        let mut count = 0;
+        let mut n = self.first();
+        while !n.is_null() {
+            // n has no left child and is its parent's left child (or the root).
+            // SAFETY: `n` is a tree node: the leftmost one, and each step below splices it out
+            // (its right subtree takes its place) before freeing it and moving to the new
+            // leftmost node, so the tree stays a well-linked tree of live nodes throughout.
+            let (r, p, a) = unsafe { ((*n).right, (*n).parent, area(n)) };
+            if !r.is_null() {
+                // SAFETY: `r` is `n`'s right child, a tree node.
+                unsafe { (*r).parent = p };
+            }
+            if p.is_null() {
+                self.root = r;
+            } else {
+                // SAFETY: `p` is `n`'s parent, a tree node, and `n` is its left child.
+                unsafe { (*p).left = r };
+            }
+            // SAFETY: `n` came from our cache (invariant), is unlinked now and not used again.
+            unsafe { self.cache.free(n) };
+            count += 1;
+            f(a);
+            // SAFETY: `r` (non-null here) is a tree node.
+            n = if r.is_null() { p } else { unsafe { leftmost(r) } };
+        }
+        self.root = null_mut();
+        count
+    }
+
+    /// Debug check of the whole tree: parent links, order and disjointness, heights, AVL
+    /// balance and (augmented) subtree_max_size. Returns (nodes, bytes).
+    pub(crate) fn check(&self) -> Result<(usize, u64), &'static str> {
+        // SAFETY: the root is null or a tree node (invariant).
+        if !self.root.is_null() && unsafe { !(*self.root).parent.is_null() } {
+            return Err("root has a parent");
+        }
+        // SAFETY: the root is null or a tree node (invariant).
+        let (_, _, count, bytes) = unsafe { Self::check_node(self.root, null_mut(), 0, u64::MAX)? };
+        Ok((count, bytes))
+    }
+
+    /// # Safety
+    /// `n` is null or a tree node.
+    unsafe fn check_node(
+        n: *mut VaNode,
+        parent: *mut VaNode,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(u32, u64, usize, u64), &'static str> {
+        if n.is_null() {
+            return Ok((0, 0, 0, 0));
+        }
+        // SAFETY: `n` is a non-null tree node (contract).
+        let (np, start, end, l, r) =
+            unsafe { ((*n).parent, (*n).va_start, (*n).va_end, (*n).left, (*n).right) };
+        if np != parent {
+            return Err("bad parent link");
+        }
+        if start >= end {
+            return Err("empty or inverted range in tree");
+        }
+        if start < lo || end > hi {
+            return Err("BST order / overlap violated");
+        }
+        // SAFETY: the children of a tree node are null or tree nodes.
+        let (hl, ml, cl, bl) = unsafe { Self::check_node(l, n, lo, start)? };
+        // SAFETY: as above.
+        let (hr, mr, cr, br) = unsafe { Self::check_node(r, n, end, hi)? };
+        let h = 1 + hl.max(hr);
+        // SAFETY: `n` is a tree node (contract).
+        let (nh, nm) = unsafe { ((*n).height, (*n).subtree_max_size) };
+        if h != nh {
+            return Err("stored height wrong");
+        }
+        if hl > hr + 1 || hr > hl + 1 {
+            return Err("AVL balance violated");
+        }
+        let m = (end - start).max(ml).max(mr);
+        if AUG && m != nm {
+            return Err("subtree_max_size wrong");
+        }
+        Ok((h, m, cl + cr + 1, bl + br + (end - start)))
+    }
+}
+
+/// In-order iterator over a tree's areas; borrows the tree, so no node can go away meanwhile.
+pub(crate) struct InOrder<'a> {
+    node: *mut VaNode,
+    _m: PhantomData<&'a VaNode>,
+}
+
+impl Iterator for InOrder<'_> {
+    type Item = BusyArea;
+    #[inline]
+    fn next(&mut self) -> Option<BusyArea> {
+        if self.node.is_null() {
+            return None;
+        }
+        let n = self.node;
+        // SAFETY: `n` is a non-null node of the tree this iterator borrows (it started at the
+        // tree's first node and moves by `successor`), live while the borrow lasts.
+        unsafe {
+            self.node = successor(n);
+            Some(area(n))
+        }
+    }
+}
