@@ -43,7 +43,9 @@ impl Pages {
     }
 }
 
-impl PageSource for Pages {
+// SAFETY: pages come from the global allocator with a 4 KiB-aligned 4 KiB layout, owned by
+// the caller until free_page gives them back to dealloc.
+unsafe impl PageSource for Pages {
     fn alloc_page(&mut self) -> Option<*mut u8> {
         if self.live >= self.limit {
             return None;
@@ -56,7 +58,7 @@ impl PageSource for Pages {
         self.live += 1;
         Some(p)
     }
-    fn free_page(&mut self, p: *mut u8) {
+    unsafe fn free_page(&mut self, p: *mut u8) {
         assert_eq!(p as usize % SLAB_PAGE_SIZE, 0, "page source got back a misaligned page");
         assert!(self.live > 0, "page source got back more pages than it gave");
         // SAFETY: `p` came from alloc(Self::layout()) above (checked aligned, and counted live).

@@ -15,13 +15,18 @@ pub const SLAB_PAGE_SIZE: usize = 4096;
 
 /// Where a [`NodeCache`] gets its 4 KiB pages. Pages must be [`SLAB_PAGE_SIZE`]-aligned.
 ///
-/// Contract (relied on by the node cache, which writes into the pages): a page returned by
-/// `alloc_page` is valid for reads and writes of [`SLAB_PAGE_SIZE`] bytes and belongs to the
-/// caller until it is handed back to `free_page`. A null or misaligned page is handed straight
-/// back and counts as a failed allocation.
-pub trait PageSource {
+/// # Safety
+/// The node cache writes into the pages: a non-null page returned by `alloc_page` must be
+/// valid for reads and writes of [`SLAB_PAGE_SIZE`] bytes and belong to the caller alone until
+/// it is handed back to `free_page`. A null or misaligned page is handed straight back and
+/// counts as a failed allocation.
+pub unsafe trait PageSource {
     fn alloc_page(&mut self) -> Option<*mut u8>;
-    fn free_page(&mut self, p: *mut u8);
+    /// Takes back a page.
+    ///
+    /// # Safety
+    /// `p` was returned by this source's `alloc_page` and is no longer used by the caller.
+    unsafe fn free_page(&mut self, p: *mut u8);
 }
 
 /// Slab statistics of one structure's node cache.
@@ -168,7 +173,8 @@ impl<P: PageSource> NodeCache<P> {
             return None;
         }
         if (p as usize) & (SLAB_PAGE_SIZE - 1) != 0 {
-            self.src.free_page(p);
+            // SAFETY: `p` came from this source's alloc_page just now and was never used.
+            unsafe { self.src.free_page(p) };
             return None;
         }
         // Freelist in address order: slots 1..=OBJS_PER_PAGE.
@@ -256,8 +262,9 @@ impl<P: PageSource> NodeCache<P> {
             if inuse == 0 {
                 // SAFETY: `p` is on the partial list, whose pages are live.
                 unsafe { self.partial.remove(p) };
-                // No object of `p` is in use and it is off every list: back to the source.
-                self.src.free_page(p as *mut u8);
+                // SAFETY: no object of `p` is in use and it is off every list: a page of this
+                // source that the cache no longer uses goes back.
+                unsafe { self.src.free_page(p as *mut u8) };
                 freed += 1;
             }
             p = next;
@@ -313,7 +320,9 @@ impl<P: PageSource> Drop for NodeCache<P> {
                 // SAFETY: `p` is on that list, whose pages are all live (invariant); `list` as
                 // above.
                 unsafe { (*list).remove(p) };
-                self.src.free_page(p as *mut u8);
+                // SAFETY: `p` is a page of this source (every cache page is) that is now off
+                // every list; the cache is being emptied, so nothing uses it.
+                unsafe { self.src.free_page(p as *mut u8) };
             }
         }
     }

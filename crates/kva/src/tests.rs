@@ -31,7 +31,9 @@ impl TestPages {
     }
 }
 
-impl PageSource for TestPages {
+// SAFETY: pages come from the global allocator with a 4 KiB-aligned 4 KiB layout, owned by
+// the caller until free_page gives them back to dealloc.
+unsafe impl PageSource for TestPages {
     fn alloc_page(&mut self) -> Option<*mut u8> {
         if self.live >= self.limit {
             return None;
@@ -45,7 +47,7 @@ impl PageSource for TestPages {
         self.total += 1;
         Some(p)
     }
-    fn free_page(&mut self, p: *mut u8) {
+    unsafe fn free_page(&mut self, p: *mut u8) {
         assert_eq!(p as usize % SLAB_PAGE_SIZE, 0);
         // SAFETY: the node caches hand back only pages this source allocated (with this
         // layout) and still holds, each once.
@@ -621,11 +623,12 @@ fn kva_slab_shrink_and_const_static() {
 
     // Statics: const construction, Send.
     struct Null;
-    impl PageSource for Null {
+    // SAFETY: hands out no pages.
+    unsafe impl PageSource for Null {
         fn alloc_page(&mut self) -> Option<*mut u8> {
             None
         }
-        fn free_page(&mut self, _: *mut u8) {}
+        unsafe fn free_page(&mut self, _: *mut u8) {}
     }
     static KVA: spin::Mutex<KvaAllocator<Null>> = spin::Mutex::new(KvaAllocator::empty(Null));
     static BUSY: spin::Mutex<BusyTree<Null>> = spin::Mutex::new(BusyTree::new(Null));

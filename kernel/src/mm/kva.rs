@@ -72,7 +72,9 @@ impl Reserve {
     }
 }
 
-impl PageSource for KPages {
+// SAFETY: pages are whole 4 KiB pages of the linear map, from the page allocator or the
+// reserve, owned by the node cache until free_page takes them back.
+unsafe impl PageSource for KPages {
     fn alloc_page(&mut self) -> Option<*mut u8> {
         let p = page_alloc::alloc_page_va(GfpFlags::GFP_NOWAIT | GfpFlags::__GFP_NOWARN);
         if !p.is_null() {
@@ -80,10 +82,7 @@ impl PageSource for KPages {
         }
         RESERVE.lock().pop()
     }
-    // The signature is mm_kva::PageSource's (a safe trait): `p` is trusted to be a page this
-    // source handed out, which mm_kva's node caches are the only ones to give back.
-    #[allow(clippy::not_unsafe_ptr_arg_deref)]
-    fn free_page(&mut self, p: *mut u8) {
+    unsafe fn free_page(&mut self, p: *mut u8) {
         let mut r = RESERVE.lock();
         if r.nr < reserve_target() {
             // SAFETY: the node caches give back only pages they got from `alloc_page` (4 KiB,
