@@ -21,9 +21,7 @@ use alloc::alloc::{alloc, dealloc, Layout};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-const MAX_OPS: usize = 200;
-/// Full [`Harness::verify`] every this many steps (and at the start and the end).
-const FULL_EVERY: usize = 8;
+use super::{FULL_EVERY, MAX_OPS};
 const NODES: usize = 2;
 const BASE: u64 = 0xffff_8000_0000_0000;
 const MIB: u64 = 1 << 20;

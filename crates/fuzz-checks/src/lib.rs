@@ -40,6 +40,12 @@ pub fn kva(data: &[u8]) {
     kva::run(data)
 }
 
+/// At most this many operations per input of the operation-sequence targets (keeps one
+/// execution well under a millisecond).
+const MAX_OPS: usize = 200;
+/// Full structure checks every this many steps (and at the start and the end).
+const FULL_EVERY: usize = 8;
+
 /// A target's name and check.
 pub type Target = (&'static str, fn(&[u8]));
 

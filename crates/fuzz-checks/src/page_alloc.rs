@@ -16,10 +16,7 @@ use mm_page_alloc::{Memblock, Page};
 use mm_types::gfp::{gfp_zone, GfpFlags as G, MAX_NR_ZONES};
 use mm_types::{MAX_PAGE_ORDER, PAGE_SHIFT};
 
-/// At most this many operations per input (keeps one execution well under a millisecond).
-const MAX_OPS: usize = 200;
-/// Full `verify()` every this many steps (and at the start and the end).
-const FULL_EVERY: usize = 8;
+use super::{FULL_EVERY, MAX_OPS};
 
 /// The simulated machines: (RAM banks, reservations, zone_dma_limit). All small (at most 6144
 /// pages) so that building one per input is cheap.

@@ -11,7 +11,7 @@ use core::ptr::null_mut;
 use crate::list::{dlinks, DList};
 
 /// Size of the pages a [`NodeCache`] obtains from its [`PageSource`] (they must be aligned to it).
-pub const SLAB_PAGE_SIZE: usize = 4096;
+pub const SLAB_PAGE_SIZE: usize = mm_types::PAGE_SIZE;
 
 /// Where a [`NodeCache`] gets its 4 KiB pages. Pages must be [`SLAB_PAGE_SIZE`]-aligned.
 ///

@@ -20,7 +20,7 @@ use crate::mm::page_alloc;
 use crate::mm::pgtable::{kernel_pgtable, KernelPt};
 use crate::percpu_defs;
 use mm_page_alloc::Memblock;
-use mm_percpu::{ChunkId, PcpuBacking, PcpuChunk, PcpuPool};
+use mm_percpu::{ChunkId, PcpuBacking, PcpuChunk, PcpuPool, PCPU_MIN_ALLOC_SIZE};
 use mm_pgtable::{flush_tlb_kernel_range, MapFlags, PageProt};
 use mm_types::gfp::GfpFlags;
 use mm_types::NR_CPUS;
@@ -28,8 +28,6 @@ use mm_types::{PAGE_SHIFT, PAGE_SIZE};
 
 /// Unit size: 32 pages per CPU, what Linux arm64 embeds on QEMU virt ("Embedded 32 pages/cpu").
 pub const PCPU_UNIT_SIZE: usize = 32 * PAGE_SIZE;
-/// Linux PCPU_MIN_ALLOC_SIZE: the static area is rounded to it.
-const PCPU_MIN_ALLOC_SIZE: usize = 4;
 
 struct State {
     pool: PcpuPool,
