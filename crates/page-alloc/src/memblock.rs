@@ -8,6 +8,7 @@
 //! `alloc` mirrors `memblock_phys_alloc` (`memblock_find_in_range_node`, top-down by default,
 //! never below PAGE_SIZE) and `free_ranges` mirrors `for_each_free_mem_range` with the
 //! `PFN_UP(start)`/`PFN_DOWN(end)` rounding of `__free_memory_core`.
+#![forbid(unsafe_code)]
 use core::fmt;
 use mm_types::PAGE_SIZE;
 

@@ -178,8 +178,14 @@ impl core::fmt::Debug for Page {
 /// `ptr` must be valid for writes of `n` pages, suitably aligned, not aliased, and live for `'a`.
 pub unsafe fn init_mem_map_raw<'a>(ptr: *mut Page, n: usize) -> &'a [Page] {
     for i in 0..n {
+        // SAFETY: i < n and the caller guarantees `ptr` is valid for writes of `n` aligned
+        // pages, so `ptr.add(i)` stays inside that allocation and may be written; `write`
+        // neither reads nor drops the uninitialised page there.
         unsafe { ptr.add(i).write(Page::new()) };
     }
+    // SAFETY: the loop above initialised all `n` pages at `ptr` (valid, aligned, one
+    // allocation by the caller's contract); the caller guarantees nothing else aliases them
+    // mutably and that they live for `'a`.
     unsafe { core::slice::from_raw_parts(ptr, n) }
 }
 

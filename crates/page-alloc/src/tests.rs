@@ -1,5 +1,6 @@
 //! Host tests of the page allocator (memblock -> zones -> buddy -> pcp -> API), against
 //! hand-computed Linux formulas and a model (proptest).
+#![forbid(unsafe_code)]
 use crate::memblock::Memblock;
 use crate::page::Page;
 use crate::page_alloc::{
@@ -1230,14 +1231,14 @@ fn pcp_moves_from_boot_pagesets_into_per_cpu_areas() {
         Some((base + off).wrapping_sub(delta))
     })
     .unwrap();
-    for c in 0..4 {
+    for (c, b) in before.iter().enumerate() {
         let a = pa.zone_pcp_slot_addr(ZONE_DMA, c);
         assert!(
             a >= base + c * 4096 && a < base + (c + 1) * 4096,
             "cpu {c}'s pcp at {a:#x} is outside its unit"
         );
         let s = pa.pcp_snapshot(c, ZONE_DMA);
-        assert_eq!((s.count, s.high, s.batch), (before[c].count, before[c].high, before[c].batch));
+        assert_eq!((s.count, s.high, s.batch), (b.count, b.high, b.batch));
     }
     check(&pa, (40..400).map(|i| 1u64 << order(i)).sum::<u64>());
     for (i, &(cpu, p)) in pages.iter().enumerate().skip(40) {

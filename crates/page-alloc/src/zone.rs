@@ -7,7 +7,8 @@
 //!
 //! Not modelled: ZONE_MOVABLE/ZONE_DEVICE, watermark boosting (always 0), highatomic and CMA
 //! reserves (always 0), NR_FREE_PAGES per-CPU deltas (we keep one exact atomic counter).
-use crate::page::ListHead;
+#![forbid(unsafe_code)]
+use crate::page::{ListHead, MemMap};
 use crate::pcp::PerCpuPageset;
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use mm_types::gfp::{
@@ -71,6 +72,21 @@ pub struct Zone {
     pub(super) pageset_batch: AtomicU32,
     /// zone->per_cpu_pageset.
     pub(super) per_cpu_pageset: PerCpuPageset,
+}
+
+/// A node's memory as the buddy allocator sees it: Linux `pg_data_t`'s `node_zones` and (FLATMEM)
+/// `node_mem_map`. The buddy operations ([`crate::buddy`]) take it; `PageAllocator` holds one
+/// next to the per-CPU state, counters and tunables.
+///
+/// Codegen note: the buddy functions reach the mem_map through `&Node`, a reference to atomics
+/// (not `noalias`), exactly as they reached it through `&PageAllocator` before the modules were
+/// layered; a `&MemMap` parameter would let LLVM keep the mem_map fields in registers across
+/// the page stores and inline differently, which measurably changed the benchmark's instruction
+/// counts. `zones` comes first so that the mem_map fields keep a large offset (no `ldp`
+/// pairing), as in `PageAllocator`.
+pub(crate) struct Node<'m> {
+    pub(crate) zones: [Zone; MAX_NR_ZONES],
+    pub(crate) mem_map: MemMap<'m>,
 }
 
 impl Zone {
