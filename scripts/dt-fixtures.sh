@@ -4,6 +4,7 @@
 # are 1 MiB each and the Pi 4 DTB is GPL.
 #
 #   virt-smp{1,4}-{512M,2G,3G}.dtb        QEMU -M virt (PSCI via hvc)
+#   virt-gicv3-smp64-2G.dtb              -M virt,gic-version=3 -smp 64 (GICv3, 64 CPUs)
 #   virt-smp4-2G-virtualization.dtb      -M virt,virtualization=on (PSCI via smc)
 #   raspi4b.dtb                          the DTB QEMU -M raspi4b hands the guest: the upstream one
 #                                        with /memory filled in, bootargs set, and PCIe/GENET/RNG/
@@ -49,6 +50,7 @@ for smp in 1 4; do
     dump "virt-smp$smp-$mem.dtb" virt -cpu cortex-a72 -smp "$smp" -m "$mem" -append "$APPEND"
   done
 done
+dump virt-gicv3-smp64-2G.dtb virt,gic-version=3 -cpu cortex-a72 -smp 64 -m 2G -append "$APPEND"
 dump virt-smp4-2G-virtualization.dtb virt,virtualization=on -cpu cortex-a72 -smp 4 -m 2G -append "$APPEND"
 # QEMU prints "... has been disabled!" warnings for the NOP'd nodes; they land in the log only.
 dump raspi4b.dtb raspi4b -dtb "$PI_DTB" -append "console=ttyS0"

@@ -66,7 +66,16 @@ el2_to_el1:
     orr     x9, x9, #3                        // EL1PCTEN | EL1PCEN: EL1 may use the counter
     msr     cnthctl_el2, x9
     msr     cntvoff_el2, xzr
-    mov     x9, #0x33ff                       // CPTR_EL2: no FP/SIMD traps
+    mrs     x9, id_aa64pfr0_el1               // GICv3 system registers implemented?
+    ubfx    x9, x9, #24, #4
+    cbz     x9, 2f
+    mrs     x9, icc_sre_el2                   // let EL1 use them (Linux __init_el2_gicv3)
+    orr     x9, x9, #0x1                      // ICC_SRE_EL2.SRE
+    orr     x9, x9, #0x8                      // ICC_SRE_EL2.Enable
+    msr     icc_sre_el2, x9
+    isb
+    msr     ich_hcr_el2, xzr
+2:  mov     x9, #0x33ff                       // CPTR_EL2: no FP/SIMD traps
     msr     cptr_el2, x9
     msr     hstr_el2, xzr
     mrs     x9, midr_el1

@@ -1,6 +1,8 @@
 //! The boot flow on the boot CPU: one call per stage, each handing a typed value to the next
 //! (see docs in the README "Design" section).
 
+use alloc::format;
+use alloc::string::String;
 use core::fmt::Write;
 
 use crate::arch::{self, mmu};
@@ -141,6 +143,46 @@ fn banner(info: &dt::BootInfo, bootargs: &str, cfg: &config::Config, kimage_pa: 
     }
 }
 
+/// Interrupts: the wake-up IPI and the tick registered, the GIC the device tree names set up on
+/// this CPU (self-tested), the first tick armed, interrupts unmasked. Without a usable GIC the
+/// kernel runs as before interrupts existed: no tick, idle CPUs wait in WFE.
+fn irq_init(info: &dt::BootInfo, cfg: &config::Config) {
+    arch::idle::init();
+    let vtimer = info.vtimer_intid.unwrap_or(dt::DEFAULT_VTIMER_INTID);
+    if let Err(e) = crate::tick::tick_init(vtimer, cfg.hz) {
+        fatal(crate::EXIT_BAD_INPUT, format_args!("tick on INTID {vtimer}: {e}"));
+    }
+    arch::idle::set_nohz(cfg.nohz);
+    let why = match &info.gic {
+        None => Some("no interrupt controller in the device tree"),
+        Some(g) => arch::gic::init(g, 0, arch::irq::enabled_mask(), &|pa, size| {
+            mmu::early_ioremap(pa, size)
+        })
+        .err(),
+    };
+    if let Some(why) = why {
+        println!("irq: none ({why}): no tick, idle CPUs wait in WFE");
+        return;
+    }
+    let where_ = match &info.gic {
+        Some(dt::Gic::V2 { gicd, gicc }) => format!("GICD {gicd:#x} GICC {gicc:#x}"),
+        Some(dt::Gic::V3 { gicd, redist_regions, .. }) => {
+            format!("GICD {gicd:#x}, {} redistributor region(s)", redist_regions.len())
+        }
+        None => String::new(),
+    };
+    match crate::tick::hz() {
+        0 => println!("irq: {} ({where_}); no tick (hz=0); idle: WFI", arch::gic::name()),
+        hz => println!(
+            "irq: {} ({where_}); tick: {hz} Hz on the virtual timer (INTID {vtimer}), {}; idle: WFI",
+            arch::gic::name(),
+            if cfg.nohz { "stopped in idle (nohz)" } else { "periodic in idle (nohz=off)" }
+        ),
+    }
+    arch::timer::program_next_tick();
+    arch::local_irq_enable();
+}
+
 fn boot_stack_guard() -> u64 {
     unsafe extern "C" {
         static __boot_stack_guard: u8;
@@ -234,16 +276,7 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         fatal(crate::EXIT_PANIC, format_args!("{e}"));
     }
 
-    if let Some((d, c)) = info.gic {
-        if let (Some(dv), Some(cv)) = (mmu::early_ioremap(d, 0x1000), mmu::early_ioremap(c, 0x2000))
-        {
-            arch::gic::init(dv, cv);
-        }
-    }
-    println!(
-        "idle: {}",
-        if arch::gic::wfi_enabled() { "WFI, woken by GIC SGIs" } else { "WFE (no usable GICv2)" }
-    );
+    irq_init(&info, cfg);
 
     let online = crate::smp::bring_up(&info, cfg.maxcpus);
     print!("smp: {online} CPUs online:");
@@ -254,7 +287,7 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     crate::smp::on_each_cpu(&crate::mm::pgtable::cpu_drop_idmap);
     crate::mm::vmalloc::vmalloc_init();
     crate::mm::percpu::percpu_init();
-    crate::smp::set_quiescent_hook(crate::rcu::rcu_quiescent);
+    crate::smp::set_quiescent_hook(crate::tick::quiescent_work);
 
     match cfg.ktest_fault.as_deref() {
         Some("null") => {

@@ -7,7 +7,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`arch`] | aarch64: registers, barriers, exception vectors, MMU bring-up, TLB ops, GIC, PSCI, semihosting |
+//! | [`arch`] | aarch64: registers, barriers, exception vectors, IRQs, GICv2/v3, timer, idle, MMU bring-up, TLB ops, PSCI, semihosting |
 //! | [`board`] | Raspberry Pi 4 specifics: GPIO pin functions, PM watchdog |
 //! | [`percpu_defs`] | per-CPU variables (`define_per_cpu!`, TPIDR_EL1) |
 //! | [`console`] | the serial console drivers and `print!` |
@@ -15,6 +15,7 @@
 //! | [`smp`] | secondary CPUs, cross-CPU calls, `cond_resched` |
 //! | [`mm`] | the mm crates' kernel instances, vmalloc, kmalloc, boot setup |
 //! | [`rcu`] | RCU grace periods, `call_rcu`, `kvfree_rcu` |
+//! | [`tick`] | the per-CPU tick: RCU's clock hook, the vmstat work (`decay_pcp_high`) |
 //! | [`bench`] | test_vmalloc and the page-allocator micro-benchmark |
 //! | [`ktests`] | the in-kernel tests, one file per subsystem |
 //! | `kmain` | the boot flow, stage by stage |
@@ -34,6 +35,7 @@ pub mod mm;
 pub mod percpu_defs;
 pub mod rcu;
 pub mod smp;
+pub mod tick;
 
 pub use kmain::{kmain, secondary_main};
 

@@ -152,6 +152,22 @@ fn online_mask() -> u64 {
     smp::online_cpus().fold(0, |m, c| m | (1 << c))
 }
 
+/// The CPUs a new grace period waits for: online and not in the idle loop. A CPU sleeping in
+/// its idle loop is in an extended quiescent state (Linux: RCU's dynticks-idle), so it is
+/// neither waited for nor woken; one that leaves idle afterwards starts its readers after the
+/// grace period began, so they cannot hold what it protects (`idle_mask_sync` is a full RMW,
+/// pairing with the idle exit's).
+fn gp_mask() -> u64 {
+    online_mask() & !arch::idle::idle_mask_sync()
+}
+
+/// Whether this CPU owes the running grace period a quiescent state (the tick's
+/// rcu_sched_clock_irq check; atomics only, safe in an interrupt handler).
+pub fn qs_owed_local() -> bool {
+    let cpu = crate::percpu_defs::smp_processor_id();
+    QS_MASK.load(Ordering::Relaxed) & (1 << cpu) != 0
+}
+
 /// A grace period started: every CPU in `mask` owes a quiescent state, so its next
 /// cond_resched() must take the slow path (Linux: the GP kthread and the tick set
 /// rcu_urgent_qs / need_resched on CPUs that hold up a grace period).
@@ -180,7 +196,7 @@ fn request_gp() -> u64 {
     let seq = GP_SEQ.load(Ordering::Acquire);
     if GP_DONE.load(Ordering::Acquire) == seq {
         // Idle: start grace period seq+1 now.
-        let mask = online_mask();
+        let mask = gp_mask();
         QS_MASK.store(mask, Ordering::Release);
         GP_SEQ.store(seq + 1, Ordering::Release);
         gp_started(mask);
@@ -209,13 +225,13 @@ fn note_qs(cpu: usize) {
         let seq = GP_SEQ.load(Ordering::Acquire);
         GP_DONE.store(seq, Ordering::Release);
         if NEED_GP.swap(false, Ordering::AcqRel) {
-            let mask = online_mask();
+            let mask = gp_mask();
             QS_MASK.store(mask, Ordering::Release);
             GP_SEQ.store(seq + 1, Ordering::Release);
             gp_started(mask);
         }
         gp_ended();
-        arch::sev();
+        crate::smp::wake_waiters();
     }
 }
 
@@ -274,7 +290,7 @@ pub fn rcu_quiescent() {
     fill_page_cache();
     if ran {
         // rcu_barrier() may be waiting for this queue to drain.
-        arch::sev();
+        crate::smp::wake_waiters();
     }
 }
 
@@ -333,7 +349,7 @@ pub fn rcu_barrier() {
         if PENDING.iter().all(|p| p.load(Ordering::Acquire) == 0) {
             break;
         }
-        arch::sev();
+        crate::smp::wake_waiters();
         smp::wait_for_event();
     }
 }

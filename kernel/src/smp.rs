@@ -1,9 +1,12 @@
 //! SMP: bringing up the CPUs the device tree lists (PSCI CPU_ON or spin table), per-CPU stacks
 //! with a guard page, cross-CPU calls through per-CPU mailboxes, and a barrier.
 //!
-//! There is no scheduler and no IPI: each CPU runs one flow of control and polls its mailbox at
-//! quiescent points (`cond_resched()` when its per-CPU NEED_RESCHED flag is set, every wait loop)
-//! and in its idle loop (`wfe`, woken by `sev`). TLB maintenance uses broadcast `tlbi ...is`, so nothing else needs an interrupt.
+//! There is no scheduler: each CPU runs one flow of control and polls its mailbox at quiescent
+//! points (`cond_resched()` when its per-CPU NEED_RESCHED flag is set, every wait loop) and in
+//! its idle loop. Setting another CPU's NEED_RESCHED sends it a wake-up IPI (Linux
+//! smp_send_reschedule), whose only effect is to end its sleep: the work itself runs in process
+//! context at its next quiescent point (interrupt handlers only set flags, so they never need a
+//! lock). TLB maintenance uses broadcast `tlbi ...is`, so it needs no IPI.
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
@@ -29,6 +32,8 @@ pub fn stack_range(cpu: usize) -> (u64, u64, u64) {
     (base, base + 4096, base + SLOT as u64)
 }
 
+/// A secondary could not set up its GIC interface (it parks; bring_up reports it).
+static CPU_INIT_FAILED: AtomicBool = AtomicBool::new(false);
 static ONLINE: [AtomicBool; NR_CPUS] = [const { AtomicBool::new(false) }; NR_CPUS];
 static NR_ONLINE: AtomicUsize = AtomicUsize::new(1);
 static MPIDR: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(u64::MAX) }; NR_CPUS];
@@ -68,10 +73,19 @@ crate::define_per_cpu! {
     static NEED_RESCHED: AtomicBool = AtomicBool::new(false);
 }
 
-/// Marks work due on `cpu` (and wakes it if it sleeps in its idle loop).
+/// Marks work due on `cpu` and wakes it (Linux resched_curr -> smp_send_reschedule).
 pub fn set_need_resched(cpu: usize) {
     NEED_RESCHED.on(cpu).store(true, Ordering::Release);
-    arch::sev();
+    if cpu != crate::percpu_defs::smp_processor_id() {
+        arch::idle::kick_cpu(cpu);
+    }
+}
+
+/// Wakes every CPU waiting in a wait loop (not those in their idle loop): what a change others
+/// may be waiting for (a barrier, a finished call, a grace period's end) is followed by.
+#[inline]
+pub fn wake_waiters() {
+    arch::idle::sev(crate::percpu_defs::smp_processor_id());
 }
 
 /// Marks work due on this CPU.
@@ -91,7 +105,7 @@ pub fn poll_mailbox() {
         // waits for done); it is Sync, so running it here is allowed.
         unsafe { (*call.f)() };
         call.done.store(true, Ordering::Release);
-        arch::sev();
+        wake_waiters();
     }
 }
 
@@ -132,15 +146,13 @@ fn quiescent_hook() {
     }
 }
 
-/// Sleeps until an event (WFE, or WFI woken by an SGI) unless work is already due on this CPU.
-/// Every wait loop sleeps through here: a CPU that asked itself for work (a grace period it
-/// started, which it owes a quiescent state) must not sleep on it, since no other CPU will
-/// wake it for that; work set by another CPU comes with a kick, which ends the sleep.
+/// Sleeps until a wake-up (`wake_waiters`, `set_need_resched`) or an interrupt, unless work
+/// is already due on this CPU or a wake-up came since the last wait. Every wait loop sleeps
+/// through here: a CPU that asked itself for work (a grace period it started, which it owes a
+/// quiescent state) must not sleep on it, since no other CPU will wake it for that; work set
+/// by another CPU comes with a kick, which ends the sleep.
 pub fn wait_for_event() {
-    if NEED_RESCHED.this_cpu().load(Ordering::Acquire) {
-        return;
-    }
-    arch::wfe();
+    arch::idle::wait(|| NEED_RESCHED.this_cpu().load(Ordering::Acquire));
 }
 
 /// What a quiescent point does (idle loops, wait loops that must not sleep
@@ -208,7 +220,7 @@ impl Barrier {
         if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
             self.count.store(0, Ordering::Relaxed);
             self.generation.fetch_add(1, Ordering::Release);
-            arch::sev();
+            wake_waiters();
         } else {
             while self.generation.load(Ordering::Acquire) == gen {
                 quiescent_point();
@@ -222,11 +234,13 @@ impl Barrier {
 static WORK: [AtomicPtr<Box<dyn Fn() + Send + Sync>>; NR_CPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; NR_CPUS];
 
-/// Idle loop of a CPU: serve mailboxes, sleep in wfe.
+/// Idle loop of a CPU: serve mailboxes and handed-over work, else sleep (WFI with the tick
+/// stopped under `nohz`, counted as an RCU extended quiescent state); only a kick addressed to
+/// this CPU or an interrupt wakes it.
 pub fn idle() -> ! {
+    let cpu = crate::percpu_defs::smp_processor_id();
     loop {
         quiescent_point();
-        let cpu = crate::percpu_defs::smp_processor_id();
         let w = WORK[cpu].swap(core::ptr::null_mut(), Ordering::AcqRel);
         if !w.is_null() {
             // SAFETY: w came from Box::into_raw in start_work and the swap took it out of WORK, so
@@ -235,7 +249,10 @@ pub fn idle() -> ! {
             b();
             continue;
         }
-        wait_for_event();
+        arch::idle::idle_sleep(cpu, || {
+            NEED_RESCHED.this_cpu().load(Ordering::Acquire)
+                || !WORK[cpu].load(Ordering::Acquire).is_null()
+        });
     }
 }
 
@@ -245,6 +262,7 @@ pub fn bring_up(info: &BootInfo, maxcpus: Option<usize>) -> usize {
     let limit = maxcpus.unwrap_or(NR_CPUS).min(NR_CPUS);
     ONLINE[0].store(true, Ordering::Release);
     MPIDR[0].store(me, Ordering::Relaxed);
+    arch::idle::mark_online(0);
     let mut next = 1;
     for cpu in &info.cpus {
         if cpu.mpidr == me {
@@ -316,13 +334,16 @@ fn boot_secondary(
             // writing the entry PA there is the spin-table protocol.
             unsafe { core::ptr::write_volatile(va as *mut u64, entry_pa) };
             arch::dsb_sy();
-            arch::sev();
+            arch::sev_raw();
         }
         other => return Err(alloc::format!("unsupported enable-method {:?}", other)),
     }
     // Wait up to 1 s (counter time) for the CPU to report online.
     let start = arch::cycles();
     while !ONLINE[cpu].load(Ordering::Acquire) {
+        if CPU_INIT_FAILED.swap(false, Ordering::AcqRel) {
+            return Err("no GIC redistributor/CPU interface for it".into());
+        }
         if arch::cycles() - start > arch::timer_hz() {
             return Err("timed out after 1 s".into());
         }
@@ -340,12 +361,23 @@ pub fn secondary_start(cpu: usize) -> ! {
     arch::exception::install_vectors();
     let (_, lo, hi) = stack_range(cpu);
     arch::exception::set_kernel_stack(lo, hi);
-    if arch::gic::wfi_enabled() && !arch::gic::cpu_init() {
-        arch::gic::disable_wfi();
+    // This CPU's GIC interface, then its tick, then interrupts on (Linux secondary_start_kernel:
+    // notify_cpu_starting sets up the per-CPU irqchip and timer, then local_irq_enable). A CPU
+    // whose interface cannot be set up stays offline: it could not be woken.
+    let irqs = arch::gic::present();
+    if irqs && !arch::gic::cpu_init(cpu, arch::irq::enabled_mask()) {
+        CPU_INIT_FAILED.store(true, Ordering::Release);
+        loop {
+            arch::wfe_raw();
+        }
     }
+    arch::timer::program_next_tick();
+    arch::idle::mark_online(cpu);
     ONLINE[cpu].store(true, Ordering::Release);
     NR_ONLINE.fetch_add(1, Ordering::AcqRel);
-    arch::sev();
+    if irqs {
+        arch::local_irq_enable();
+    }
     idle()
 }
 
@@ -358,5 +390,5 @@ pub fn start_work(cpu: usize, f: Box<dyn Fn() + Send + Sync>) {
     {
         quiescent_point();
     }
-    arch::sev();
+    arch::idle::kick_cpu(cpu);
 }

@@ -2,7 +2,7 @@
 //!
 //! Like Linux, parameters of other subsystems (`console=`, `root=`, `8250.nr_uarts=` that the Pi
 //! firmware adds) are not errors: they are listed as ignored. Inside our namespaces (`mm.*`,
-//! `test_vmalloc.*`, `ktest*`, `maxcpus`) an unknown name or a bad value is an error naming it,
+//! `test_vmalloc.*`, `ktest*`, `maxcpus`, `hz`, `nohz`) an unknown name or a bad value is an error naming it,
 //! and the kernel exits non-zero.
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -27,6 +27,12 @@ pub struct Config {
     pub pcp: bool,
     /// `maxcpus=N`.
     pub maxcpus: Option<usize>,
+    /// `hz=N`: tick frequency (Linux's CONFIG_HZ, a build option there; 250 as in arm64's
+    /// defconfig). `hz=0` runs without a tick.
+    pub hz: u32,
+    /// `nohz=on|off`: idle CPUs stop their tick (Linux's boot parameter of the same name,
+    /// CONFIG_NO_HZ_IDLE; on by default as there).
+    pub nohz: bool,
     /// `ktest` (all) or `ktest=FILTER`: run the in-kernel tests instead of the benchmark.
     pub ktest: Option<String>,
     /// `ktest.fault=null|stack`: a deliberate NULL read or unbounded recursion after boot
@@ -47,6 +53,8 @@ impl Default for Config {
             vmalloc_large_order: true,
             pcp: true,
             maxcpus: None,
+            hz: 250,
+            nohz: true,
             ktest: None,
             ktest_fault: None,
             bench: None,
@@ -101,6 +109,18 @@ impl Config {
                     }
                     c.maxcpus = Some(n);
                 }
+                "hz" => {
+                    let s = need(&key, v)?;
+                    c.hz = match s.parse::<u32>() {
+                        Ok(n) if n <= 10_000 => n,
+                        _ => {
+                            return Err(format!(
+                                "bad value \"{s}\" for boot parameter hz: expected 0..=10000"
+                            ))
+                        }
+                    };
+                }
+                "nohz" => c.nohz = on_off(&key, v)?,
                 "ktest" => c.ktest = Some(v.unwrap_or("").to_string()),
                 "ktest.fault" => {
                     let s = need(&key, v)?;
@@ -185,8 +205,14 @@ mod tests {
         assert_eq!(c.vfree, VfreeMode::Single);
         assert!(!c.vmalloc_large_order);
         assert_eq!(c.maxcpus, Some(2));
+        assert_eq!((c.hz, c.nohz), (250, true));
         assert_eq!(c.ktest.as_deref(), Some(""));
         assert_eq!(c.mm_switches(), "mm.vfree=single mm.vmalloc_large_order=off mm.pcp=on");
+        let c = Config::parse("hz=1000 nohz=off").unwrap();
+        assert_eq!((c.hz, c.nohz), (1000, false));
+        assert!(Config::parse("hz=fast").unwrap_err().contains("hz"));
+        assert!(Config::parse("hz=20000").is_err());
+        assert!(Config::parse("nohz=maybe").unwrap_err().contains("nohz"));
     }
 
     #[test]

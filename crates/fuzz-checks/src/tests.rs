@@ -127,6 +127,7 @@ fn dt_checks_refuse_unusable_boot_info() {
         dma_limit: None,
         watchdog: None,
         gic: None,
+        vtimer_intid: None,
         bootargs: b"mm.vfree=single".to_vec(),
         stdout_path: String::new(),
         dtb_size: 64,

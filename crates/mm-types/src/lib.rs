@@ -46,7 +46,7 @@ pub const MAX_PAGE_ORDER: usize = 10;
 pub const PAGEBLOCK_ORDER: usize = (PMD_SHIFT - PAGE_SHIFT) as usize;
 
 /// CPUs supported: the size of every per-CPU array (Linux CONFIG_NR_CPUS).
-pub const NR_CPUS: usize = 8;
+pub const NR_CPUS: usize = 64;
 
 /// A page frame number (physical address >> PAGE_SHIFT), as Linux's `unsigned long pfn`.
 pub type Pfn = u64;

@@ -185,6 +185,20 @@ impl NodeStats {
         self.threshold.store(t, Relaxed)
     }
 
+    /// Linux `fold_diff` for one CPU's node counters (part of `refresh_cpu_vm_stats`): moves
+    /// every not yet folded difference into the node counter. Returns how many were non-zero.
+    pub(crate) fn fold(&self, diff: &PerCpuStats) -> usize {
+        let mut changes = 0;
+        for (g, d) in self.global.iter().zip(diff.node_diff.iter()) {
+            let x = d.swap(0, Relaxed);
+            if x != 0 {
+                g.fetch_add(x as i64, Relaxed);
+                changes += 1;
+            }
+        }
+        changes
+    }
+
     /// Linux `__mod_node_page_state` without memcg: adds `delta` to the difference kept in
     /// `diff` (the calling CPU's counters) and folds it into the node counter when it exceeds
     /// the threshold.

@@ -529,7 +529,7 @@ fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
                 id += cpus_used;
             }
             done.fetch_add(1, Ordering::SeqCst);
-            arch::sev();
+            crate::smp::wake_waiters();
         }
     };
     for (slot, &cpu) in online.iter().enumerate().take(cpus_used) {

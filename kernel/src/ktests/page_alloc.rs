@@ -269,7 +269,7 @@ ktest!(smp_concurrent_alloc_free_mixed_orders, {
                 page_alloc::__free_pages(pfn, order);
             }
             done.fetch_add(1, Ordering::SeqCst);
-            arch::sev();
+            crate::smp::wake_waiters();
         }
     };
     let me = crate::percpu_defs::smp_processor_id();

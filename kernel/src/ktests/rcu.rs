@@ -24,13 +24,13 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
         Box::new(move || {
             rcu_read_lock();
             s.store(1, Ordering::SeqCst);
-            arch::sev();
+            crate::smp::wake_waiters();
             while s.load(Ordering::SeqCst) != 2 {
                 smp::cond_resched(); // quiescent points inside a read-side section do not count
             }
             rcu_read_unlock();
             s.store(3, Ordering::SeqCst);
-            arch::sev();
+            crate::smp::wake_waiters();
         }),
     );
     while state.load(Ordering::SeqCst) != 1 {
@@ -54,7 +54,7 @@ crate::ktest!(rcu_grace_period_waits_for_readers_on_other_cpus, {
     crate::kassert!(v == Some(0x5a), "object freed while a reader was inside: {:?} {}", v, report);
     crate::kassert!(local_ready_callbacks(), "callback ran before the reader left");
     state.store(2, Ordering::SeqCst);
-    arch::sev();
+    crate::smp::wake_waiters();
     rcu_barrier();
     crate::kassert!(completed() > freed_before);
     crate::kassert!(!local_ready_callbacks());
@@ -128,7 +128,7 @@ crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
             // rcu_barrier waits for the callback before the test ends; `slow` ignores its head.
             unsafe { call_rcu(&raw mut HEAD, slow) };
             q.store(1, Ordering::SeqCst);
-            arch::sev();
+            crate::smp::wake_waiters();
         }),
     );
     while queued.load(Ordering::SeqCst) == 0 {

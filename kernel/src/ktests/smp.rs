@@ -1,5 +1,4 @@
 //! SMP: cross-CPU calls, work items and barriers on every online CPU.
-use crate::arch;
 use crate::smp::*;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,7 +30,7 @@ crate::ktest!(barrier_and_work_on_all_cpus, {
                     b.wait();
                 }
                 d.fetch_add(1, Ordering::SeqCst);
-                arch::sev();
+                crate::smp::wake_waiters();
             }),
         );
     }

@@ -150,7 +150,7 @@ ktest!(vmalloc_concurrent_on_every_cpu, {
                 vm::vfree(p);
             }
             done.fetch_add(1, Ordering::SeqCst);
-            arch::sev();
+            crate::smp::wake_waiters();
         }
     };
     let me = crate::percpu_defs::smp_processor_id();
@@ -358,7 +358,7 @@ ktest!(purge_fragmented_blocks_races_vm_map_ram_on_other_cpus, {
                 }
                 page_alloc::__free_page(pfn);
                 done.fetch_add(1, Ordering::SeqCst);
-                arch::sev();
+                crate::smp::wake_waiters();
             }),
         );
     }
@@ -491,7 +491,7 @@ ktest!(vmap_lazy_nr_never_underflows_under_concurrent_purges, {
                     }
                 }
                 done.fetch_add(1, Ordering::SeqCst);
-                arch::sev();
+                crate::smp::wake_waiters();
             }),
         );
     }

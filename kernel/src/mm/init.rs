@@ -84,7 +84,12 @@ pub fn mm_init(
         zone_dma_limit: info.dma_limit.map(|l| l - 1),
         nr_cpus,
         pcp_enabled: pcp,
-        hooks: PageAllocHooks { zero: page_alloc::zero_pages, warn: page_alloc::warn },
+        hooks: PageAllocHooks {
+            zero: page_alloc::zero_pages,
+            warn: page_alloc::warn,
+            irq_save: page_alloc::zone_irq_save,
+            irq_restore: page_alloc::zone_irq_restore,
+        },
         ..PageAllocConfig::default()
     };
     let mut pa_ = PageAllocator::new(mem_map, min_pfn, &mb, &cfg).map_err(|e| format!("{e}"))?;

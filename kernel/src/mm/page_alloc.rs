@@ -1,9 +1,19 @@
-//! The kernel's page allocator instance: `PageAllocator` (pure logic, host-tested) wrapped with
-//! the running CPU's id under an IRQ-off guard, misuse reports, and linear-map addresses.
+//! The kernel's page allocator instance: `PageAllocator` (pure logic, host-tested) called with
+//! the running CPU's id, misuse reports, and linear-map addresses. Interrupts stay on, as in
+//! Linux: the pcp lists are taken with a trylock (an interrupt handler that finds them held
+//! goes to the zone), and zone->lock masks interrupts (the allocator's irq_save hook).
 //! Linux's entry points keep their names: alloc_pages, __free_pages, alloc_pages_bulk, ...
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{self, IrqGuard, PAGE_OFFSET};
+
+/// The page allocator's `irq_save` hook: zone->lock is `spin_lock_irqsave`.
+pub fn zone_irq_save() -> usize {
+    arch::local_irq_save()
+}
+pub fn zone_irq_restore(flags: usize) {
+    arch::local_irq_restore(flags)
+}
 use mm_page_alloc::page_alloc::{MmError, PageAllocator};
 use mm_page_alloc::stat::NodeStatItem;
 use mm_types::gfp::GfpFlags;
@@ -51,19 +61,16 @@ pub fn bad_page_reports() -> u64 {
 
 #[inline]
 pub fn alloc_pages(gfp: GfpFlags, order: u32) -> Option<Pfn> {
-    let _irq = IrqGuard::new();
     allocator().alloc_pages(crate::percpu_defs::smp_processor_id(), gfp, order)
 }
 
 #[inline]
 pub fn __free_pages(pfn: Pfn, order: u32) {
-    let _irq = IrqGuard::new();
     report(allocator().__free_pages(crate::percpu_defs::smp_processor_id(), pfn, order));
 }
 
 /// __free_pages returning the misuse report instead of printing it (tests).
 pub fn try_free_pages(pfn: Pfn, order: u32) -> Result<(), MmError> {
-    let _irq = IrqGuard::new();
     allocator().__free_pages(crate::percpu_defs::smp_processor_id(), pfn, order)
 }
 
@@ -77,32 +84,26 @@ pub fn split_page(pfn: Pfn, order: u32) {
 }
 
 pub fn alloc_pages_bulk(gfp: GfpFlags, nr: usize, array: &mut [Option<Pfn>]) -> usize {
-    let _irq = IrqGuard::new();
     allocator().alloc_pages_bulk(crate::percpu_defs::smp_processor_id(), gfp, nr, array)
 }
 
 /// The old free_contig_range: one order-0 free per page.
 pub fn free_contig_range(pfn: Pfn, nr: u64) {
-    let _irq = IrqGuard::new();
     report(allocator().free_contig_range(crate::percpu_defs::smp_processor_id(), pfn, nr));
 }
 
 /// The patch's __free_contig_range: naturally aligned power-of-two chunks.
 pub fn __free_contig_range(pfn: Pfn, nr: u64) {
-    let _irq = IrqGuard::new();
     report(allocator().__free_contig_range(crate::percpu_defs::smp_processor_id(), pfn, nr));
 }
 
 /// The patch's free_pages_bulk: PFN-contiguous runs of `pages` through __free_contig_range,
-/// with a cond_resched() after each run (outside the interrupt-masked section), as Linux's.
+/// with a cond_resched() after each run, as Linux's.
 pub fn free_pages_bulk(pages: &[Pfn]) {
     let cpu = crate::percpu_defs::smp_processor_id();
     let mut rest = pages;
     while !rest.is_empty() {
-        let (nr, r) = {
-            let _irq = IrqGuard::new();
-            allocator().free_pages_bulk_run(cpu, rest)
-        };
+        let (nr, r) = allocator().free_pages_bulk_run(cpu, rest);
         report(r);
         rest = &rest[nr..];
         crate::smp::cond_resched();
@@ -134,8 +135,13 @@ pub fn nr_free_pages() -> u64 {
 
 /// Empties this CPU's pcp lists.
 pub fn drain_local_pages() {
-    let _irq = IrqGuard::new();
     allocator().drain_local_pages(crate::percpu_defs::smp_processor_id());
+}
+
+/// Linux refresh_cpu_vm_stats(true) for this CPU (its vmstat work, from the tick): folds its
+/// counter differences and decays its pcp high. Returns (counters folded, decay work left).
+pub fn refresh_cpu_vm_stats() -> (usize, bool) {
+    allocator().refresh_cpu_vm_stats(crate::percpu_defs::smp_processor_id())
 }
 
 /// Empties every CPU's pcp lists, each on its own CPU (Linux: drain_all_pages).

@@ -11,6 +11,7 @@
 //! property is length-checked, and failures come back as a [`DtError`] with a readable message.
 
 mod error;
+mod irq;
 mod raw;
 mod spec;
 #[cfg(test)]
@@ -23,6 +24,7 @@ use alloc::vec::Vec;
 use tree::Tree;
 
 pub use error::DtError;
+pub use irq::{Gic, DEFAULT_VTIMER_INTID};
 
 /// Everything the kernel takes from the device tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +50,10 @@ pub struct BootInfo {
     pub dma_limit: Option<u64>,
     /// CPU physical base of the BCM2835 PM watchdog (used to power off a Pi).
     pub watchdog: Option<u64>,
-    /// GICv2 distributor and CPU interface bases (CPU physical): used to wake idle CPUs
-    /// with SGIs. `None` for a GICv3 or no interrupt controller.
-    pub gic: Option<(u64, u64)>,
+    /// The interrupt controller (GICv2 or GICv3); `None` when the tree has none.
+    pub gic: Option<Gic>,
+    /// The non-secure virtual timer's INTID (the tick), from the timer node's `interrupts`.
+    pub vtimer_intid: Option<u32>,
     /// The raw bytes of /chosen/bootargs without its terminating NUL (empty if absent). Kept
     /// as bytes, never dropped or cut here: [`crate::params::cmdline`] checks them (UTF-8, no
     /// control characters) and the boot refuses a bad command line with the offending offset.
@@ -243,16 +246,8 @@ fn parse_inner(dtb: &[u8], strict: bool) -> Result<BootInfo, DtError> {
         watchdog: first_compatible("brcm,bcm2835-pm-wdt")
             .and_then(|i| t.mmio(i).ok())
             .map(|(b, _)| b),
-        gic: ["arm,cortex-a15-gic", "arm,gic-400"]
-            .iter()
-            .find_map(|c| first_compatible(c))
-            .and_then(|i| {
-                let regs = t.reg(i).ok()?;
-                if regs.len() < 2 {
-                    return None;
-                }
-                Some((t.translate(i, regs[0].0).ok()?, t.translate(i, regs[1].0).ok()?))
-            }),
+        gic: irq::gic(&t)?,
+        vtimer_intid: irq::vtimer_intid(&t)?,
         bootargs: chosen
             .and_then(|c| t.prop(c, "bootargs"))
             .map_or(Vec::new(), |v| v.strip_suffix(&[0]).unwrap_or(v).to_vec()),

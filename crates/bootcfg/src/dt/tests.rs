@@ -583,7 +583,10 @@ fn check_virt(name: &str, smp: u64, mem: u64, psci: PsciConduit) {
     assert_eq!(i.dtb_size, 0x10_0000);
     // QEMU only writes enable-method = "psci" when there are secondaries (virt.c: smp_cpus > 1).
     let enable = if smp == 1 { EnableMethod::None } else { EnableMethod::Psci };
-    let cpus: Vec<_> = (0..smp).map(|mpidr| Cpu { mpidr, enable: enable.clone() }).collect();
+    // With GICv3, QEMU groups CPUs 16 to a cluster (virt.c virt_cpu_mp_affinity: Aff1 = n / 16).
+    let per_cluster = if name.contains("gicv3") { 16 } else { 8 };
+    let mpidr = |n: u64| ((n / per_cluster) << 8) | (n % per_cluster);
+    let cpus: Vec<_> = (0..smp).map(|n| Cpu { mpidr: mpidr(n), enable: enable.clone() }).collect();
     assert_eq!(i.cpus, cpus);
     assert_eq!(i.psci, Some(psci));
     let c = i.console.as_ref().unwrap();
@@ -594,6 +597,15 @@ fn check_virt(name: &str, smp: u64, mem: u64, psci: PsciConduit) {
     );
     assert_eq!(i.stdout_path, "/pl011@9000000");
     assert_eq!((i.dma_limit, i.watchdog, i.timer_freq), (None, None, None));
+    // QEMU virt: virtual timer on PPI 11 (INTID 27); GICv2 unless the machine asked for v3
+    // (hw/arm/virt.c: GICD 0x08000000, GICC 0x08010000, one redistributor region of 123 frames).
+    assert_eq!(i.vtimer_intid, Some(27));
+    let gic = if name.contains("gicv3") {
+        Gic::V3 { gicd: 0x0800_0000, redist_regions: vec![(0x080a_0000, 0xf6_0000)], redist_stride: None }
+    } else {
+        Gic::V2 { gicd: 0x0800_0000, gicc: 0x0801_0000 }
+    };
+    assert_eq!(i.gic, Some(gic));
     let p = crate::params::split(crate::params::cmdline(&i.bootargs).unwrap());
     let kv: Vec<_> = p.iter().map(|p| (p.key, p.value)).collect();
     assert_eq!(
@@ -631,6 +643,10 @@ fn virt_smp4_3g() {
     check_virt("virt-smp4-3G.dtb", 4, 0xC000_0000, PsciConduit::Hvc);
 }
 #[test]
+fn virt_gicv3_smp64() {
+    check_virt("virt-gicv3-smp64-2G.dtb", 64, 0x8000_0000, PsciConduit::Hvc);
+}
+#[test]
 fn virt_virtualization_smc() {
     check_virt("virt-smp4-2G-virtualization.dtb", 4, 0x8000_0000, PsciConduit::Smc);
 }
@@ -659,6 +675,10 @@ fn check_pi_common(i: &BootInfo) {
     );
     assert_eq!((c.path.as_str(), &c.fallback_reason), ("/soc/serial@7e215040", &None));
     assert_eq!((i.dma_limit, i.watchdog), (Some(0x4000_0000), Some(0xfe10_0000)));
+    // GIC-400 (GICD at 0x40041000, GICC at 0x40042000 on the ARM local bus) and the timer's
+    // virtual PPI 11.
+    assert_eq!(i.gic, Some(Gic::V2 { gicd: 0xff84_1000, gicc: 0xff84_2000 }));
+    assert_eq!(i.vtimer_intid, Some(27));
 }
 
 #[test]

@@ -141,13 +141,62 @@ pub struct PageAllocHooks {
     /// Print a warning line (allocation failure without `__GFP_NOWARN`). Rate limiting, if
     /// wanted, is the kernel's business (Linux: one per 10 s).
     pub warn: fn(fmt::Arguments<'_>),
+    /// `local_irq_save` / `local_irq_restore` around zone->lock, the allocator's only
+    /// `spin_lock_irqsave` site (the pcp lock is a trylock with interrupts on, as Linux's
+    /// `pcp_spin_trylock`: an interrupt that finds it held falls back to the zone).
+    pub irq_save: fn() -> usize,
+    pub irq_restore: fn(usize),
 }
 
 fn no_zero(_pfn: u64, _nr: usize) {}
 fn no_warn(_args: fmt::Arguments<'_>) {}
+fn no_irq_save() -> usize {
+    0
+}
+fn no_irq_restore(_flags: usize) {}
 
 impl PageAllocHooks {
-    pub const NONE: PageAllocHooks = PageAllocHooks { zero: no_zero, warn: no_warn };
+    pub const NONE: PageAllocHooks = PageAllocHooks {
+        zero: no_zero,
+        warn: no_warn,
+        irq_save: no_irq_save,
+        irq_restore: no_irq_restore,
+    };
+}
+
+/// A held zone->lock with interrupts saved (`spin_lock_irqsave`). Fields drop in declaration
+/// order, so the lock is released before the interrupt state is restored, as
+/// `spin_unlock_irqrestore` does.
+pub(crate) struct ZoneGuard<'a> {
+    guard: SpinMutexGuard<'a, ZoneFreeLists>,
+    _irq: IrqRestore,
+}
+
+/// Restores the interrupt state saved by `PageAllocHooks::irq_save` when dropped.
+struct IrqRestore {
+    flags: usize,
+    restore: fn(usize),
+}
+
+impl Drop for IrqRestore {
+    #[inline(always)]
+    fn drop(&mut self) {
+        (self.restore)(self.flags);
+    }
+}
+
+impl core::ops::Deref for ZoneGuard<'_> {
+    type Target = ZoneFreeLists;
+    #[inline(always)]
+    fn deref(&self) -> &ZoneFreeLists {
+        &self.guard
+    }
+}
+impl core::ops::DerefMut for ZoneGuard<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut ZoneFreeLists {
+        &mut self.guard
+    }
 }
 
 impl Default for PageAllocHooks {
@@ -268,9 +317,11 @@ pub fn contig_chunk_order(pfn: u64, nr_pages: u64) -> u32 {
 impl<'m> PageAllocator<'m> {
     /// `spin_lock_irqsave(&zone->lock)`, counted.
     #[inline]
-    fn zone_lock<'a>(&self, cpu: usize, zone: &'a Zone) -> SpinMutexGuard<'a, ZoneFreeLists> {
+    fn zone_lock<'a>(&self, cpu: usize, zone: &'a Zone) -> ZoneGuard<'a> {
+        let flags = (self.hooks.irq_save)();
         self.events(cpu).count(VmEvent::ZoneLock, 1);
-        zone.lock.lock()
+        let irq = IrqRestore { flags, restore: self.hooks.irq_restore };
+        ZoneGuard { guard: zone.lock.lock(), _irq: irq }
     }
 
     // ---- accessors ------------------------------------------------------------------------

@@ -47,6 +47,14 @@ impl PageAllocator<'_> {
             + self.pcpu_stats.iter().map(|s| s.node_diff(item) as i64).sum::<i64>()
     }
 
+    /// Linux `refresh_cpu_vm_stats(do_pagesets = true)` for `cpu`, run by that CPU once a
+    /// second from its vmstat work: folds its node-counter differences and decays its pcp
+    /// `high` (`decay_pcp_high`). Returns (counters folded, whether pcp decay work remains).
+    pub fn refresh_cpu_vm_stats(&self, cpu: usize) -> (usize, bool) {
+        let folded = self.node_stats.fold(&self.pcpu_stats[cpu]);
+        (folded, self.decay_pcp_high(cpu))
+    }
+
     /// The NR_VMALLOC per-CPU fold threshold.
     pub fn stat_threshold(&self) -> i32 {
         self.node_stats.threshold()

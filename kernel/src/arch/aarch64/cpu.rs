@@ -118,6 +118,53 @@ pub fn dcache_clean_inval_poc(va: u64, len: u64) {
     dsb_sy();
 }
 
+/// Linux `arch_local_irq_save`: masks IRQs, returns the previous DAIF (a compiler barrier).
+#[inline(always)]
+pub fn local_irq_save() -> usize {
+    let daif: u64;
+    // SAFETY: masks IRQs on this CPU; no memory changes (not nomem: a compiler barrier).
+    unsafe { asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nostack, preserves_flags)) };
+    daif as usize
+}
+
+/// Linux `arch_local_irq_restore`.
+#[inline(always)]
+pub fn local_irq_restore(flags: usize) {
+    // SAFETY: writes back a DAIF value read by local_irq_save; a compiler barrier.
+    unsafe { asm!("msr daif, {}", in(reg) flags as u64, options(nostack, preserves_flags)) };
+}
+
+/// Linux `local_irq_enable`: unmask IRQs on this CPU (pending ones are taken at once).
+#[inline(always)]
+pub fn local_irq_enable() {
+    // SAFETY: unmasks IRQs; the vectors handle them. A compiler barrier.
+    unsafe { asm!("msr daifclr, #2", options(nostack, preserves_flags)) };
+}
+
+/// Whether IRQs are masked on this CPU (Linux `irqs_disabled`).
+#[inline(always)]
+pub fn irqs_disabled() -> bool {
+    let daif: u64;
+    // SAFETY: reading DAIF has no side effects.
+    unsafe { asm!("mrs {}, daif", out(reg) daif, options(nomem, nostack, preserves_flags)) };
+    daif & (1 << 7) != 0
+}
+
+/// WFI: sleep until an interrupt is pending (taken or not: with IRQs masked a pending
+/// interrupt still ends it).
+#[inline(always)]
+pub fn wfi() {
+    // SAFETY: WFI only waits; it changes no memory.
+    unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+}
+
+/// SEV: set the event register of every CPU (wakes WFE waiters).
+#[inline(always)]
+pub fn sev_raw() {
+    // SAFETY: SEV only signals an event to the other CPUs.
+    unsafe { asm!("sev", options(nomem, nostack, preserves_flags)) };
+}
+
 /// Masks IRQs (DAIF.I) for its lifetime and restores the previous state: the guard around
 /// per-CPU data such as the pcp lists (Linux: local_irq_save / local_irq_restore).
 ///

@@ -1,5 +1,5 @@
-//! Exception handling: a report naming what happened (ESR, FAR, ELR, the exception class in
-//! words, the CPU) and a non-zero exit. Two cases resume instead: the semihosting probe, and a
+//! Exception handling: IRQs go to `irq::handle_irq`; anything else gets a report naming what
+//! happened (ESR, FAR, ELR, the exception class in words, the CPU) and a non-zero exit. Two cases resume instead: the semihosting probe, and a
 //! fault inside an expected-fault section (in-kernel tests of guard pages), which jumps to the
 //! registered fixup like Linux's exception tables.
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -215,6 +215,11 @@ pub unsafe fn probe_write(addr: *mut u8, val: u8, report: &mut alloc::string::St
 extern "C" fn handle_exception(frame: &mut Frame, kind: u64) {
     if kind == KIND_BAD_STACK {
         handle_bad_stack(frame);
+    }
+    // IRQ from EL1 with SP_EL1 (the only place interrupts are unmasked).
+    if kind == 5 {
+        super::irq::handle_irq();
+        return;
     }
     let ec = frame.esr >> 26;
     // The semihosting probe: an undefined `hlt #0xf000` means no semihosting. Skip it.

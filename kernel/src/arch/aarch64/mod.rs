@@ -14,8 +14,10 @@ pub mod cpu;
 pub mod exception;
 pub mod gic;
 pub mod idle;
+pub mod irq;
 pub mod psci;
 pub mod semihosting;
+pub mod timer;
 
 pub const PAGE_OFFSET: u64 = 0xffff_0000_0000_0000;
 pub const VMALLOC_START: u64 = 0xffff_8000_0000_0000;
@@ -25,7 +27,6 @@ pub const KIMAGE_VADDR: u64 = 0xffff_ff80_0000_0000;
 pub const FDT_VA: u64 = KIMAGE_VADDR + 510 * 0x20_0000;
 
 pub use cpu::*;
-pub use idle::{sev, wfe};
 pub mod mmu;
 
 pub mod tlb;
@@ -41,7 +42,7 @@ pub fn exit(code: u32) -> ! {
     }
     crate::board::power_off();
     loop {
-        wfe();
+        wfe_raw();
     }
 }
 pub mod smp;
