@@ -106,8 +106,10 @@ pub fn vmstat_update() {
 }
 
 /// What every quiescent point runs (cond_resched's slow path, idle, wait loops): RCU's
-/// quiescent state and callbacks, then the tick's deferred work.
+/// quiescent state and callbacks, the tick's deferred work, and queued work items (the percpu
+/// balance work): Linux's softirqs and kworkers, run where this kernel has a free moment.
 pub fn quiescent_work() {
     crate::rcu::rcu_quiescent();
     tick_work();
+    crate::mm::percpu::pcpu_balance_workfn();
 }

@@ -153,6 +153,9 @@ impl PcpuBacking for Backing<'_> {
 
     fn destroy_chunk(&mut self, id: ChunkId, _chunk: PcpuChunk) {
         let base = self.base(id);
+        // The depopulated pages' translations go before the range can be handed out again
+        // (Linux: the vmap area's lazy purge flushes it).
+        flush_tlb_kernel_range(&mut HwTlb::new(), base, base + self.chunk_size());
         self.by_base.remove(&base);
         self.base_of[id] = 0;
         kva::free_now(base, base + self.chunk_size());
@@ -189,31 +192,31 @@ impl PcpuBacking for Backing<'_> {
     }
 
     fn depopulate(&mut self, id: ChunkId, pages: Range<usize>) {
-        // Linux pcpu_depopulate_chunk: unmap, flush the TLB, and only then free the pages (a
-        // stale TLB entry would otherwise let a later write to the re-populated address land
-        // in a page already reused elsewhere).
+        // Linux pcpu_depopulate_chunk: unmap without flushing and free the pages; the caller
+        // flushes once per chunk (pcpu_post_unmap_tlb_flush in pcpu_reclaim_populated, the
+        // chunk-wide flush in destroy_chunk). A stale TLB entry until then is harmless: the
+        // pages were empty, nobody dereferences percpu addresses there, and nothing can map
+        // the addresses again before the flush (the pool lock is held throughout).
         let base = self.base(id);
         let pt = kernel_pgtable();
-        let mut pfns: alloc::vec::Vec<u64> =
-            alloc::vec::Vec::with_capacity(pages.len() * self.nr_units);
         for unit in 0..self.nr_units {
             for p in pages.clone() {
                 let va = base + (unit * PCPU_UNIT_SIZE + p * PAGE_SIZE) as u64;
                 if let Some(t) = pt.walk(&KernelPt, va) {
                     let _ = pt.unmap_range(&mut KernelPt, va, PAGE_SIZE as u64);
-                    pfns.push(t.pa >> PAGE_SHIFT);
+                    page_alloc::__free_page(t.pa >> PAGE_SHIFT);
                 }
             }
         }
-        flush_tlb_kernel_range(&mut HwTlb::new(), base, base + self.chunk_size());
-        for pfn in pfns {
-            page_alloc::__free_page(pfn);
-        }
     }
 
-    fn post_unmap_tlb_flush(&mut self, id: ChunkId, _pages: Range<usize>) {
+    fn post_unmap_tlb_flush(&mut self, id: ChunkId, pages: Range<usize>) {
+        // Linux pcpu_post_unmap_tlb_flush: one range from the first unit's page_start to the
+        // last unit's page_end (flush_tlb_kernel_range decides per page or everything).
         let base = self.base(id);
-        flush_tlb_kernel_range(&mut HwTlb::new(), base, base + self.chunk_size());
+        let start = base + (pages.start * PAGE_SIZE) as u64;
+        let end = base + ((self.nr_units - 1) * PCPU_UNIT_SIZE + pages.end * PAGE_SIZE) as u64;
+        flush_tlb_kernel_range(&mut HwTlb::new(), start, end);
     }
 }
 
@@ -228,9 +231,50 @@ macro_rules! backing {
     };
 }
 
+/// The balance work is queued (Linux: pcpu_balance_work on system_wq).
+static BALANCE_PENDING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Linux pcpu_schedule_balance_work: the work runs later, in process context, at this CPU's
+/// next quiescent point (cond_resched, a wait loop, idle), as a kworker would when the
+/// allocating task next gives up the CPU.
+fn pcpu_schedule_balance_work() {
+    if !BALANCE_PENDING.swap(true, core::sync::atomic::Ordering::AcqRel) {
+        crate::smp::set_need_resched_local();
+    }
+}
+
+/// Linux pcpu_balance_workfn, if queued: free surplus empty chunks, depopulate the chunks on
+/// the to_depopulate list, refill the empty populated pages. Called from the quiescent-point
+/// hook; if the pool lock is held here (a quiescent point inside the allocator), the work stays
+/// queued.
+pub fn pcpu_balance_workfn() {
+    use core::sync::atomic::Ordering;
+    if !BALANCE_PENDING.load(Ordering::Relaxed) {
+        return;
+    }
+    let Some(mut g) = PCPU.try_lock() else { return };
+    if !BALANCE_PENDING.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    BALANCE_RUNS.fetch_add(1, Ordering::Relaxed);
+    let Some(st) = g.as_mut() else { return };
+    let mut bk = backing!(st);
+    st.pool.balance_work(&mut bk);
+}
+
+static BALANCE_RUNS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Balance-work runs since boot.
+pub fn balance_runs() -> u64 {
+    BALANCE_RUNS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// __alloc_percpu(size, align): zeroed in every unit. Returns the percpu pointer (see the module
 /// comment), 0 on failure.
 pub fn alloc_percpu(size: usize, align: usize) -> usize {
+    // Linux takes pcpu_alloc_mutex here, a sleeping lock: might_sleep() is a voluntary
+    // preemption point, where queued work (the balance work) gets to run.
+    crate::smp::cond_resched();
     let mut g = PCPU.lock();
     let Some(st) = g.as_mut() else { return 0 };
     let mut bk = backing!(st);
@@ -246,7 +290,7 @@ pub fn alloc_percpu(size: usize, align: usize) -> usize {
         };
     }
     if st.vm_chunks && st.pool.below_low_watermark() {
-        st.pool.balance_work(&mut bk);
+        pcpu_schedule_balance_work();
     }
     base.wrapping_sub(st.delta) as usize
 }
@@ -266,8 +310,7 @@ pub fn free_percpu(ptr: usize) {
     match st.pool.free(id, (addr - base) as usize) {
         Ok((_, need_balance)) => {
             if need_balance && st.vm_chunks {
-                let mut bk = backing!(st);
-                st.pool.balance_work(&mut bk);
+                pcpu_schedule_balance_work();
             }
         }
         Err(e) => crate::println!("WARNING: free_percpu({:#x}): {}", addr, e),
@@ -295,6 +338,7 @@ pub fn first_chunk_unit(cpu: usize) -> (usize, usize) {
 /// Releases every fully free vmalloc chunk (for leak checks; Linux keeps one spare). The first
 /// chunk is part of the image's memory map and never goes away.
 pub fn percpu_shrink() {
+    pcpu_balance_workfn();
     let mut g = PCPU.lock();
     let Some(st) = g.as_mut() else { return };
     let ids: alloc::vec::Vec<ChunkId> = st
