@@ -38,7 +38,25 @@ fn nr_warnings() -> usize {
     WARNINGS.with(|w| w.borrow().len())
 }
 
-const HOOKS: PageAllocHooks = PageAllocHooks { zero: zero_hook, warn: warn_hook };
+const HOOKS: PageAllocHooks = PageAllocHooks {
+    zero: zero_hook,
+    warn: warn_hook,
+    irq_save: irq_save_hook,
+    irq_restore: irq_restore_hook,
+};
+
+std::thread_local! {
+    /// Simulated DAIF.I of the test thread's "CPU", and how many times the zone lock masked it.
+    static IRQS_OFF: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    static IRQ_SAVES: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+fn irq_save_hook() -> usize {
+    IRQ_SAVES.with(|c| c.set(c.get() + 1));
+    IRQS_OFF.with(|f| f.replace(true)) as usize
+}
+fn irq_restore_hook(flags: usize) {
+    IRQS_OFF.with(|f| f.set(flags != 0));
+}
 
 /// A simulated machine: memblock + a mem_map Vec covering all its PFNs.
 struct Machine {
@@ -469,6 +487,67 @@ fn pcp_auto_high_grows_with_free_streak() {
     let h0 = s.high;
     pa.decay_pcp_high(0);
     assert!(pa.pcp_snapshot(0, ZONE_DMA).high < h0);
+    check(&pa, 0);
+}
+
+#[test]
+fn zone_lock_masks_interrupts_and_restores_them() {
+    // zone->lock is spin_lock_irqsave: interrupts are off while it is held, back to their
+    // previous state after; a pcp hit (trylock, interrupts on) never touches them.
+    let m = Machine::new(&[(0x4000_0000, 64 << 20)], &[]);
+    let pa = m.pa(cfg(1, None));
+    let saves = || IRQ_SAVES.with(|c| c.get());
+    let s0 = saves();
+    let p = pa.alloc_pages(0, G::GFP_KERNEL, 0).unwrap(); // pcp refill: takes the zone lock
+    assert!(saves() > s0);
+    assert!(!IRQS_OFF.with(|f| f.get()), "interrupts restored after the zone lock");
+    pa.__free_page(0, p).unwrap();
+    let s1 = saves();
+    let q = pa.alloc_pages(0, G::GFP_KERNEL, 0).unwrap(); // pcp hit
+    pa.__free_page(0, q).unwrap();
+    assert_eq!(saves(), s1, "the pcp fast path does not mask interrupts");
+    let off = pa.with_zone_locked(0, ZONE_DMA, || IRQS_OFF.with(|f| f.get()));
+    assert!(off && !IRQS_OFF.with(|f| f.get()));
+    // Interrupts already off stay off after a nested zone lock.
+    IRQS_OFF.with(|f| f.set(true));
+    pa.with_zone_locked(0, ZONE_DMA, || ());
+    assert!(IRQS_OFF.with(|f| f.replace(false)));
+    // A free that finds the pcp locked (an interrupt on the CPU that holds it) goes to the zone.
+    let r = pa.alloc_pages(0, G::GFP_KERNEL, 0).unwrap();
+    let fails = ev(&pa, VmEvent::PcpTrylockFail);
+    let before = pa.nr_free_pages_total();
+    pa.with_pcp_locked(0, ZONE_DMA, || pa.__free_page(0, r).unwrap());
+    assert_eq!(ev(&pa, VmEvent::PcpTrylockFail), fails + 1);
+    assert_eq!(pa.nr_free_pages_total(), before + 1, "freed straight to the buddy");
+    check(&pa, 0);
+}
+
+#[test]
+fn refresh_cpu_vm_stats_folds_and_decays() {
+    let m = Machine::new(&[(0x4000_0000, 2 << 30)], &[]);
+    let pa = m.pa(cfg(1, None));
+    pa.mod_node_page_state(0, NodeStatItem::NrVmalloc, 3);
+    assert_eq!(pa.node_page_state(NodeStatItem::NrVmalloc), 0, "below the fold threshold");
+    let pages: Vec<u64> = (0..3000).map(|_| pa.alloc_pages(0, G::GFP_KERNEL, 0).unwrap()).collect();
+    for &p in &pages {
+        pa.__free_page(0, p).unwrap();
+    }
+    let h0 = pa.pcp_snapshot(0, ZONE_DMA).high;
+    let (folded, more) = pa.refresh_cpu_vm_stats(0);
+    assert_eq!(folded, 1);
+    assert_eq!(pa.node_page_state(NodeStatItem::NrVmalloc), 3);
+    assert!(more && pa.pcp_snapshot(0, ZONE_DMA).high < h0);
+    // Repeated once a second, high reaches high_min and the work stops reporting more.
+    let mut n = 0;
+    while pa.refresh_cpu_vm_stats(0).1 {
+        n += 1;
+        assert!(n < 200);
+    }
+    let s = pa.pcp_snapshot(0, ZONE_DMA);
+    assert_eq!(s.high, s.high_min);
+    pa.mod_node_page_state(0, NodeStatItem::NrVmalloc, -3);
+    pa.refresh_cpu_vm_stats(0);
+    assert_eq!(pa.node_page_state(NodeStatItem::NrVmalloc), 0);
     check(&pa, 0);
 }
 

@@ -440,6 +440,20 @@ impl<'m> PageAllocator<'m> {
         }
     }
 
+    /// Runs `f` with `cpu`'s pcp of zone `zone_idx` locked (tests: an interrupt taken while a
+    /// pcp lock is held must fall back to the zone, not spin).
+    pub fn with_pcp_locked<R>(&self, cpu: usize, zone_idx: usize, f: impl FnOnce() -> R) -> R {
+        let _pcp = self.node.zones[zone_idx].per_cpu_pageset[cpu].0.lock();
+        f()
+    }
+
+    /// Runs `f` with zone->lock of `zone_idx` held as the allocator takes it (interrupts saved
+    /// and masked through the irq hooks), counted on `cpu` (tests).
+    pub fn with_zone_locked<R>(&self, cpu: usize, zone_idx: usize, f: impl FnOnce() -> R) -> R {
+        let _z = self.zone_lock(cpu, &self.node.zones[zone_idx]);
+        f()
+    }
+
     /// Where `cpu`'s pcp of zone `zone_idx` lives.
     pub fn zone_pcp_slot_addr(&self, zone_idx: usize, cpu: usize) -> usize {
         self.node.zones[zone_idx].per_cpu_pageset.slot_addr(cpu)

@@ -57,8 +57,7 @@ pub fn init(
             VERSION.store(3, Ordering::Release);
         }
     }
-    // The boot CPU also enables SGI_TEST for the self-test (GICv3 SGIs have enable bits).
-    let ok = cpu_init(cpu, ppis | (1 << SGI_TEST)) && selftest(cpu);
+    let ok = cpu_init(cpu, ppis) && selftest(cpu);
     if !ok {
         VERSION.store(0, Ordering::Release);
         return Err("an SGI sent to this CPU never arrived (GIC not set up for the non-secure world?)");
@@ -66,7 +65,8 @@ pub fn init(
     Ok(())
 }
 
-/// This CPU's interface (every CPU, before it unmasks interrupts). False when it cannot be set up.
+/// This CPU's interface (every CPU, before it unmasks interrupts): every SGI and the PPIs in
+/// `ppis` enabled. False when it cannot be set up.
 pub fn cpu_init(cpu: usize, ppis: u32) -> bool {
     match version() {
         2 => v2::cpu_init(cpu, ppis),

@@ -49,6 +49,8 @@ pub fn cpu_init(cpu: usize, ppis: u32) -> bool {
     }
     // ITARGETSR0..7 are banked: any byte reads back this CPU's own interface bit.
     CPU_MAP[cpu].store(rd(d, GICD_ITARGETSR) as u8, Ordering::Release);
+    // All 16 SGIs on (they are IPIs; an unregistered one is counted as unhandled).
+    let ppis = ppis | 0xffff;
     wr(d, GICD_ICENABLER0, !ppis);
     for i in 0..8 {
         wr(d, GICD_IPRIORITYR + 4 * i, 0xa0a0_a0a0);

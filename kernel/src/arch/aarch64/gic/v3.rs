@@ -117,6 +117,8 @@ pub fn cpu_init(cpu: usize, mpidr: u64, ppis: u32) -> bool {
     while rd32(rd + GICR_WAKER) & GICR_WAKER_CHILDREN_ASLEEP != 0 {
         core::hint::spin_loop();
     }
+    // All 16 SGIs on (they are IPIs; an unregistered one is counted as unhandled).
+    let ppis = ppis | 0xffff;
     wr32(sgi + GICR_ICENABLER0, !ppis);
     wr32(sgi + GICR_IGROUPR0, !0);
     for i in 0..8 {
