@@ -274,17 +274,43 @@ pub fn bring_up(info: &BootInfo, maxcpus: Option<usize>) -> usize {
         }
         match boot_secondary(next, cpu.mpidr, &cpu.enable) {
             Ok(()) => next += 1,
-            Err(e) => println!("smp: cpu mpidr {:#x} failed to come online: {}", cpu.mpidr, e),
+            Err(BootError::NotStarted(e)) => {
+                println!("smp: cpu mpidr {:#x} failed to come online: {}", cpu.mpidr, e)
+            }
+            Err(BootError::Late(e)) => {
+                // It was started and may still arrive (a spin-table CPU cannot be called
+                // back): its logical id stays taken, and it parks if it ever comes up.
+                ABANDONED[next].store(true, Ordering::Release);
+                println!("smp: cpu mpidr {:#x} failed to come online: {}", cpu.mpidr, e);
+                next += 1;
+            }
         }
     }
     NR_ONLINE.load(Ordering::Acquire)
 }
 
-fn boot_secondary(
-    cpu: usize,
-    mpidr: u64,
-    method: &EnableMethod,
-) -> Result<(), alloc::string::String> {
+enum BootError {
+    /// The CPU was never started (PSCI refused, no method): its logical id can be reused.
+    NotStarted(alloc::string::String),
+    /// Started but not online in time (Linux: "failed to come online" after 5 s).
+    Late(alloc::string::String),
+}
+
+impl From<&str> for BootError {
+    fn from(s: &str) -> Self {
+        BootError::NotStarted(s.into())
+    }
+}
+impl From<alloc::string::String> for BootError {
+    fn from(s: alloc::string::String) -> Self {
+        BootError::NotStarted(s)
+    }
+}
+
+/// Logical ids given to CPUs that did not come online in time: if one arrives late, it parks.
+static ABANDONED: [AtomicBool; NR_CPUS] = [const { AtomicBool::new(false) }; NR_CPUS];
+
+fn boot_secondary(cpu: usize, mpidr: u64, method: &EnableMethod) -> Result<(), BootError> {
     use crate::arch::smp::secondary_boot_data as data;
     unsafe extern "C" {
         fn secondary_entry();
@@ -323,7 +349,8 @@ fn boot_secondary(
                     "PSCI CPU_ON returned {} ({})",
                     r,
                     arch::psci::error_name(r)
-                ));
+                )
+                .into());
             }
         }
         EnableMethod::SpinTable { release_addr } => {
@@ -336,16 +363,17 @@ fn boot_secondary(
             arch::dsb_sy();
             arch::sev_raw();
         }
-        other => return Err(alloc::format!("unsupported enable-method {:?}", other)),
+        other => return Err(alloc::format!("unsupported enable-method {:?}", other).into()),
     }
-    // Wait up to 1 s (counter time) for the CPU to report online.
+    // Wait up to 5 s (counter time; Linux's __cpu_up waits 5 s too) for the CPU to report
+    // online. Under TCG on a busy host a secondary can take well over a second.
     let start = arch::cycles();
     while !ONLINE[cpu].load(Ordering::Acquire) {
         if CPU_INIT_FAILED.swap(false, Ordering::AcqRel) {
-            return Err("no GIC redistributor/CPU interface for it".into());
+            return Err(BootError::Late("no GIC redistributor/CPU interface for it".into()));
         }
-        if arch::cycles() - start > arch::timer_hz() {
-            return Err("timed out after 1 s".into());
+        if arch::cycles() - start > 5 * arch::timer_hz() {
+            return Err(BootError::Late("timed out after 5 s".into()));
         }
         core::hint::spin_loop();
     }
@@ -365,6 +393,11 @@ pub fn secondary_start(cpu: usize) -> ! {
     // notify_cpu_starting sets up the per-CPU irqchip and timer, then local_irq_enable). A CPU
     // whose interface cannot be set up stays offline: it could not be woken.
     let irqs = arch::gic::present();
+    if ABANDONED[cpu].load(Ordering::Acquire) {
+        loop {
+            arch::wfe_raw();
+        }
+    }
     if irqs && !arch::gic::cpu_init(cpu, arch::irq::enabled_mask()) {
         CPU_INIT_FAILED.store(true, Ordering::Release);
         loop {

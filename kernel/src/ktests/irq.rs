@@ -123,7 +123,10 @@ crate::ktest!(irq_under_pcp_and_zone_locks_does_not_deadlock, {
     crate::kassert!(!ran_while_locked, "an interrupt ran while zone->lock was held");
     crate::kassert!(IRQ_RAN.load(Ordering::Acquire), "the interrupt never came after the unlock");
     crate::kassert_eq!(IRQ_PAGE.load(Ordering::Acquire), 0);
-    crate::println!("  pcp_trylock_fail +1 (free from the interrupt went to the buddy), irqs on this cpu: {}", irq::irq_count(me));
+    crate::println!(
+        "  pcp_trylock_fail +1 (free from the interrupt went to the buddy), irqs on this cpu: {}",
+        irq::irq_count(me)
+    );
     Ok(())
 });
 

@@ -601,7 +601,11 @@ fn check_virt(name: &str, smp: u64, mem: u64, psci: PsciConduit) {
     // (hw/arm/virt.c: GICD 0x08000000, GICC 0x08010000, one redistributor region of 123 frames).
     assert_eq!(i.vtimer_intid, Some(27));
     let gic = if name.contains("gicv3") {
-        Gic::V3 { gicd: 0x0800_0000, redist_regions: vec![(0x080a_0000, 0xf6_0000)], redist_stride: None }
+        Gic::V3 {
+            gicd: 0x0800_0000,
+            redist_regions: vec![(0x080a_0000, 0xf6_0000)],
+            redist_stride: None,
+        }
     } else {
         Gic::V2 { gicd: 0x0800_0000, gicc: 0x0801_0000 }
     };

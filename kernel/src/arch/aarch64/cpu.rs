@@ -123,7 +123,9 @@ pub fn dcache_clean_inval_poc(va: u64, len: u64) {
 pub fn local_irq_save() -> usize {
     let daif: u64;
     // SAFETY: masks IRQs on this CPU; no memory changes (not nomem: a compiler barrier).
-    unsafe { asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nostack, preserves_flags))
+    };
     daif as usize
 }
 

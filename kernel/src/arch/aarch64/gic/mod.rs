@@ -60,7 +60,9 @@ pub fn init(
     let ok = cpu_init(cpu, ppis) && selftest(cpu);
     if !ok {
         VERSION.store(0, Ordering::Release);
-        return Err("an SGI sent to this CPU never arrived (GIC not set up for the non-secure world?)");
+        return Err(
+            "an SGI sent to this CPU never arrived (GIC not set up for the non-secure world?)",
+        );
     }
     Ok(())
 }

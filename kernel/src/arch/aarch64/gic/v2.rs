@@ -75,10 +75,9 @@ pub fn eoi(iar: u32) {
 
 /// SGI `sgi` to the logical CPUs in `mask` (at most 8 exist with a GICv2).
 pub fn send_sgi_mask(sgi: u32, mask: u64) {
-    let targets =
-        (0..NR_CPUS.min(64)).filter(|&c| mask & (1 << c) != 0).fold(0u32, |t, c| {
-            t | CPU_MAP[c].load(Ordering::Relaxed) as u32
-        });
+    let targets = (0..NR_CPUS.min(64))
+        .filter(|&c| mask & (1 << c) != 0)
+        .fold(0u32, |t, c| t | CPU_MAP[c].load(Ordering::Relaxed) as u32);
     if targets != 0 {
         wr(GICD.load(Ordering::Relaxed), GICD_SGIR, (targets << 16) | sgi);
     }

@@ -84,7 +84,8 @@ pub fn init(
         let mut off = 0;
         while off < size && n < NR_CPUS {
             let rd = ioremap(base + off, 0x1000).ok_or("early page-table pool exhausted")?;
-            let sgi = ioremap(base + off + SGI_BASE, 0x1000).ok_or("early page-table pool exhausted")?;
+            let sgi =
+                ioremap(base + off + SGI_BASE, 0x1000).ok_or("early page-table pool exhausted")?;
             let typer = rd64(rd + GICR_TYPER);
             RDISTS[n].rd.store(rd, Ordering::Relaxed);
             RDISTS[n].sgi.store(sgi, Ordering::Relaxed);
