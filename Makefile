@@ -11,6 +11,10 @@
 #   make bench-wall the same without -icount (wall-clock, this host's noise): 8 runs, one QEMU
 #                   at a time, plus the run-to-run spread per row (CV, CI half-width)
 #   make bench-pagealloc   page-allocator micro-benchmark (instructions per operation)
+#   make bench-smp  SMP scaling, wall clock: nr_threads=N on -smp SMP and one worker on -smp N,
+#                   N = 1, 2, 4 .. SMP; per-worker time relative to N = 1 with 95% CIs, beside
+#                   Linux 6.12's (16-core host); target/bench/smp/{report.md,report.json,smp.svg}
+#                   (BENCH_SMP_RUNS=5 boots per configuration, BENCH_SMP_SCALE=1: 20000 loops)
 #   make fuzz       every fuzz target (cargo-fuzz, nightly; installed on demand) FUZZ_SECONDS each;
 #                   make fuzz-long: 10M device-tree and 1M of every other target
 #   make stress     Linux test_vmalloc.sh's stress preset at full strength at -smp 4 (hours under
@@ -53,7 +57,7 @@ QEMU_VIRT  = qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(SMP) -m $(MEM) -nogr
 QEMU_RPI4  = qemu-system-aarch64 -M raspi4b -dtb $(PI4_DTB) -display none -monitor none \
              -serial null -serial stdio -no-reboot -semihosting
 
-.PHONY: lint fuzz fuzz-long stress all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc tools setup gdb clean
+.PHONY: lint fuzz fuzz-long stress all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc bench-smp tools setup gdb clean
 
 TVTOOL := tools/target/release/tvtool
 
@@ -115,6 +119,17 @@ bench: build tools
 # Wall-clock (no -icount) seed table: measures this host's noise, see tools/README.md.
 bench-wall: build tools
 	$(TVTOOL) run tools/plans/seed-wall.toml --out target/bench/seed-wall --jobs 1 --spread
+
+# SMP scaling (tools/plans/smp-scaling.toml, `tvtool smp`): one QEMU at a time; each run
+# starts from an empty target/bench/smp. SMP above 8 boots every configuration with
+# -M virt,gic-version=3. With fewer host cores than SMP the N-worker series measures host
+# contention (the report says so).
+BENCH_SMP_RUNS  ?= 5
+BENCH_SMP_SCALE ?= 1
+bench-smp: build tools
+	rm -rf target/bench/smp
+	$(TVTOOL) smp tools/plans/smp-scaling.toml --smp $(SMP) --runs $(BENCH_SMP_RUNS) \
+	  --loop-scale $(BENCH_SMP_SCALE) --out target/bench/smp
 
 # Fuzzing (scripts/fuzz.sh installs cargo-fuzz if missing). make test replays the committed
 # corpus through the same checks on stable (cargo test -p fuzz-checks).

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod parse;
 pub mod plan;
 pub mod run;
+pub mod smp;
 pub mod stats;
 pub mod summary;
 pub mod svg;

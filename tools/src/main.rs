@@ -3,7 +3,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tvtool::stats::{self, PctOf};
-use tvtool::{compare, parse, plan, run, summary, svg};
+use tvtool::{compare, parse, plan, run, smp, summary, svg};
 
 /// Writes to stdout; a closed pipe (`tvtool parse ... | head`) ends the process quietly.
 fn write_stdout(s: &str) {
@@ -109,6 +109,93 @@ enum Cmd {
         #[arg(long)]
         spread: bool,
     },
+    /// SMP scaling: N workers on -smp SMP and one worker on -smp N, N = 1, 2, 4 .. SMP;
+    /// per-worker time relative to N = 1 with 95% CIs (report.md, report.json, smp.svg).
+    Smp {
+        plan: PathBuf,
+        /// Largest -smp (overrides the plan's `smp`; 1..=64).
+        #[arg(long)]
+        smp: Option<u32>,
+        /// Boots per configuration (overrides the plan's `runs`).
+        #[arg(long)]
+        runs: Option<u32>,
+        /// test_loop_count = loops x this (overrides the plan's `loop_scale`).
+        #[arg(long, value_name = "X")]
+        loop_scale: Option<f64>,
+        /// Per-boot timeout in seconds (overrides the plan's `timeout_s`).
+        #[arg(long, value_name = "S")]
+        timeout: Option<u64>,
+        /// Output directory (default out/<plan name>-<UTC timestamp>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Kernel image (overrides the plan's `kernel`).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// QEMU binary (default $TVTOOL_QEMU, else qemu-system-aarch64).
+        #[arg(long)]
+        qemu: Option<String>,
+        /// Print the QEMU command lines and exit.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not boot: rebuild the report from the logs already in --out.
+        #[arg(long, requires = "out")]
+        report_only: bool,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_smp(
+    plan_path: &std::path::Path,
+    smp_max: Option<u32>,
+    runs: Option<u32>,
+    loop_scale: Option<f64>,
+    timeout: Option<u64>,
+    out: Option<PathBuf>,
+    kernel: Option<String>,
+    qemu: Option<String>,
+    dry_run: bool,
+    report_only: bool,
+) -> Result<bool> {
+    let text = std::fs::read_to_string(plan_path)
+        .with_context(|| format!("reading {}", plan_path.display()))?;
+    let mut p =
+        smp::SmpPlan::parse(&text).with_context(|| format!("plan {}", plan_path.display()))?;
+    if let Some(n) = smp_max {
+        p.smp = n;
+    }
+    if let Some(r) = runs {
+        p.runs = r;
+    }
+    if let Some(x) = loop_scale {
+        p.loop_scale = x;
+    }
+    if let Some(t) = timeout {
+        p.timeout_s = t;
+    }
+    p.validate()?;
+    let opts = smp::exec::SmpOpts {
+        out: out.unwrap_or_else(|| run::default_out(&p.name)),
+        kernel,
+        qemu: qemu
+            .or_else(|| std::env::var("TVTOOL_QEMU").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "qemu-system-aarch64".into()),
+        dry_run,
+        report_only,
+    };
+    let (rep, text) = smp::exec::run_smp(&p, &opts)?;
+    write_stdout(&text);
+    if dry_run {
+        return Ok(true);
+    }
+    let bad = rep.boots.iter().filter(|b| !b.problems.is_empty()).count();
+    eprintln!(
+        "{} boots, {} failed, {:.0} s; logs, report.md, report.json and smp.svg in {}",
+        rep.boots.len(),
+        bad,
+        rep.wall_s,
+        opts.out.display()
+    );
+    Ok(bad == 0)
 }
 
 fn cmd_parse(logs: &[PathBuf], json: bool) -> Result<bool> {
@@ -237,6 +324,20 @@ fn real_main() -> Result<bool> {
         Cmd::Compare { base, variant, json, svg, markdown, pct_of, min_effect, spread } => {
             cmd_compare(&base, &variant, json, svg, markdown, pct_of, min_effect, spread)?;
             Ok(true)
+        }
+        Cmd::Smp {
+            plan,
+            smp,
+            runs,
+            loop_scale,
+            timeout,
+            out,
+            kernel,
+            qemu,
+            dry_run,
+            report_only,
+        } => {
+            cmd_smp(&plan, smp, runs, loop_scale, timeout, out, kernel, qemu, dry_run, report_only)
         }
         Cmd::Summary { log, qemu_rc } => {
             let bytes =

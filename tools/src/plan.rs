@@ -314,6 +314,18 @@ pub fn cells(plan: &Plan, runs: u32) -> Result<Vec<Cell>> {
     Ok(out)
 }
 
+/// QEMU virt's GICv2 serves at most 8 CPUs; above that the machine needs GICv3.
+pub const GICV2_MAX_CPUS: u32 = 8;
+
+/// `-M` value for QEMU virt with `smp` CPUs: `virt`, or `virt,gic-version=3` above 8 CPUs.
+pub fn virt_machine(smp: u32) -> &'static str {
+    if smp > GICV2_MAX_CPUS {
+        "virt,gic-version=3"
+    } else {
+        "virt"
+    }
+}
+
 /// QEMU arguments for one cell.
 pub fn qemu_args(plan: &Plan, kernel: &str, cell: &Cell) -> Vec<String> {
     let mut a: Vec<String> = vec![];
@@ -327,7 +339,8 @@ pub fn qemu_args(plan: &Plan, kernel: &str, cell: &Cell) -> Vec<String> {
         }
     } else {
         let smp = cell.smp.to_string();
-        for s in ["-M", "virt", "-cpu", &plan.cpu, "-smp", &smp, "-m", &plan.mem, "-nographic"] {
+        let m = virt_machine(cell.smp);
+        for s in ["-M", m, "-cpu", &plan.cpu, "-smp", &smp, "-m", &plan.mem, "-nographic"] {
             push(s);
         }
     }

@@ -54,11 +54,14 @@ pub struct RunReport {
     pub report: Option<compare::Report>,
 }
 
-struct Boot {
-    rc: Option<i64>,
-    timed_out: bool,
-    wall_s: f64,
-    spawn_error: Option<String>,
+/// How one QEMU boot ended.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    /// Exit status (124 = timeout, 128+signal when killed by one); None when not started.
+    pub rc: Option<i64>,
+    pub timed_out: bool,
+    pub wall_s: f64,
+    pub spawn_error: Option<String>,
 }
 
 /// Boots one cell, writing OUT/<variant>/<set>/run<r>.log with HOST header and trailer lines.
@@ -70,21 +73,41 @@ fn boot(
     plan: &Plan,
     timeout: Duration,
 ) -> Result<Boot> {
+    let mut header = vec![format!(
+        "tvtool plan={} variant={} set={} run={} smp={}",
+        plan.name, cell.variant, cell.set, cell.run, cell.smp
+    )];
+    if let Some(r) = &cell.row {
+        header.push(format!("row {r}"));
+    }
+    boot_logged(qemu, args, log, &header, timeout)
+}
+
+/// Runs `qemu args` with stdin null and stdout+stderr into `log`, killed after `timeout`.
+/// The log starts with `HOST: <h>` for each header line and `HOST: cmd <command line>` (after
+/// the first header line) and ends with the trailer `HOST: qemu rc=<rc> wall_s=<s>`.
+pub fn boot_logged(
+    qemu: &str,
+    args: &[String],
+    log: &Path,
+    header: &[String],
+    timeout: Duration,
+) -> Result<Boot> {
     fs::create_dir_all(log.parent().unwrap())?;
     {
         let mut f = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        writeln!(
-            f,
-            "HOST: tvtool plan={} variant={} set={} run={} smp={}",
-            plan.name, cell.variant, cell.set, cell.run, cell.smp
-        )?;
         let cmd: Vec<String> = std::iter::once(qemu)
             .chain(args.iter().map(|s| s.as_str()))
             .map(plan::shell_quote)
             .collect();
-        writeln!(f, "HOST: cmd {}", cmd.join(" "))?;
-        if let Some(r) = &cell.row {
-            writeln!(f, "HOST: row {r}")?;
+        for (i, h) in header.iter().enumerate() {
+            writeln!(f, "HOST: {h}")?;
+            if i == 0 {
+                writeln!(f, "HOST: cmd {}", cmd.join(" "))?;
+            }
+        }
+        if header.is_empty() {
+            writeln!(f, "HOST: cmd {}", cmd.join(" "))?;
         }
     }
     let mut f = OpenOptions::new().append(true).open(log)?;

@@ -11,15 +11,15 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 190.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 190.0;
-const COLORS: &[&str] =
+pub(crate) const COLORS: &[&str] =
     &["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A "nice" tick step for a range.
-fn nice_step(range: f64) -> f64 {
+pub(crate) fn nice_step(range: f64) -> f64 {
     let raw = range / 8.0;
     let mag = 10f64.powf(raw.log10().floor());
     let f = raw / mag;
@@ -222,7 +222,7 @@ pub fn render(r: &Report) -> String {
     s
 }
 
-fn fmt_tick(t: f64, step: f64) -> String {
+pub(crate) fn fmt_tick(t: f64, step: f64) -> String {
     if step >= 1.0 {
         format!("{:.0}", t)
     } else {
