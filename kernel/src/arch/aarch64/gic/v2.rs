@@ -47,8 +47,10 @@ pub fn cpu_init(cpu: usize, ppis: u32) -> bool {
     if d == 0 || c == 0 {
         return false;
     }
-    // ITARGETSR0..7 are banked: any byte reads back this CPU's own interface bit.
-    CPU_MAP[cpu].store(rd(d, GICD_ITARGETSR) as u8, Ordering::Release);
+    // ITARGETSR0..7 are banked: any byte reads back this CPU's own interface bit. A
+    // uniprocessor GIC has them RAZ/WI (GICv2 spec 4.3.12): its one interface is bit 0.
+    let mask = rd(d, GICD_ITARGETSR) as u8;
+    CPU_MAP[cpu].store(if mask == 0 { 1 } else { mask }, Ordering::Release);
     // All 16 SGIs on (they are IPIs; an unregistered one is counted as unhandled).
     let ppis = ppis | 0xffff;
     wr(d, GICD_ICENABLER0, !ppis);
