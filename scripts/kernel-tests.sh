@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # In-kernel tests and boot checks under QEMU. Usage: kernel-tests.sh target/kernel8.img
-# Every check boots the one image with a timeout and asserts its exit status and output.
+# Every check boots the one image with a timeout and asserts its exit status and output
+# (timestamps stripped). One check boots with printk.time=0 and one checks the timestamps.
 # Prints one line per check and closes with "N passed, N failed"; exits non-zero on failure.
 set -u
 IMG=${1:-target/kernel8.img}
@@ -36,7 +37,10 @@ check() {
   timeout "$tmo" bash -c '"$@"' _ "$@" </dev/null >"$log" 2>&1; rc=$?
   end=$(date +%s.%N)
   local secs; secs=$(awk "BEGIN{printf \"%.1f\", $end - $start}")
-  if [ "$rc" = "$want" ] && grep -qE "$pat" "$log"; then
+  # The console's Linux-style timestamps ("[    0.012345] ", printk.time) come off first, so
+  # patterns can anchor at the start of a line; $LOGS/NAME.txt is that text.
+  sed -E 's/^\[ *[0-9]+\.[0-9]{6}\] //' "$log" >"${log%.log}.txt"
+  if [ "$rc" = "$want" ] && grep -qE "$pat" "${log%.log}.txt"; then
     echo "check $name ... ok (exit $rc, ${secs}s)"; pass=$((pass+1))
   else
     echo "check $name ... FAILED (exit $rc, wanted $want; pattern '$pat'; ${secs}s; log $log)"
@@ -53,18 +57,18 @@ check vfree-single-counters 60 0 '^1 passed, 0 failed' -- virt 2 1G -append "kte
 check ktest-rpi4 300 0 '^[0-9]+ passed, 0 failed' -- rpi4 -append "ktest"
 # Eight CPUs: every one online with its MPIDR, the per-CPU areas and the SMP page stress.
 check ktest-virt-smp8 300 0 '^[0-9]+ passed, 0 failed' -- virt 8 2G -append "ktest=per_cpu,smp,rcu,irq"
-grep -q 'smp: 8 CPUs online:.*cpu7(mpidr 0x7)' "$LOGS/ktest-virt-smp8.log" || { echo "check smp8-online ... FAILED"; fail=$((fail+1)); }
+grep -q 'smp: 8 CPUs online:.*cpu7(mpidr 0x7)' "$LOGS/ktest-virt-smp8.txt" || { echo "check smp8-online ... FAILED"; fail=$((fail+1)); }
 # GICv3 (affinity routing, redistributors, ICC system registers): every in-kernel test.
 check ktest-virt-gicv3-smp8 300 0 '^[0-9]+ passed, 0 failed' -- virt3 8 2G -append "ktest"
 # Interrupts: the GIC each machine has, the tick, WFI idle, named in the boot header.
-grep -q '^irq: GICv2 .*tick: 250 Hz on the virtual timer (INTID 27)' "$LOGS/ktest-virt-smp4.log" || { echo "check irq-gicv2-banner ... FAILED"; fail=$((fail+1)); }
+grep -q '^irq: GICv2 .*tick: 250 Hz on the virtual timer (INTID 27)' "$LOGS/ktest-virt-smp4.txt" || { echo "check irq-gicv2-banner ... FAILED"; fail=$((fail+1)); }
 # A uniprocessor GICv2 reads its target registers as zero (GICv2 spec 4.3.12): SGIs still work.
-grep -q '^irq: GICv2 .*tick: 250 Hz' "$LOGS/ktest-virt-smp1.log" || { echo "check irq-gicv2-up-banner ... FAILED"; fail=$((fail+1)); }
-grep -q '^irq: GICv3 .*tick: 250 Hz on the virtual timer (INTID 27)' "$LOGS/ktest-virt-gicv3-smp8.log" || { echo "check irq-gicv3-banner ... FAILED"; fail=$((fail+1)); }
-grep -q '^irq: GICv2 ' "$LOGS/ktest-rpi4.log" || { echo "check irq-rpi4-banner ... FAILED"; fail=$((fail+1)); }
+grep -q '^irq: GICv2 .*tick: 250 Hz' "$LOGS/ktest-virt-smp1.txt" || { echo "check irq-gicv2-up-banner ... FAILED"; fail=$((fail+1)); }
+grep -q '^irq: GICv3 .*tick: 250 Hz on the virtual timer (INTID 27)' "$LOGS/ktest-virt-gicv3-smp8.txt" || { echo "check irq-gicv3-banner ... FAILED"; fail=$((fail+1)); }
+grep -q '^irq: GICv2 ' "$LOGS/ktest-rpi4.txt" || { echo "check irq-rpi4-banner ... FAILED"; fail=$((fail+1)); }
 # maxcpus=2 on -smp 4: exactly two CPUs come up (and get per-CPU units).
 check maxcpus-2 60 0 'smp: 2 CPUs online: cpu0\(mpidr 0x0\) cpu1\(mpidr 0x1\)[[:space:]]*$' -- virt 4 1G -append "maxcpus=2 ktest=per_cpu"
-grep -q 'x 2 units' "$LOGS/maxcpus-2.log" || { echo "check maxcpus-2-units ... FAILED"; fail=$((fail+1)); }
+grep -q 'x 2 units' "$LOGS/maxcpus-2.txt" || { echo "check maxcpus-2-units ... FAILED"; fail=$((fail+1)); }
 
 # make run's default boot (the seed suite, scaled down) reaches the banner, runs and exits 0
 # within 30 s of QEMU starting, on both machines. (About 3.5 s on this 2-core machine since
@@ -72,12 +76,12 @@ grep -q 'x 2 units' "$LOGS/maxcpus-2.log" || { echo "check maxcpus-2-units ... F
 RUN_ARGS="test_vmalloc.suite=seed test_vmalloc.loop_scale=0.01"
 check boot-virt 30 0 '^19 passed, 0 failed' -- virt 4 2G -append "$RUN_ARGS"
 check boot-rpi4 30 0 '^19 passed, 0 failed' -- rpi4 -append "$RUN_ARGS"
-grep -q 'mmkernel .* on QemuVirt' "$LOGS/boot-virt.log" || { echo "check banner-virt ... FAILED"; fail=$((fail+1)); }
+grep -q 'mmkernel .* on QemuVirt' "$LOGS/boot-virt.txt" || { echo "check banner-virt ... FAILED"; fail=$((fail+1)); }
 # Past 8 CPUs (GICv3): 16 and 64 CPUs online, the same boot passes. (About 6 s and 10 s here.)
 check boot-virt-gicv3-smp16 60 0 '^19 passed, 0 failed' -- virt3 16 2G -append "$RUN_ARGS"
 check boot-virt-gicv3-smp64 120 0 '^19 passed, 0 failed' -- virt3 64 2G -append "$RUN_ARGS"
-grep -q 'smp: 64 CPUs online:.*cpu63(mpidr 0x30f)' "$LOGS/boot-virt-gicv3-smp64.log" || { echo "check smp64-online ... FAILED"; fail=$((fail+1)); }
-grep -q 'mmkernel .* on RaspberryPi4' "$LOGS/boot-rpi4.log" || { echo "check banner-rpi4 ... FAILED"; fail=$((fail+1)); }
+grep -q 'smp: 64 CPUs online:.*cpu63(mpidr 0x30f)' "$LOGS/boot-virt-gicv3-smp64.txt" || { echo "check smp64-online ... FAILED"; fail=$((fail+1)); }
+grep -q 'mmkernel .* on RaspberryPi4' "$LOGS/boot-rpi4.txt" || { echo "check banner-rpi4 ... FAILED"; fail=$((fail+1)); }
 
 # test_vmalloc.sh's stress preset (nr_threads = CPUs, repeat 20, every test), loops cut down.
 check stress-virt-smp4 900 0 '^52 passed, 0 failed' -- virt 4 2G -append "test_vmalloc.suite=stress test_vmalloc.test_loop_count=100 test_vmalloc.nr_pcpu_objects=500"
@@ -91,7 +95,7 @@ oom_full_fit() {
 }
 export -f oom_full_fit
 check oom-full-fit-smp8 120 0 'test_vmalloc: leak all .* ok' -- oom_full_fit
-{ grep -qE 'vmalloc error|page allocation failure' "$LOGS/oom-full-fit-smp8.log" && ! grep -q 'vmalloc bug' "$LOGS/oom-full-fit-smp8.log"; } || { echo "check oom-no-loss ... FAILED"; fail=$((fail+1)); }
+{ grep -qE 'vmalloc error|page allocation failure' "$LOGS/oom-full-fit-smp8.txt" && ! grep -q 'vmalloc bug' "$LOGS/oom-full-fit-smp8.txt"; } || { echo "check oom-no-loss ... FAILED"; fail=$((fail+1)); }
 # One test selected: only it runs. A bad test_vmalloc parameter: error naming it.
 check mask-one-test 60 0 '^1 passed, 0 failed' -- virt 1 1G -append "test_vmalloc.run_test_mask=1024 test_vmalloc.test_loop_count=100"
 check bad-tv-param 10 2 'FATAL: .*test_vmalloc.nr_threads' -- virt 1 512M -append "test_vmalloc.nr_threads=lots"
@@ -107,6 +111,10 @@ check stack-overflow 10 3 'kernel stack overflow on CPU 0: SP 0x[0-9a-f]+ below 
 check bad-param 10 2 'FATAL: .*mm.vfree' -- virt 1 512M -append "mm.vfree=sometimes"
 check unknown-param 10 2 'FATAL: unknown boot parameter mm.bogus' -- virt 1 512M -append "mm.bogus=1"
 check bad-hz 10 2 'FATAL: .*boot parameter hz' -- virt 1 512M -append "hz=fast"
+# Console timestamps (Linux's printk.time format) on by default, off with printk.time=0.
+grep -qE '^\[ +[0-9]+\.[0-9]{6}\] mmkernel ' "$LOGS/boot-virt.log" || { echo "check printk-time ... FAILED"; fail=$((fail+1)); }
+check printk-time-off 60 0 '^1 passed, 0 failed' -- virt 1 512M -append "printk.time=0 ktest=heap"
+grep -q '^mmkernel ' "$LOGS/printk-time-off.log" || { echo "check printk-time-off-raw ... FAILED"; fail=$((fail+1)); }
 
 # A corrupted DTB passed with -dtb: QEMU accepts it (its own checks pass), the kernel rejects it.
 CORRUPT=$ROOT/target/corrupt.dtb

@@ -200,12 +200,31 @@ park:
 primary_switched:
     ldr     x1, =__boot_stack_top
     mov     sp, x1
-    ldr     x1, =__bss_start
-    ldr     x2, =__bss_end
+    // Zero .bss (25 MiB: the boot heap and the per-CPU stacks) a cache-line block at a time
+    // with DC ZVA where DCZID_EL0 allows it (Linux's memset does the same), else 64 bytes per
+    // STP loop: one store per 8 bytes was 13 M instructions, over a third of the boot.
+    ldr     x1, =__bss_start                  // 64-byte aligned (linker.ld)
+    ldr     x2, =__bss_end                    // 64-byte aligned
+    mrs     x3, dczid_el0
+    tbnz    x3, #4, 3f                        // DZP: DC ZVA prohibited
+    and     x3, x3, #0xf
+    mov     x4, #4
+    lsl     x4, x4, x3                        // block size in bytes
+    cmp     x4, #64
+    b.ne    3f                                // only the 64-byte block the alignment assumes
 1:  cmp     x1, x2
     b.hs    2f
-    str     xzr, [x1], #8
+    dc      zva, x1
+    add     x1, x1, #64
     b       1b
+3:  cmp     x1, x2
+    b.hs    2f
+    stp     xzr, xzr, [x1]
+    stp     xzr, xzr, [x1, #16]
+    stp     xzr, xzr, [x1, #32]
+    stp     xzr, xzr, [x1, #48]
+    add     x1, x1, #64
+    b       3b
 2:  msr     tpidr_el1, xzr
     mov     x0, x19
     mov     x1, x20

@@ -241,6 +241,7 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
         Ok(r) => r,
         Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("{e}")),
     };
+    crate::console::set_printk_time(cfg.printk_time);
     banner(&info, bootargs, &cfg, kimage_pa);
     config::set(cfg);
     let cfg = config::get();

@@ -2,7 +2,7 @@
 //!
 //! Like Linux, parameters of other subsystems (`console=`, `root=`, `8250.nr_uarts=` that the Pi
 //! firmware adds) are not errors: they are listed as ignored. Inside our namespaces (`mm.*`,
-//! `test_vmalloc.*`, `ktest*`, `maxcpus`, `hz`, `nohz`) an unknown name or a bad value is an error naming it,
+//! `test_vmalloc.*`, `ktest*`, `maxcpus`, `hz`, `nohz`, `printk.time`) an unknown name or a bad value is an error naming it,
 //! and the kernel exits non-zero.
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -33,6 +33,9 @@ pub struct Config {
     /// `nohz=on|off`: idle CPUs stop their tick (Linux's boot parameter of the same name,
     /// CONFIG_NO_HZ_IDLE; on by default as there).
     pub nohz: bool,
+    /// `printk.time=0|1`: console lines start with `[seconds.micros] ` (Linux's parameter;
+    /// on by default, as CONFIG_PRINTK_TIME).
+    pub printk_time: bool,
     /// `ktest` (all) or `ktest=FILTER`: run the in-kernel tests instead of the benchmark.
     pub ktest: Option<String>,
     /// `ktest.fault=null|stack`: a deliberate NULL read or unbounded recursion after boot
@@ -55,6 +58,7 @@ impl Default for Config {
             maxcpus: None,
             hz: 250,
             nohz: true,
+            printk_time: true,
             ktest: None,
             ktest_fault: None,
             bench: None,
@@ -121,6 +125,7 @@ impl Config {
                     };
                 }
                 "nohz" => c.nohz = on_off(&key, v)?,
+                "printk.time" => c.printk_time = on_off(&key, v)?,
                 "ktest" => c.ktest = Some(v.unwrap_or("").to_string()),
                 "ktest.fault" => {
                     let s = need(&key, v)?;
@@ -213,6 +218,9 @@ mod tests {
         assert!(Config::parse("hz=fast").unwrap_err().contains("hz"));
         assert!(Config::parse("hz=20000").is_err());
         assert!(Config::parse("nohz=maybe").unwrap_err().contains("nohz"));
+        assert!(!Config::parse("printk.time=0").unwrap().printk_time);
+        assert!(Config::parse("printk.time=y").unwrap().printk_time);
+        assert!(Config::parse("printk.time=x").unwrap_err().contains("printk.time"));
     }
 
     #[test]

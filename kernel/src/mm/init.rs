@@ -68,18 +68,17 @@ pub fn mm_init(
     let pa = mb
         .alloc(bytes.next_multiple_of(PAGE_SIZE as u64), PAGE_SIZE as u64)
         .ok_or_else(|| format!("memblock: no room for mem_map ({bytes} bytes)"))?;
+    // Zeroed with DC ZVA (all-zero is a valid Page: every field is an atomic integer);
+    // PageAllocator::new's memmap_init then writes each struct page once, as Linux's
+    // memmap_init_range does. (Writing Page::new() here first cost 5 M instructions at 2 GiB.)
+    page_alloc::zero_pages(pa >> PAGE_SHIFT, bytes.div_ceil(PAGE_SIZE as u64) as usize);
     // SAFETY: memblock handed out [pa, pa + bytes) to this call alone and keeps it reserved (the
     // page allocator built from `mb` below never frees it), so it lives for the rest of the
     // kernel's life; it is RAM, mapped RW by the linear map set up above, and page aligned (more
-    // than Page needs). Each of the n Page slots is initialised before the shared slice over
-    // them is formed, and nothing writes the memory other than through that slice afterwards.
-    let mem_map: &'static [Page] = unsafe {
-        let p = (PAGE_OFFSET + pa) as *mut Page;
-        for i in 0..n {
-            p.add(i).write(Page::new());
-        }
-        core::slice::from_raw_parts(p, n)
-    };
+    // than Page needs). Every byte was just zeroed, a valid value for each of the n Pages, and
+    // nothing writes the memory other than through the shared slice afterwards.
+    let mem_map: &'static [Page] =
+        unsafe { core::slice::from_raw_parts((PAGE_OFFSET + pa) as *const Page, n) };
     let cfg = PageAllocConfig {
         zone_dma_limit: info.dma_limit.map(|l| l - 1),
         nr_cpus,

@@ -70,18 +70,30 @@ impl<'m> PageAllocator<'m> {
                 })
                 .sum();
         }
-        // memmap_init: every struct page reserved, refcount 1, zone link set (holes too).
-        for (i, page) in mem_map.iter().enumerate() {
-            let pfn = min_pfn + i as u64;
-            page.set_flags(PageFlags::PG_RESERVED);
-            page.set_page_count(1);
-            page.next.store(NIL, Relaxed);
-            page.prev.store(NIL, Relaxed);
-            page.set_order(0);
-            page.set_private(0);
-            let z = zones.iter().position(|z| z.zone_spans_pfn(pfn)).map_or(NO_ZONE, |i| i as u8);
-            page.set_zone(z);
+        // memmap_init: every struct page reserved, refcount 1, zone link set (holes too), one
+        // pass per zone span as Linux's memmap_init_range (no per-page zone search).
+        let init = |pages: &[Page], z: u8| {
+            for page in pages {
+                page.set_flags(PageFlags::PG_RESERVED);
+                page.set_page_count(1);
+                page.next.store(NIL, Relaxed);
+                page.prev.store(NIL, Relaxed);
+                page.set_order(0);
+                page.set_private(0);
+                page.set_zone(z);
+            }
+        };
+        let mut next = min_pfn;
+        for z in zones.iter().filter(|z| z.spanned_pages != 0) {
+            let (s, e) = (z.zone_start_pfn.max(next), z.zone_end_pfn().min(have_end));
+            if s >= e {
+                continue;
+            }
+            init(&mem_map[(next - min_pfn) as usize..(s - min_pfn) as usize], NO_ZONE);
+            init(&mem_map[(s - min_pfn) as usize..(e - min_pfn) as usize], z.idx as u8);
+            next = e;
         }
+        init(&mem_map[(next - min_pfn) as usize..], NO_ZONE);
         let mut zonelist = [0u8; MAX_NR_ZONES];
         let mut nr_zonelist = 0;
         for z in zones.iter().rev().filter(|z| z.populated()) {
