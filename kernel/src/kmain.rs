@@ -183,6 +183,52 @@ fn irq_init(info: &dt::BootInfo, cfg: &config::Config) {
     arch::local_irq_enable();
 }
 
+/// The kernel's own memory, so that growth shows in every boot log: the image (text, read-only
+/// data, data, .bss with the boot heap and the per-CPU stacks, early tables, boot stack),
+/// mem_map, the per-CPU areas, kernel page tables, and how much of the boot heap is in use.
+fn kernel_memory(mm: &crate::mm::init::MmSummary) {
+    unsafe extern "C" {
+        static _text: u8;
+        static _etext: u8;
+        static _erodata: u8;
+        static __bss_start: u8;
+        static __bss_end: u8;
+        static _end: u8;
+    }
+    let a = |s: *const u8| s as u64;
+    let (text, etext, erodata, bss, ebss, end) = (
+        a(&raw const _text),
+        a(&raw const _etext),
+        a(&raw const _erodata),
+        a(&raw const __bss_start),
+        a(&raw const __bss_end),
+        a(&raw const _end),
+    );
+    let kib = |b: u64| b >> 10;
+    let stacks = (mm_types::NR_CPUS * (crate::smp::STACK_SIZE + 4096)) as u64;
+    let tables = (arch::mmu::early_pool_used() as u64 + crate::mm::pgtable::nr_pagetable_pages())
+        * mm_types::PAGE_SIZE as u64;
+    let heap_used = HEAP.lock().used() as u64;
+    println!(
+        "kernel memory: image {} KiB (text {}, rodata {}, data {}, bss {}: boot heap {}, {} CPU stacks {}; tables and boot stack {}), mem_map {} KiB, percpu {} KiB ({} x {}), page tables {} KiB, boot heap used {} KiB",
+        kib(end - text),
+        kib(etext - text),
+        kib(erodata - etext),
+        kib(bss - erodata),
+        kib(ebss - bss),
+        kib(HEAP_SIZE as u64),
+        mm_types::NR_CPUS,
+        kib(stacks),
+        kib(end - ebss),
+        kib(mm.mem_map_bytes),
+        kib((mm.percpu.unit_size * mm.percpu.nr_units) as u64),
+        mm.percpu.nr_units,
+        kib(mm.percpu.unit_size as u64),
+        kib(tables),
+        kib(heap_used),
+    );
+}
+
 fn boot_stack_guard() -> u64 {
     unsafe extern "C" {
         static __boot_stack_guard: u8;
@@ -249,7 +295,7 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     let possible =
         info.cpus.len().min(cfg.maxcpus.unwrap_or(mm_types::NR_CPUS)).clamp(1, mm_types::NR_CPUS);
     let kimage = kernel_image_range(kimage_pa);
-    match crate::mm::init::mm_init(&info, kimage, possible, cfg.pcp) {
+    let mm = match crate::mm::init::mm_init(&info, kimage, possible, cfg.pcp) {
         Ok(s) => {
             println!(
                 "mm: mem_map {} KiB for {} pages ({} bytes per struct page), {} early page tables",
@@ -263,9 +309,10 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
                 "percpu: Embedded {} pages/cpu s{} d{} u{} x {} units at {:#x} (static section, first chunk, zone pcps)",
                 p.unit_size / mm_types::PAGE_SIZE, p.static_size, p.dyn_size, p.unit_size, p.nr_units, p.base_pa
             );
+            s
         }
         Err(e) => fatal(crate::EXIT_BAD_INPUT, format_args!("mm_init: {e}")),
-    }
+    };
     // Per-CPU areas exist now: exception entries check the boot stack's bounds.
     let (lo, hi) = boot_stack();
     arch::exception::set_kernel_stack(lo, hi);
@@ -276,6 +323,7 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     if let Err(e) = crate::mm::pgtable::paging_init(&info, &guards) {
         fatal(crate::EXIT_PANIC, format_args!("{e}"));
     }
+    kernel_memory(&mm);
 
     irq_init(&info, cfg);
 
