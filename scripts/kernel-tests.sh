@@ -116,11 +116,27 @@ grep -qE '^\[ +[0-9]+\.[0-9]{6}\] mmkernel ' "$LOGS/boot-virt.log" || { echo "ch
 check printk-time-off 60 0 '^1 passed, 0 failed' -- virt 1 512M -append "printk.time=0 ktest=heap"
 grep -q '^mmkernel ' "$LOGS/printk-time-off.log" || { echo "check printk-time-off-raw ... FAILED"; fail=$((fail+1)); }
 
+# The Pi as a board runs it: no semihosting, the PM watchdog ends the run; the result line and
+# the final "reboot: Power down" line (printed, then the UART drained) both arrive.
+rpi4_board() {
+  qemu-system-aarch64 -M raspi4b -dtb "$PI4_DTB" -display none -monitor none \
+    -serial null -serial stdio -no-reboot -kernel "$IMG" "$@"
+}
+export -f rpi4_board
+check boot-rpi4-no-semihosting 60 0 '^reboot: Power down \(exit status 0: ok\)' -- rpi4_board -append "$RUN_ARGS"
+grep -q '^19 passed, 0 failed' "$LOGS/boot-rpi4-no-semihosting.txt" || { echo "check rpi4-no-semihosting-result ... FAILED"; fail=$((fail+1)); }
+# An image loaded at an address that is not 2 MiB aligned: head.S says so (semihosting) and exits 2.
+check misaligned-load 10 2 'not 2 MiB aligned' -- qemu-system-aarch64 -M virt -cpu cortex-a72 -m 512M -nographic -no-reboot -semihosting \
+  -device loader,file="$IMG",addr=0x40280000,force-raw=on -device loader,addr=0x40280000,cpu-num=0
+# A device tree so broken that no console comes up: the early log still reaches semihosting.
+# (corrupt-dtb below checks the FATAL line and exit status 2 the same way.)
+
 # A corrupted DTB passed with -dtb: QEMU accepts it (its own checks pass), the kernel rejects it.
 CORRUPT=$ROOT/target/corrupt.dtb
 if qemu-system-aarch64 -M virt,dumpdtb="$ROOT/target/virt-good.dtb" -cpu cortex-a72 -m 512M -nographic >/dev/null 2>&1; then
   python3 "$ROOT/scripts/corrupt-dtb.py" "$ROOT/target/virt-good.dtb" "$CORRUPT"
   check corrupt-dtb 10 2 'FATAL: device tree' -- virt 1 512M -dtb "$CORRUPT" -append ""
+  grep -q '^reboot: Power down (exit status 2: bad input)' "$LOGS/corrupt-dtb.txt" || { echo "check early-log-exit-line ... FAILED"; fail=$((fail+1)); }
 else
   echo "check corrupt-dtb ... FAILED (could not dump a virt DTB)"; fail=$((fail+1))
 fi

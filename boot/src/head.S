@@ -32,6 +32,8 @@ _head:
 primary_entry:
     mov     x19, x0
     adr     x20, _head
+    tst     x20, #0x1fffff                    // Linux's booting rules: a 2 MiB aligned base
+    b.ne    misaligned                        // (the early tables map 2 MiB blocks from it)
     bl      el2_to_el1
     bl      enable_fp
     bl      create_early_tables
@@ -192,6 +194,44 @@ enable_mmu:
 park:
     wfe
     b       park
+
+// Loaded at an address that is not 2 MiB aligned (older Pi firmware, a wrong kernel_address=):
+// the kernel cannot map itself. Say so through semihosting (QEMU -semihosting) and exit with
+// status 2 (bad input); where semihosting is absent (a real board) the HLT traps into
+// park_vectors and the CPU parks in WFE: nothing is printed, the board just stays silent (the
+// README says so; config.txt's kernel_address must be 2 MiB aligned).
+misaligned:
+    adr     x9, park_vectors
+    mrs     x10, CurrentEL
+    cmp     x10, #(2 << 2)
+    b.ne    1f
+    msr     vbar_el2, x9
+    b       2f
+1:  msr     vbar_el1, x9
+2:  isb
+    mov     x0, #0x04                         // SYS_WRITE0
+    adr     x1, misaligned_msg
+    hlt     #0xf000
+    mov     x0, #0x18                         // SYS_EXIT
+    adr     x1, misaligned_exit
+    hlt     #0xf000
+    b       park
+
+misaligned_msg:
+    .asciz  "FATAL: kernel loaded at a physical address that is not 2 MiB aligned (arm64 booting rules); check kernel_address in config.txt\n"
+    .balign 8
+misaligned_exit:
+    .quad   0x20026                           // ADP_Stopped_ApplicationExit
+    .quad   2                                 // exit status: bad input
+
+// Exceptions before the kernel's own vectors (only the semihosting probe above can take one):
+// park the CPU.
+    .balign 0x800
+park_vectors:
+    .rept   16
+    .balign 0x80
+    b       park
+    .endr
 
     .ltorg
 

@@ -258,6 +258,7 @@ pub fn kernel_image_range(kimage_pa: u64) -> (u64, u64) {
 /// Entry from boot/src/head.S on the boot CPU.
 pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
     arch::exception::install_vectors();
+    arch::set_exit_hook(crate::console::on_exit);
     mmu::set_kimage_pa(kimage_pa);
     // SAFETY: HEAP_SPACE is a static used only as this heap's memory, handed over once on the boot
     // CPU before anything allocates.

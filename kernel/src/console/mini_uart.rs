@@ -59,6 +59,18 @@ impl MiniUart {
         }
     }
 
+    /// Waits until the transmitter is idle (LSR bit 6: FIFO empty and the last bit shifted
+    /// out), not just until the FIFO has room.
+    pub fn drain(&self) {
+        const LSR_TX_IDLE: u32 = 1 << 6;
+        // SAFETY: as putc: LSR of the mini UART mapped at base.
+        unsafe {
+            while read_volatile(self.reg(LSR)) & LSR_TX_IDLE == 0 {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
     pub fn write_str(&self, s: &str) {
         for b in s.bytes() {
             if b == b'\n' {

@@ -1,5 +1,10 @@
-//! The console: the UART that /chosen/stdout-path names (PL011 or the Pi's mini UART), or
-//! semihosting output before one is known (and where none is usable).
+//! The console: the UART that /chosen/stdout-path names (PL011 or the Pi's mini UART).
+//!
+//! What is printed before the UART is known goes into an early log buffer (Linux: the printk
+//! ring buffer, replayed when a console registers): `set_uart` replays it. If the kernel ends
+//! before any UART exists (a bad device tree), the buffer goes out through semihosting where
+//! QEMU offers it, so the error is still seen and the exit status still set. `on_exit` prints
+//! the final line (Linux's "reboot: Power down") and drains the UART before power is cut.
 mod mini_uart;
 mod pl011;
 
@@ -30,6 +35,8 @@ pub fn set_printk_time(on: bool) {
 /// # Safety
 /// `va` must map the device of `kind` as device memory for the rest of the run.
 pub unsafe fn set_uart(kind: bootcfg::dt::ConsoleKind, va: u64) {
+    let _irq = crate::arch::IrqGuard::new();
+    let _g = LOCK.lock();
     BASE.store(va, Ordering::SeqCst);
     KIND.store(
         match kind {
@@ -38,6 +45,81 @@ pub unsafe fn set_uart(kind: bootcfg::dt::ConsoleKind, va: u64) {
         },
         Ordering::SeqCst,
     );
+    replay_early();
+}
+
+/// Size of the early log buffer (the boot before the console prints a few hundred bytes).
+const EARLY_LOG_SIZE: usize = 16 * 1024;
+
+struct EarlyLog {
+    buf: [u8; EARLY_LOG_SIZE],
+    len: usize,
+    /// Bytes that did not fit (Linux: "printk messages dropped").
+    dropped: usize,
+}
+
+static EARLY: spin::Mutex<EarlyLog> =
+    spin::Mutex::new(EarlyLog { buf: [0; EARLY_LOG_SIZE], len: 0, dropped: 0 });
+
+fn early_push(s: &str) {
+    // try_lock: the exception path may print while the early log is being replayed.
+    let Some(mut e) = EARLY.try_lock() else { return };
+    let room = EARLY_LOG_SIZE - e.len;
+    let n = s.len().min(room);
+    let start = e.len;
+    e.buf[start..start + n].copy_from_slice(&s.as_bytes()[..n]);
+    e.len += n;
+    e.dropped += s.len() - n;
+}
+
+/// Writes the early log to the UART just registered (console lock held) and empties it.
+fn replay_early() {
+    let mut e = EARLY.lock();
+    let len = e.len;
+    if let Ok(text) = core::str::from_utf8(&e.buf[..len]) {
+        write_uart(text);
+    }
+    if e.dropped != 0 {
+        let mut b = [0u8; 64];
+        let mut w = Buf { buf: &mut b, len: 0 };
+        let _ = writeln!(w, "printk: {} early bytes dropped", e.dropped);
+        let n = w.len;
+        write_uart(core::str::from_utf8(&b[..n]).unwrap_or(""));
+    }
+    e.len = 0;
+    e.dropped = 0;
+}
+
+/// The end of the run (arch::exit's hook): the final line, then everything out of the UART
+/// (or, with no UART yet, the early log through semihosting, if QEMU offers it).
+pub fn on_exit(code: u32) {
+    let mut w = EmergencyWriter;
+    let _ = writeln!(
+        w,
+        "reboot: Power down (exit status {code}{})",
+        match code {
+            crate::EXIT_OK => ": ok",
+            crate::EXIT_TEST_FAILED => ": a test failed",
+            crate::EXIT_BAD_INPUT => ": bad input",
+            crate::EXIT_EXCEPTION => ": exception",
+            crate::EXIT_PANIC => ": panic",
+            _ => "",
+        }
+    );
+    let base = BASE.load(Ordering::Relaxed);
+    match KIND.load(Ordering::Relaxed) {
+        // SAFETY: KIND is set only by set_uart, whose caller guarantees BASE maps that UART.
+        1 => unsafe { Pl011::new(base) }.drain(),
+        // SAFETY: as above.
+        2 => unsafe { MiniUart::new(base) }.drain(),
+        _ => {
+            if let Some(e) = EARLY.try_lock() {
+                if let Ok(text) = core::str::from_utf8(&e.buf[..e.len]) {
+                    crate::arch::semihosting::write_str(text);
+                }
+            }
+        }
+    }
 }
 
 pub fn has_uart() -> bool {
@@ -52,7 +134,7 @@ fn write_uart(s: &str) {
         1 => unsafe { Pl011::new(base) }.write_str(s),
         // SAFETY: as above.
         2 => unsafe { MiniUart::new(base) }.write_str(s),
-        _ => crate::arch::semihosting::write_str(s),
+        _ => early_push(s),
     }
 }
 

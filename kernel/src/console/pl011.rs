@@ -54,6 +54,18 @@ impl Pl011 {
         }
     }
 
+    /// Waits until the last character has left the shift register (FIFO empty and not busy),
+    /// not just until there is FIFO space: what must hold before power is cut.
+    pub fn drain(&self) {
+        const FR_TXFE: u32 = 1 << 7;
+        // SAFETY: as putc: FR of the PL011 mapped at base.
+        unsafe {
+            while read_volatile(self.reg(FR)) & (FR_BUSY | FR_TXFE) != FR_TXFE {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
     pub fn write_str(&self, s: &str) {
         for b in s.bytes() {
             if b == b'\n' {

@@ -32,10 +32,24 @@ pub mod mmu;
 pub mod tlb;
 pub use tlb::HwTlb;
 
+static EXIT_HOOK: spin::Once<fn(u32)> = spin::Once::new();
+static EXITING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// What `exit` runs first (the console's final line and drain).
+pub fn set_exit_hook(f: fn(u32)) {
+    EXIT_HOOK.call_once(|| f);
+}
+
 /// Ends the run with `code` as the exit status where the platform can report one: semihosting
 /// SYS_EXIT (QEMU with -semihosting, probed at boot), else PSCI SYSTEM_OFF (virt, status 0),
 /// else the Pi's PM watchdog power-off (as Linux's bcm2835_power_off), else park.
 pub fn exit(code: u32) -> ! {
+    // The console's last words (final line, UART drained) once, even if they fault.
+    if !EXITING.swap(true, core::sync::atomic::Ordering::AcqRel) {
+        if let Some(hook) = EXIT_HOOK.get() {
+            hook(code);
+        }
+    }
     semihosting::exit(code);
     if psci::available() {
         psci::call(psci::SYSTEM_OFF, 0, 0, 0);
