@@ -42,6 +42,9 @@ fn dtb_slice(dtb_pa: u64) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(va as *const u8, len) }
 }
 
+/// How the mini UART's divisor was chosen (for the banner).
+static UART_CLOCK: spin::Once<bootcfg::uart::ClockChoice> = spin::Once::new();
+
 /// Maps and programs the console the device tree chose.
 fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
     let Some(c) = info.console.as_ref() else {
@@ -63,10 +66,20 @@ fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
             // SAFETY: gpio maps the GPIO block, va the mini UART and aux its AUX block
             // (early_ioremap above).
             dt::ConsoleKind::MiniUart => unsafe {
-                crate::board::rpi4::set_gpio14_15(gpio, 2); // ALT5
                 let aux = mmu::early_ioremap(c.base & !0xfff, 0x100)
                     .ok_or("early page-table pool exhausted")?;
-                crate::console::MiniUart::new(va).init((aux + 4) as *mut u32, 500_000_000);
+                let uart = crate::console::MiniUart::new(va);
+                let aux_enables = (aux + 4) as *mut u32;
+                let (enabled, fw_div) = uart.firmware_setup(aux_enables);
+                let choice = bootcfg::uart::choose(enabled, fw_div, || {
+                    let mbox = mmu::early_ioremap(info.mbox?, 0x40)?;
+                    crate::board::rpi4::mailbox_get_clock_rate(mbox, bootcfg::uart::CLOCK_CORE)
+                });
+                if choice.program().is_some() {
+                    crate::board::rpi4::set_gpio14_15(gpio, 2); // ALT5
+                }
+                uart.init(aux_enables, choice.program());
+                UART_CLOCK.call_once(|| choice);
             },
         }
     }
@@ -120,6 +133,21 @@ fn banner(info: &dt::BootInfo, bootargs: &str, cfg: &config::Config, kimage_pa: 
         let _ = writeln!(w, "  console: {:?} at {:#x} ({})", c.kind, c.base, c.path);
         if let Some(why) = &c.fallback_reason {
             let _ = writeln!(w, "  console fallback: {why}");
+        }
+        if let Some(ch) = UART_CLOCK.get() {
+            let _ = match *ch {
+                bootcfg::uart::ClockChoice::Firmware { divisor } => {
+                    writeln!(w, "  console clock: the firmware's divisor {divisor} kept")
+                }
+                bootcfg::uart::ClockChoice::Mailbox { core_hz, divisor } => writeln!(
+                    w,
+                    "  console clock: core {core_hz} Hz from the mailbox, divisor {divisor}"
+                ),
+                bootcfg::uart::ClockChoice::Assumed { core_hz, divisor } => writeln!(
+                    w,
+                    "  console clock: no firmware setup, no mailbox answer: {core_hz} Hz assumed, divisor {divisor}"
+                ),
+            };
         }
     }
     let _ = writeln!(

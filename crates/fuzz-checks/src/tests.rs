@@ -126,6 +126,7 @@ fn dt_checks_refuse_unusable_boot_info() {
         console: None,
         dma_limit: None,
         watchdog: None,
+        mbox: None,
         gic: None,
         vtimer_intid: None,
         bootargs: b"mm.vfree=single".to_vec(),

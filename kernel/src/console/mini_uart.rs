@@ -30,12 +30,22 @@ impl MiniUart {
         (self.base + off) as *mut u32
     }
 
-    /// Programs 115200 8N1. The baud divisor follows the VPU core clock, which `enable_uart=1`
-    /// pins (500 MHz on a Pi 4): baud = clock / (8 * (BAUD + 1)).
+    /// What the firmware left: (AUX_ENABLES bit 0 set, AUX_MU_BAUD), read before touching them.
+    ///
+    /// # Safety
+    /// `base` must map the mini UART; `aux_enables` its AUX_ENABLES register.
+    pub unsafe fn firmware_setup(&self, aux_enables: *mut u32) -> (bool, u32) {
+        // SAFETY: the caller's contract: both are registers of the mapped AUX block.
+        unsafe { (read_volatile(aux_enables) & 1 != 0, read_volatile(self.reg(BAUD)) & 0xffff) }
+    }
+
+    /// Programs 8N1 at the baud rate `divisor` gives (baud = core clock / (8 * (divisor + 1)),
+    /// see `bootcfg::uart`); `None` keeps the firmware's setup as it is.
     ///
     /// # Safety
     /// `base` must map the mini UART; `aux_enables` the AUX_ENABLES register (base - 0x40 + 4).
-    pub unsafe fn init(&self, aux_enables: *mut u32, core_clock_hz: u32) {
+    pub unsafe fn init(&self, aux_enables: *mut u32, divisor: Option<u32>) {
+        let Some(divisor) = divisor else { return };
         // SAFETY: the caller's contract (this fn's # Safety): base maps the mini UART and
         // aux_enables its AUX_ENABLES register.
         unsafe {
@@ -45,7 +55,7 @@ impl MiniUart {
             write_volatile(self.reg(LCR), 3); // 8-bit mode
             write_volatile(self.reg(MCR), 0);
             write_volatile(self.reg(IIR), 0xc6); // clear FIFOs
-            write_volatile(self.reg(BAUD), core_clock_hz / (8 * 115200) - 1);
+            write_volatile(self.reg(BAUD), divisor);
             write_volatile(self.reg(CNTL), 3); // TX and RX on
         }
     }

@@ -50,6 +50,9 @@ pub struct BootInfo {
     pub dma_limit: Option<u64>,
     /// CPU physical base of the BCM2835 PM watchdog (used to power off a Pi).
     pub watchdog: Option<u64>,
+    /// CPU physical base of the VideoCore mailbox ("brcm,bcm2835-mbox"): the Pi console asks
+    /// the firmware for the core clock through it.
+    pub mbox: Option<u64>,
     /// The interrupt controller (GICv2 or GICv3); `None` when the tree has none.
     pub gic: Option<Gic>,
     /// The non-secure virtual timer's INTID (the tick), from the timer node's `interrupts`.
@@ -246,6 +249,7 @@ fn parse_inner(dtb: &[u8], strict: bool) -> Result<BootInfo, DtError> {
         watchdog: first_compatible("brcm,bcm2835-pm-wdt")
             .and_then(|i| t.mmio(i).ok())
             .map(|(b, _)| b),
+        mbox: first_compatible("brcm,bcm2835-mbox").and_then(|i| t.mmio(i).ok()).map(|(b, _)| b),
         gic: irq::gic(&t)?,
         vtimer_intid: irq::vtimer_intid(&t)?,
         bootargs: chosen

@@ -679,6 +679,7 @@ fn check_pi_common(i: &BootInfo) {
     );
     assert_eq!((c.path.as_str(), &c.fallback_reason), ("/soc/serial@7e215040", &None));
     assert_eq!((i.dma_limit, i.watchdog), (Some(0x4000_0000), Some(0xfe10_0000)));
+    assert_eq!(i.mbox, Some(0xfe00_b880));
     // GIC-400 (GICD at 0x40041000, GICC at 0x40042000 on the ARM local bus) and the timer's
     // virtual PPI 11.
     assert_eq!(i.gic, Some(Gic::V2 { gicd: 0xff84_1000, gicc: 0xff84_2000 }));
