@@ -5,6 +5,7 @@
 //! (`mm.vfree=single`, the baseline) or through free_pages_bulk (`mm.vfree=bulk`, the seed
 //! patch). vm_map_ram uses per-CPU 4 MiB vmap blocks with a bump allocator.
 use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::{kmalloc, page_alloc};
 use crate::arch::{self, VMALLOC_END, VMALLOC_START};
@@ -55,7 +56,7 @@ pub struct VmStruct {
 fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
     let nr_pages = pages.len();
     let mut nr_allocated = 0usize;
-    let large_order = config::get().vmalloc_large_order;
+    let large_order = LARGE_ORDER.load(Ordering::Relaxed);
     if large_order {
         // a06157804399: largest orders first, without direct reclaim or warnings, split.
         let large_gfp = (gfp | GfpFlags::__GFP_NOWARN)
@@ -141,7 +142,7 @@ fn vm_free_pages(vm: &VmStruct) {
     // the area is being freed.
     let pages = unsafe { core::slice::from_raw_parts(vm.pages, vm.nr_pages) };
     let account = vm.flags & VM_MAP_PUT_PAGES == 0;
-    match config::get().vfree {
+    match if VFREE_BULK.load(Ordering::Relaxed) { VfreeMode::Bulk } else { VfreeMode::Single } {
         VfreeMode::Single => {
             // Before the patch: one __free_page per page, each to the order-0 pcp list.
             for &pfn in pages {
@@ -568,7 +569,16 @@ pub fn walk(va: u64) -> Option<mm_pgtable::Translation> {
     kernel_pgtable().walk(&KernelPt, va)
 }
 
+/// The `mm.vfree` and `mm.vmalloc_large_order` switches, copied from the boot configuration
+/// by vmalloc_init: one load on the hot path, as Linux reads a module parameter or static key
+/// (the configuration's `Once` cost 16 instructions a read).
+static VFREE_BULK: AtomicBool = AtomicBool::new(true);
+static LARGE_ORDER: AtomicBool = AtomicBool::new(true);
+
 pub fn vmalloc_init() {
+    let cfg = config::get();
+    VFREE_BULK.store(cfg.vfree == VfreeMode::Bulk, Ordering::Relaxed);
+    LARGE_ORDER.store(cfg.vmalloc_large_order, Ordering::Relaxed);
     kva::init(VMALLOC_START, VMALLOC_END, mm_types::NR_CPUS.min(smp::num_online_cpus().max(1)));
     arch::exception::set_fault_describer(describe_fault);
 }
