@@ -53,21 +53,31 @@ fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
     let va =
         mmu::early_ioremap(c.base, c.size.max(0x40)).ok_or("early page-table pool exhausted")?;
     if info.board == dt::Board::RaspberryPi4 {
-        // Real hardware needs pin muxing and the baud rate (QEMU's models ignore both).
-        let gpio =
-            mmu::early_ioremap(0xfe20_0000, 0x100).ok_or("early page-table pool exhausted")?;
+        // Real hardware needs pin muxing and the baud rate (QEMU's models ignore both). Every
+        // base comes from the DT (the GPIO block's window is 0x100: the BCM2711 pull
+        // registers at 0xe4-0xf0 lie past the DT's 0xb4). Without a GPIO node the pins stay as
+        // the firmware set them (enable_uart=1 does).
+        let gpio = match info.gpio {
+            Some(pa) => {
+                Some(mmu::early_ioremap(pa, 0x100).ok_or("early page-table pool exhausted")?)
+            }
+            None => None,
+        };
         match c.kind {
             // SAFETY: gpio maps the GPIO block and va the PL011 (both from early_ioremap of the
-            // DT's or the SoC's addresses just above).
+            // DT's addresses just above).
             dt::ConsoleKind::Pl011 => unsafe {
-                crate::board::rpi4::set_gpio14_15(gpio, 4); // ALT0
+                if let Some(gpio) = gpio {
+                    crate::board::rpi4::set_gpio14_15(gpio, 4); // ALT0
+                }
                 crate::console::Pl011::new(va).init(c.clock_hz.unwrap_or(48_000_000));
             },
             // SAFETY: gpio maps the GPIO block, va the mini UART and aux its AUX block
-            // (early_ioremap above).
+            // (early_ioremap of the DT's addresses).
             dt::ConsoleKind::MiniUart => unsafe {
-                let aux = mmu::early_ioremap(c.base & !0xfff, 0x100)
-                    .ok_or("early page-table pool exhausted")?;
+                let aux_pa = info.aux.ok_or("device tree: no brcm,bcm2835-aux node")?;
+                let aux =
+                    mmu::early_ioremap(aux_pa, 0x100).ok_or("early page-table pool exhausted")?;
                 let uart = crate::console::MiniUart::new(va);
                 let aux_enables = (aux + 4) as *mut u32;
                 let (enabled, fw_div) = uart.firmware_setup(aux_enables);
@@ -75,7 +85,7 @@ fn console_init(info: &dt::BootInfo) -> Result<(), alloc::string::String> {
                     let mbox = mmu::early_ioremap(info.mbox?, 0x40)?;
                     crate::board::rpi4::mailbox_get_clock_rate(mbox, bootcfg::uart::CLOCK_CORE)
                 });
-                if choice.program().is_some() {
+                if let (Some(_), Some(gpio)) = (choice.program(), gpio) {
                     crate::board::rpi4::set_gpio14_15(gpio, 2); // ALT5
                 }
                 uart.init(aux_enables, choice.program());

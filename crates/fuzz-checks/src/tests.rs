@@ -126,6 +126,8 @@ fn dt_checks_refuse_unusable_boot_info() {
         console: None,
         dma_limit: None,
         watchdog: None,
+        gpio: None,
+        aux: None,
         mbox: None,
         gic: None,
         vtimer_intid: None,

@@ -4,12 +4,14 @@
 //! the blob: RAM banks (Linux `early_init_dt_scan_memory()`), reservations (/memreserve/ and
 //! /reserved-memory, `early_init_fdt_scan_reserved_mem()`), CPUs and their enable methods
 //! (`smp_init_cpus()`), the PSCI conduit (`psci_dt_init()`), the console (`of_stdout`), the DMA
-//! limit (`of_dma_get_max_cpu_address()`) and the Pi's power-off watchdog.
+//! limit (`of_dma_get_max_cpu_address()`, [`dma`]) and the Pi's MMIO blocks (PM watchdog, GPIO,
+//! AUX), so no board address is a constant in the kernel.
 //!
 //! The blob comes from firmware or QEMU and may be wrong, so [`parse`] never panics: the header
 //! and structure block are validated by [`raw`] before the `fdt` crate walks them, every
 //! property is length-checked, and failures come back as a [`DtError`] with a readable message.
 
+mod dma;
 mod error;
 mod irq;
 mod raw;
@@ -45,11 +47,18 @@ pub struct BootInfo {
     /// The architected timer's `clock-frequency`; normally absent (then read CNTFRQ_EL0).
     pub timer_freq: Option<u32>,
     pub console: Option<Console>,
-    /// Exclusive upper bound of CPU physical addresses that DMA masters reach, from /soc's
-    /// `dma-ranges` (Pi 4: 1 GiB). `None` means no restriction is described.
+    /// Exclusive upper bound of the CPU physical addresses every DMA master reaches: Linux's
+    /// `of_dma_get_max_cpu_address(NULL) + 1`, the minimum over every `dma-ranges` in the tree
+    /// (Pi 4, either DTB: 1 GiB). `None` means no restriction is described (PHYS_ADDR_MAX).
     pub dma_limit: Option<u64>,
     /// CPU physical base of the BCM2835 PM watchdog (used to power off a Pi).
     pub watchdog: Option<u64>,
+    /// CPU physical base of the GPIO block ("brcm,bcm2711-gpio" or "brcm,bcm2835-gpio"; Pi 4:
+    /// 0xfe200000), for the UART pin functions.
+    pub gpio: Option<u64>,
+    /// CPU physical base of the AUX block ("brcm,bcm2835-aux": AUX_IRQ, AUX_ENABLES at +4) that
+    /// holds the mini UART (Pi 4: 0xfe215000).
+    pub aux: Option<u64>,
     /// CPU physical base of the VideoCore mailbox ("brcm,bcm2835-mbox"): the Pi console asks
     /// the firmware for the core clock through it.
     pub mbox: Option<u64>,
@@ -224,6 +233,10 @@ fn parse_inner(dtb: &[u8], strict: bool) -> Result<BootInfo, DtError> {
 
     let first_compatible =
         |c: &str| (0..t.nodes.len()).find(|&i| t.is_compatible(i, c) && t.available(i));
+    // The first `reg` of the first available node matching the earliest listed compatible.
+    let mmio_base = |compats: &[&str]| {
+        compats.iter().find_map(|c| first_compatible(c)).and_then(|i| t.mmio(i).ok()).map(|m| m.0)
+    };
     let psci = ["arm,psci-1.0", "arm,psci-0.2", "arm,psci"]
         .iter()
         .find_map(|c| first_compatible(c))
@@ -244,12 +257,13 @@ fn parse_inner(dtb: &[u8], strict: bool) -> Result<BootInfo, DtError> {
         psci,
         timer_freq: first_compatible("arm,armv8-timer").and_then(|i| t.u32(i, "clock-frequency")),
         console,
-        dma_limit: dma_limit(&t)?,
-        // Optional hardware: a watchdog we cannot locate just means no power-off by watchdog.
-        watchdog: first_compatible("brcm,bcm2835-pm-wdt")
-            .and_then(|i| t.mmio(i).ok())
-            .map(|(b, _)| b),
-        mbox: first_compatible("brcm,bcm2835-mbox").and_then(|i| t.mmio(i).ok()).map(|(b, _)| b),
+        dma_limit: dma::max_cpu_address(&t)?.and_then(|m| m.checked_add(1)),
+        // Optional hardware: a block we cannot locate just means the kernel goes without it
+        // (no power-off by watchdog, no pin muxing).
+        watchdog: mmio_base(&["brcm,bcm2835-pm-wdt"]),
+        gpio: mmio_base(&["brcm,bcm2711-gpio", "brcm,bcm2835-gpio"]),
+        aux: mmio_base(&["brcm,bcm2835-aux"]),
+        mbox: mmio_base(&["brcm,bcm2835-mbox"]),
         gic: irq::gic(&t)?,
         vtimer_intid: irq::vtimer_intid(&t)?,
         bootargs: chosen
@@ -420,17 +434,4 @@ fn uart(t: &Tree, i: usize) -> Result<Console, String> {
         .filter(|&c| t.is_compatible(c, "fixed-clock"))
         .and_then(|c| t.u32(c, "clock-frequency"));
     Ok(Console { kind, base, size, clock_hz, path: t.path(i), fallback_reason: None })
-}
-
-/// Highest CPU address + 1 reachable through /soc's `dma-ranges` (the Pi's 30-bit legacy DMA).
-/// Each entry maps bus addresses onto the CPU window [parent, parent + size).
-fn dma_limit(t: &Tree) -> Result<Option<u64>, DtError> {
-    let soc = t.child(0, "soc").or_else(|| {
-        t.children(0)
-            .find(|&i| t.is_compatible(i, "simple-bus") && t.prop(i, "dma-ranges").is_some())
-    });
-    let Some(ranges) = soc.map(|s| t.ranges(s, "dma-ranges")).transpose()?.flatten() else {
-        return Ok(None);
-    };
-    Ok(ranges.iter().map(|[_, p, s]| p.saturating_add(*s)).max())
 }

@@ -5,6 +5,11 @@ use super::*;
 use alloc::vec;
 use proptest::prelude::*;
 
+/// `dma-ranges` and the DMA limit (`of_dma_get_max_cpu_address`), on hand-built trees.
+mod dma;
+/// The Pi 4 DTBs as the firmware hands them over (fixtures from scripts/dt-fixtures.sh).
+mod firmware;
+
 /// A tiny FDT writer (version 17, same layout as dtc: header, rsvmap, struct, strings).
 #[derive(Default)]
 struct Builder {
@@ -233,6 +238,7 @@ fn mini_parses() {
     assert_eq!((c.path.as_str(), c.fallback_reason), ("/pl011@9000000", None));
     assert_eq!(i.bootargs, b"a=1 b");
     assert_eq!((i.dma_limit, i.watchdog, i.timer_freq), (None, None, None));
+    assert_eq!((i.gpio, i.aux, i.mbox), (None, None, None));
 }
 
 #[test]
@@ -597,6 +603,7 @@ fn check_virt(name: &str, smp: u64, mem: u64, psci: PsciConduit) {
     );
     assert_eq!(i.stdout_path, "/pl011@9000000");
     assert_eq!((i.dma_limit, i.watchdog, i.timer_freq), (None, None, None));
+    assert_eq!((i.gpio, i.aux, i.mbox), (None, None, None));
     // QEMU virt: virtual timer on PPI 11 (INTID 27); GICv2 unless the machine asked for v3
     // (hw/arm/virt.c: GICD 0x08000000, GICC 0x08010000, one redistributor region of 123 frames).
     assert_eq!(i.vtimer_intid, Some(27));
@@ -655,7 +662,9 @@ fn virt_virtualization_smc() {
     check_virt("virt-smp4-2G-virtualization.dtb", 4, 0x8000_0000, PsciConduit::Smc);
 }
 
-fn check_pi_common(i: &BootInfo) {
+/// What every Pi 4 DTB gives, the upstream one and the Raspberry Pi one alike; `stdout_path` is
+/// the only difference the boot sees (both name the mini UART, through different aliases).
+fn check_pi_common(i: &BootInfo, stdout_path: &str) {
     assert_eq!(i.board, Board::RaspberryPi4);
     assert_eq!(i.model, "Raspberry Pi 4 Model B");
     assert_eq!(
@@ -671,7 +680,7 @@ fn check_pi_common(i: &BootInfo) {
     assert_eq!(i.cpus, cpus);
     assert_eq!(i.psci, None);
     assert_eq!(i.timer_freq, None);
-    assert_eq!(i.stdout_path, "serial1:115200n8");
+    assert_eq!(i.stdout_path, stdout_path);
     let c = i.console.as_ref().unwrap();
     assert_eq!(
         (c.kind, c.base, c.size, c.clock_hz),
@@ -680,6 +689,8 @@ fn check_pi_common(i: &BootInfo) {
     assert_eq!((c.path.as_str(), &c.fallback_reason), ("/soc/serial@7e215040", &None));
     assert_eq!((i.dma_limit, i.watchdog), (Some(0x4000_0000), Some(0xfe10_0000)));
     assert_eq!(i.mbox, Some(0xfe00_b880));
+    // GPIO and AUX blocks through the /soc ranges (0x7e... bus -> 0xfe... CPU).
+    assert_eq!((i.gpio, i.aux), (Some(0xfe20_0000), Some(0xfe21_5000)));
     // GIC-400 (GICD at 0x40041000, GICC at 0x40042000 on the ARM local bus) and the timer's
     // virtual PPI 11.
     assert_eq!(i.gic, Some(Gic::V2 { gicd: 0xff84_1000, gicc: 0xff84_2000 }));
@@ -690,7 +701,7 @@ fn check_pi_common(i: &BootInfo) {
 fn raspi4b_qemu() {
     let Some(blob) = fixture("raspi4b.dtb") else { return };
     let i = parse(&blob).unwrap_or_else(|e| panic!("raspi4b.dtb: {e}"));
-    check_pi_common(&i);
+    check_pi_common(&i, "serial1:115200n8");
     assert_eq!(i.memory, vec![MemRange { base: 0, size: 0x3c00_0000 }]);
     assert_eq!(i.bootargs, b"console=ttyS0");
     assert_eq!(i.dtb_size, blob.len() as u64);
@@ -706,7 +717,7 @@ fn raspi4b_upstream() {
     assert_eq!(parse(&blob), Err(DtError::NoMemory));
     // ...while everything else is readable.
     let i = parse_lenient(&blob).unwrap();
-    check_pi_common(&i);
+    check_pi_common(&i, "serial1:115200n8");
     assert_eq!((i.memory.as_slice(), i.bootargs.as_slice()), (&[][..], &b""[..]));
 }
 
