@@ -15,11 +15,21 @@
 #                   N = 1, 2, 4 .. SMP; per-worker time relative to N = 1 with 95% CIs, beside
 #                   Linux 6.12's (16-core host); target/bench/smp/{report.md,report.json,smp.svg}
 #                   (BENCH_SMP_RUNS=5 boots per configuration, BENCH_SMP_SCALE=1: 20000 loops)
+#   make bench-linux  ours vs Linux 6.12 (Debian's arm64 kernel, downloaded and cached in
+#                   .cache/linux-anchor) on the same QEMU, per seed row: instructions per loop
+#                   (-icount, -smp 1), wall-clock per loop (-smp 2, alternating boots), ratio
+#                   ours/Linux, ns per instruction; target/bench/linux/{report.md,report.json}
+#                   (BENCH_LINUX_RUNS=2 wall boots each, BENCH_LINUX_ICOUNT_RUNS=1 at -smp 1 and
+#                   BENCH_LINUX_ICOUNT2_RUNS=1 at -smp 2, BENCH_LINUX_SCALE=0.04: 20000 / 4000
+#                   loops; about 3 minutes once cached); not part of make test
 #   make fuzz       every fuzz target (cargo-fuzz, nightly; installed on demand) FUZZ_SECONDS each;
 #                   make fuzz-long: 10M device-tree and 1M of every other target
 #   make stress     Linux test_vmalloc.sh's stress preset at full strength at -smp 4 (hours under
 #                   TCG; STRESS_ARGS="test_vmalloc.test_loop_count=N" cuts it down)
 #   make setup      install what is missing (Rust target, QEMU >= 9, dtc, the Pi 4 DTB)
+#   make sdcard     target/sdcard.img for a real Pi 4 (MBR, one FAT32 partition: Debian's Pi
+#                   firmware, the DTB, kernel8.img, config.txt, cmdline.txt = ARGS) and the same
+#                   files in target/sdcard/ (scripts/sdcard.sh; boot/sdcard/config.txt)
 #   make gdb        boot virt halted with a gdb stub, attach gdb-multiarch
 #   make clean
 #
@@ -57,7 +67,7 @@ QEMU_VIRT  = qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(SMP) -m $(MEM) -nogr
 QEMU_RPI4  = qemu-system-aarch64 -M raspi4b -dtb $(PI4_DTB) -display none -monitor none \
              -serial null -serial stdio -no-reboot -semihosting
 
-.PHONY: lint fuzz fuzz-long stress all build run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc bench-smp tools setup gdb clean
+.PHONY: lint fuzz fuzz-long stress all build sdcard run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc bench-smp bench-linux tools setup gdb clean
 
 TVTOOL := tools/target/release/tvtool
 
@@ -131,6 +141,20 @@ bench-smp: build tools
 	$(TVTOOL) smp tools/plans/smp-scaling.toml --smp $(SMP) --runs $(BENCH_SMP_RUNS) \
 	  --loop-scale $(BENCH_SMP_SCALE) --out target/bench/smp
 
+# Ours vs Linux 6.12 on the same QEMU (scripts/bench-linux.sh): downloads Debian's arm64 kernel,
+# headers and the cross compiler once (cache: .cache/linux-anchor), builds test_vmalloc.ko out of
+# tree, then boots both kernels; each run starts from an empty target/bench/linux.
+BENCH_LINUX_RUNS         ?= 2
+BENCH_LINUX_ICOUNT_RUNS  ?= 1
+BENCH_LINUX_ICOUNT2_RUNS ?= 1
+BENCH_LINUX_SCALE        ?= 0.04
+BENCH_LINUX_SETTLE       ?= 5
+bench-linux: build tools
+	BENCH_LINUX_RUNS=$(BENCH_LINUX_RUNS) BENCH_LINUX_ICOUNT_RUNS=$(BENCH_LINUX_ICOUNT_RUNS) \
+	  BENCH_LINUX_ICOUNT2_RUNS=$(BENCH_LINUX_ICOUNT2_RUNS) BENCH_LINUX_SCALE=$(BENCH_LINUX_SCALE) \
+	  BENCH_LINUX_SETTLE=$(BENCH_LINUX_SETTLE) CPU=$(CPU) MEM=$(MEM) \
+	  OUT=$(CURDIR)/target/bench/linux bash scripts/bench-linux.sh
+
 # Fuzzing (scripts/fuzz.sh installs cargo-fuzz if missing). make test replays the committed
 # corpus through the same checks on stable (cargo test -p fuzz-checks).
 FUZZ_TARGETS ?=
@@ -163,6 +187,11 @@ bench-pagealloc: build
 
 test-kernel: build
 	bash scripts/kernel-tests.sh $(IMG)
+
+# A bootable SD card for a real Pi 4 (scripts/sdcard.sh installs mtools, dosfstools and fdisk
+# and fetches Debian's raspi-firmware on first use); cmdline.txt holds ARGS, as make run's -append.
+sdcard: build
+	ARGS="$(ARGS)" bash scripts/sdcard.sh
 
 gdb: build
 	$(QEMU_VIRT) -kernel $(IMG) -append "$(ARGS)" -s -S & \

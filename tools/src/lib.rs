@@ -2,6 +2,7 @@
 //! variants with confidence intervals, run plans of QEMU boots).
 
 pub mod compare;
+pub mod linux;
 pub mod parse;
 pub mod plan;
 pub mod run;

@@ -3,7 +3,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tvtool::stats::{self, PctOf};
-use tvtool::{compare, parse, plan, run, smp, summary, svg};
+use tvtool::{compare, linux, parse, plan, run, smp, summary, svg};
 
 /// Writes to stdout; a closed pipe (`tvtool parse ... | head`) ends the process quietly.
 fn write_stdout(s: &str) {
@@ -141,6 +141,9 @@ enum Cmd {
         #[arg(long, requires = "out")]
         report_only: bool,
     },
+    /// Ours vs Linux 6.12 on the same QEMU (make bench-linux): the Linux row list, the report.
+    #[command(subcommand)]
+    Linux(linux::LinuxCmd),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -321,6 +324,7 @@ fn real_main() -> Result<bool> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Parse { logs, json } => cmd_parse(&logs, json),
+        Cmd::Linux(c) => linux::run(c),
         Cmd::Compare { base, variant, json, svg, markdown, pct_of, min_effect, spread } => {
             cmd_compare(&base, &variant, json, svg, markdown, pct_of, min_effect, spread)?;
             Ok(true)
