@@ -12,6 +12,8 @@
 #   bcm2711-rpi-4-b.dtb                  upstream Linux DTB (from scripts/setup.sh), /memory empty
 #   bcm2711-fw-{1G,2G,4G,8G}.dtb         that DTB as the Pi 4 firmware hands it to the kernel (what
 #                                        `make sdcard` boots): see "What the firmware adds" below
+#   rpi-fw-disable-bt-4G.dtb             rpi-fw-4G.dtb as dtoverlay=disable-bt leaves it (serial0 =
+#                                        the PL011 on GPIO14/15)
 #   rpi-fw-{1G,2G,4G,8G}.dtb             the Raspberry Pi firmware's own bcm2711-rpi-4-b.dtb, patched
 #                                        the same way. The Raspberry Pi DTB is GPL and no registry
 #                                        ships it, so by default it is modelled: the upstream DTB
@@ -169,3 +171,13 @@ for ram in 1G 2G 4G 8G; do
   fw_patch "$PI_DTB" "bcm2711-fw-$ram.dtb" "$ram"
   fw_patch "$RPI_BASE" "rpi-fw-$ram.dtb" "$ram"
 done
+# dtoverlay=disable-bt: the firmware swaps the UART aliases, so serial0 (stdout-path) is the
+# PL011 on GPIO14/15 (uart0, freed from Bluetooth) and serial1 the mini UART.
+BT="$OUT/rpi-fw-disable-bt-4G.dtb"
+if [ "${FORCE:-0}" = 1 ] || [ ! -s "$BT" ] || [ "$OUT/rpi-fw-4G.dtb" -nt "$BT" ]; then
+  cp "$OUT/rpi-fw-4G.dtb" "$BT.tmp"
+  fdtput -t s "$BT.tmp" /aliases serial0 /soc/serial@7e201000
+  fdtput -t s "$BT.tmp" /aliases serial1 /soc/serial@7e215040
+  mv "$BT.tmp" "$BT"
+  echo "dt-fixtures: $BT"
+fi

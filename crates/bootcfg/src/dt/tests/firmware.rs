@@ -160,3 +160,18 @@ fn rpi_dtb_dma_ranges() {
     assert_eq!(end("/zone_dma"), 0x4000_0000);
     assert_eq!(parse(&blob).unwrap().dma_limit, Some(0x4000_0000));
 }
+
+/// `dtoverlay=disable-bt`: serial0 is the PL011 on GPIO14/15, and stdout-path follows it.
+#[test]
+fn rpi_dtb_disable_bt_console_is_the_pl011() {
+    let Some(blob) = fixture("rpi-fw-disable-bt-4G.dtb") else { return };
+    let i = parse(&blob).unwrap();
+    let c = i.console.as_ref().unwrap();
+    assert_eq!(
+        (c.kind, c.base, c.path.as_str()),
+        (ConsoleKind::Pl011, 0xfe20_1000, "/soc/serial@7e201000")
+    );
+    assert_eq!(&c.fallback_reason, &None);
+    assert_eq!(i.stdout_path, "serial0:115200n8");
+    assert_eq!(i.gpio, Some(0xfe20_0000));
+}
