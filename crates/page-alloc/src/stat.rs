@@ -214,6 +214,38 @@ impl NodeStats {
         p.store(x, Relaxed);
     }
 
+    /// Linux `mod_node_page_state` on arm64 (HAVE_CMPXCHG_LOCAL, `mod_node_state`): the same
+    /// update as a compare-and-swap loop on this CPU's difference, safe against an interrupt
+    /// on this CPU (a fold from the tick) without masking interrupts.
+    #[inline]
+    pub(crate) fn mod_node_page_state_irqsafe(
+        &self,
+        diff: &PerCpuStats,
+        item: NodeStatItem,
+        delta: i32,
+    ) {
+        let p = &diff.node_diff[item as usize];
+        let t = self.threshold.load(Relaxed);
+        let mut o = p.load(Relaxed);
+        loop {
+            let mut n = o + delta;
+            let mut z = 0;
+            if n.abs() > t {
+                z = n;
+                n = 0;
+            }
+            match p.compare_exchange_weak(o, n, Relaxed, Relaxed) {
+                Ok(_) => {
+                    if z != 0 {
+                        self.global[item as usize].fetch_add(z as i64, Relaxed);
+                    }
+                    return;
+                }
+                Err(cur) => o = cur,
+            }
+        }
+    }
+
     /// Linux `node_page_state` (the node counter without the per-CPU differences).
     #[inline]
     pub(crate) fn node_page_state(&self, item: NodeStatItem) -> i64 {

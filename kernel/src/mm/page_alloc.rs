@@ -5,7 +5,7 @@
 //! Linux's entry points keep their names: alloc_pages, __free_pages, alloc_pages_bulk, ...
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::arch::{self, IrqGuard, PAGE_OFFSET};
+use crate::arch::{self, PAGE_OFFSET};
 
 /// The page allocator's `irq_save` hook: zone->lock is `spin_lock_irqsave`.
 pub fn zone_irq_save() -> usize {
@@ -149,11 +149,11 @@ pub fn drain_all_pages() {
     crate::smp::on_each_cpu(&drain_local_pages);
 }
 
-/// NR_VMALLOC += delta (Linux: mod_lruvec_page_state(page, NR_VMALLOC, delta)).
+/// NR_VMALLOC += delta (Linux: mod_lruvec_page_state(page, NR_VMALLOC, delta), which on arm64
+/// ends in mod_node_state: a this_cpu cmpxchg loop, no interrupt masking).
 #[inline]
 pub fn mod_nr_vmalloc(delta: i32) {
-    let _irq = IrqGuard::new();
-    allocator().mod_node_page_state(
+    allocator().mod_node_page_state_irqsafe(
         crate::percpu_defs::smp_processor_id(),
         NodeStatItem::NrVmalloc,
         delta,

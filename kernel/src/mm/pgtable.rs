@@ -74,7 +74,10 @@ pub fn nr_pagetable_pages() -> u64 {
 
 /// The kernel's page tables (TTBR1).
 pub fn kernel_pgtable() -> PageTable {
-    PageTable::from_root(mmu::ttbr1())
+    // Linux init_mm.pgd: a memory load, not an MRS of TTBR1_EL1 (a QEMU helper call with an
+    // access check). NEW_TTBR1 is the root every CPU runs on once paging_init switched.
+    let r = NEW_TTBR1.load(Ordering::Relaxed);
+    PageTable::from_root(if r != 0 { r } else { mmu::ttbr1() })
 }
 
 core::arch::global_asm!(

@@ -356,6 +356,7 @@ impl<'m> PageAllocator<'m> {
         self.watermark_scale_factor.load(Relaxed)
     }
     /// `totalram_pages` (sum of managed pages).
+    #[inline]
     pub fn totalram_pages(&self) -> u64 {
         self.node.zones.iter().map(|z| z.managed_pages()).sum()
     }

@@ -35,6 +35,12 @@ impl PageAllocator<'_> {
         self.node_stats.mod_node_page_state(&self.pcpu_stats[cpu], item, delta)
     }
 
+    /// Linux `mod_node_page_state` (irq-safe without masking interrupts).
+    #[inline]
+    pub fn mod_node_page_state_irqsafe(&self, cpu: usize, item: NodeStatItem, delta: i32) {
+        self.node_stats.mod_node_page_state_irqsafe(&self.pcpu_stats[cpu], item, delta)
+    }
+
     /// Linux `node_page_state` (global counter without the per-CPU deltas, may be off by up to
     /// nr_cpus * threshold).
     pub fn node_page_state(&self, item: NodeStatItem) -> i64 {

@@ -11,12 +11,21 @@ pub struct HwTlb {
 impl HwTlb {
     /// Probe FEAT_TLBIRANGE (ID_AA64ISAR0_EL1.TLB, bits [59:56], == 0b0010).
     pub fn new() -> Self {
+        // Linux: system_supports_tlb_range(), a cpucap static branch; probe once.
+        static RANGE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+        match RANGE.load(core::sync::atomic::Ordering::Relaxed) {
+            1 => return HwTlb { range: false },
+            2 => return HwTlb { range: true },
+            _ => {}
+        }
         let isar0: u64;
         // SAFETY: reading an ID register has no side effects.
         unsafe {
             core::arch::asm!("mrs {}, id_aa64isar0_el1", out(reg) isar0, options(nomem, nostack, preserves_flags))
         };
-        HwTlb { range: (isar0 >> 56) & 0xf == 0b0010 }
+        let range = (isar0 >> 56) & 0xf == 0b0010;
+        RANGE.store(if range { 2 } else { 1 }, core::sync::atomic::Ordering::Relaxed);
+        HwTlb { range }
     }
 
     /// Force the range-TLBI choice (e.g. to compare both paths).
