@@ -194,6 +194,8 @@ sdcard: build
 	ARGS="$(ARGS)" bash scripts/sdcard.sh
 
 gdb: build
+	@command -v gdb-multiarch >/dev/null || { S=; [ "$$(id -u)" = 0 ] || S=sudo; \
+	  DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq gdb-multiarch >/dev/null; }
 	$(QEMU_VIRT) -kernel $(IMG) -append "$(ARGS)" -s -S & \
 	gdb-multiarch -q $(ELF) -ex 'target remote :1234'
 
