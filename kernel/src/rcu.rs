@@ -148,8 +148,10 @@ pub fn rcu_read_unlock() {
     NESTING.this_cpu().fetch_sub(1, Ordering::Release);
 }
 
+/// The online CPUs as a mask (kept by `arch::idle` for its wake-ups: one load, not a scan of
+/// the NR_CPUS online flags on every grace-period start).
 fn online_mask() -> u64 {
-    smp::online_cpus().fold(0, |m, c| m | (1 << c))
+    arch::idle::online_mask()
 }
 
 /// The CPUs a new grace period waits for: online and not in the idle loop. A CPU sleeping in

@@ -213,14 +213,8 @@ impl Write for EmergencyWriter {
 pub fn _print(args: fmt::Arguments) {
     let _irq = crate::arch::IrqGuard::new();
     let _g = LOCK.lock();
-    struct Raw;
-    impl Write for Raw {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            write_raw(s);
-            Ok(())
-        }
-    }
-    let _ = Raw.write_fmt(args);
+    // Under the lock, the lock-free writer is the plain one.
+    let _ = EmergencyWriter.write_fmt(args);
 }
 
 /// Prints to the console (one line written under one lock acquisition).

@@ -54,6 +54,11 @@ pub fn mark_online(cpu: usize) {
     ONLINE_MASK.fetch_or(1 << cpu, Ordering::AcqRel);
 }
 
+/// The online CPUs (bit n = logical CPU n).
+pub fn online_mask() -> u64 {
+    ONLINE_MASK.load(Ordering::Acquire)
+}
+
 /// The CPUs sleeping in their idle loop, read with a full RMW so that a CPU seen idle here
 /// orders its later accesses after everything this CPU did before (RCU's extended quiescent
 /// state: Linux reads the dynticks counter with a fully ordered atomic).
