@@ -31,6 +31,10 @@
 #                   firmware, the DTB, kernel8.img, config.txt, cmdline.txt = ARGS) and the same
 #                   files in target/sdcard/ (scripts/sdcard.sh; boot/sdcard/config.txt)
 #   make gdb        boot virt halted with a gdb stub, attach gdb-multiarch
+#   make layout     measure the hot paths' call graph on the seed suite (boot/hot-calls.txt,
+#                   which the linker uses to place callers beside callees) and relink
+#   make profile-rows  per seed row, one loop's instructions by mm component (TCG plugin);
+#                   PROFILE_ARGS=--linux adds Linux 6.12's, charged to the same components
 #   make clean
 #
 # Variables: BOARD=virt|rpi4  SMP=4  MEM=2G  CPU=cortex-a72  ARGS="bootargs"  TIMEOUT=120
@@ -67,7 +71,7 @@ QEMU_VIRT  = qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(SMP) -m $(MEM) -nogr
 QEMU_RPI4  = qemu-system-aarch64 -M raspi4b -dtb $(PI4_DTB) -display none -monitor none \
              -serial null -serial stdio -no-reboot -semihosting
 
-.PHONY: lint fuzz fuzz-long stress all build sdcard run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc bench-smp bench-linux tools setup gdb clean
+.PHONY: lint fuzz fuzz-long stress all build sdcard run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc bench-smp bench-linux tools setup gdb clean layout profile-rows
 
 TVTOOL := tools/target/release/tvtool
 
@@ -80,6 +84,15 @@ build: setup
 	$(CARGO_KERNEL)
 	$(OBJCOPY) -O binary $(ELF) $(IMG)
 	@echo "built $(IMG) ($$(stat -c %s $(IMG)) bytes)"
+	@python3 scripts/profile-tcg/layout.py check --elf $(ELF) || echo "warning: hot-code layout stale (make test fails on it)"
+
+layout: build
+	python3 scripts/profile-tcg/layout.py generate --img $(IMG) --elf $(ELF)
+	$(MAKE) build
+
+PROFILE_ARGS ?=
+profile-rows: build
+	python3 scripts/profile-tcg/rows.py $(PROFILE_ARGS)
 
 ifeq ($(BOARD),rpi4)
 RUN_QEMU = $(QEMU_RPI4)
@@ -186,6 +199,7 @@ bench-pagealloc: build
 	  -icount shift=0 -kernel $(IMG) -append "bench=pagealloc"
 
 test-kernel: build
+	python3 scripts/profile-tcg/layout.py check --elf $(ELF)
 	bash scripts/kernel-tests.sh $(IMG)
 
 # A bootable SD card for a real Pi 4 (scripts/sdcard.sh installs mtools, dosfstools and fdisk
