@@ -9,7 +9,7 @@ belongs to, and functions to components by name (COMPONENTS below). Prints a mar
 (one row per plan row) and, with --top N, each row's N costliest functions.
 
 Usage: scripts/profile-tcg/rows.py [--plan PLAN] [--img IMG] [--elf ELF] [--scale S] [--top N]
-                                   [--only SUBSTRING] [--args ARGS] [--linux] [--out DIR]
+                                   [--only SUBSTRING] [--args ARGS] [--linux [--reuse]] [--out DIR]
 
 --linux measures Linux 6.12 the same way (the kernel, initramfs and test_vmalloc.ko of
 `make bench-linux`, prepared by `scripts/bench-linux.sh prepare`; functions named from its
@@ -111,7 +111,15 @@ class Symbols:
         return self.syms[i][1] if i >= 0 else "?"
 
 
-def qemu(so, counts, log, boot_args, ok):
+def qemu(so, counts, log, boot_args, ok, reuse=False):
+    if reuse and counts and os.path.exists(counts) and os.path.exists(log) \
+            and ok(0, open(log, errors="replace").read()):
+        d = collections.Counter()
+        for line in open(counts):
+            c, va, n, ex, _ = line.split()
+            if c == "0":
+                d[int(va, 16)] += int(n) * int(ex)
+        return open(log, errors="replace").read(), d
     args = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "1", "-m", "2G",
             "-nographic", "-no-reboot"] + (["-plugin", f"{so},out={counts}"] if counts else []) \
         + boot_args
@@ -136,6 +144,10 @@ class Ours:
 
     def __init__(self, a, so):
         self.a, self.so = a, so
+        # A copy: a rebuild while this runs must not pair one image with another's symbols.
+        for src, name in ((a.img, "kernel8.img"), (a.elf, "boot.elf")):
+            shutil.copyfile(src, os.path.join(a.out, name))
+        a.img, a.elf = os.path.join(a.out, "kernel8.img"), os.path.join(a.out, "boot.elf")
         pairs = []
         for line in sh(llvm_nm(), "-C", "--defined-only", a.elf).splitlines():
             parts = line.split(" ", 2)
@@ -193,7 +205,7 @@ class Linux:
         base = os.path.join(self.a.out, f"linux.{tag}")
         return qemu(self.so, base + ".tb", base + ".log",
                     self.boot(f"tvb.settle=5 tvb.rows={row}"),
-                    lambda rc, t: "ANCHOR: done" in t and "Summary:" in t)[1]
+                    lambda rc, t: "ANCHOR: done" in t and "Summary:" in t, self.a.reuse)[1]
 
     def per_loop(self, tag, test, p, h, loops):
         mask = 1 << TESTS.index(test)
@@ -233,6 +245,8 @@ def main():
     ap.add_argument("--args", default="", help="extra kernel command line (e.g. mm.vfree=single)")
     ap.add_argument("--linux", action="store_true")
     ap.add_argument("--linux-scale", type=float, default=0.04)
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse Linux's counts from an earlier run in --out (they do not depend on our image)")
     ap.add_argument("--out", default=os.path.join(ROOT, "target/profile-tcg/rows"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)

@@ -185,6 +185,24 @@ pub fn zero_pages(pfn: u64, nr: usize) {
     let block = 4usize << (dczid & 0xf);
     let mut p = va as usize;
     let end = p + nr * PAGE_SIZE;
+    if (nr * PAGE_SIZE).is_multiple_of(8 * block) {
+        // Eight blocks per iteration: 2.25 instructions per block where Linux's clear_page loop
+        // (dc, add, tst, b.ne) spends 4; the same stores.
+        while p < end {
+            // SAFETY: as below, for the eight blocks [p, p + 8 * block), which lie inside the
+            // pages (the length is a multiple of 8 * block and p starts page aligned).
+            unsafe {
+                core::arch::asm!(
+                    "dc zva, {p}", "add {p}, {p}, {b}", "dc zva, {p}", "add {p}, {p}, {b}",
+                    "dc zva, {p}", "add {p}, {p}, {b}", "dc zva, {p}", "add {p}, {p}, {b}",
+                    "dc zva, {p}", "add {p}, {p}, {b}", "dc zva, {p}", "add {p}, {p}, {b}",
+                    "dc zva, {p}", "add {p}, {p}, {b}", "dc zva, {p}", "add {p}, {p}, {b}",
+                    p = inout(reg) p, b = in(reg) block, options(nostack, preserves_flags)
+                )
+            };
+        }
+        return;
+    }
     while p < end {
         // SAFETY: `dc zva` zeroes the block of `block` bytes at p (aligned: va is page aligned
         // and block, at most 2 KiB, divides PAGE_SIZE), which lies inside the pages above.

@@ -4,6 +4,7 @@
 //! lazy unmap/purge (one TLB flush for many freed areas). vfree releases the pages one by one
 //! (`mm.vfree=single`, the baseline) or through free_pages_bulk (`mm.vfree=bulk`, the seed
 //! patch). vm_map_ram uses per-CPU 4 MiB vmap blocks with a bump allocator.
+use core::mem::MaybeUninit;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -86,18 +87,24 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
     if order == 0 {
         // Order-0 pages through the bulk allocator, at most 100 per call.
         let bulk_gfp = gfp - GfpFlags::__GFP_NOFAIL;
-        let mut slots = [None; 100];
+        // Only the slots a call asks for are written (a 1-page vmalloc wrote all 100 before:
+        // 100 stores per call that Linux, filling the zeroed pages array in place, never makes).
+        let mut slots = [const { MaybeUninit::<Option<Pfn>>::uninit() }; 100];
         while nr_allocated < nr_pages {
             let req = (nr_pages - nr_allocated).min(100);
             for s in slots[..req].iter_mut() {
-                *s = None;
+                s.write(None);
             }
-            let got = page_alloc::alloc_pages_bulk(bulk_gfp, req, &mut slots[..req]);
+            // SAFETY: the first `req` slots were initialised just above; MaybeUninit<T> has
+            // T's layout, so the prefix is a valid `[Option<Pfn>]` for this borrow.
+            let slots =
+                unsafe { &mut *(core::ptr::from_mut(&mut slots[..req]) as *mut [Option<Pfn>]) };
+            let got = page_alloc::alloc_pages_bulk(bulk_gfp, req, slots);
             let mut n = 0;
             // Kept as `if let`: `.iter().flatten()` compiles this hot loop (inlined into
             // __vmalloc_node_range) to different code.
             #[allow(clippy::manual_flatten)]
-            for s in slots[..req].iter() {
+            for s in slots.iter() {
                 if let Some(pfn) = s {
                     pages[nr_allocated + n] = *pfn;
                     n += 1;
