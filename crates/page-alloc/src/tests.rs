@@ -812,6 +812,31 @@ impl MinIfAligned for BadPage {
 // ---- stats -------------------------------------------------------------------------------------
 
 #[test]
+fn nr_vmalloc_each_is_n_single_updates() {
+    // mod_node_page_state_irqsafe_each(n) must fold exactly where n single updates fold.
+    let m = machine_b();
+    let (a, b) = (m.pa(cfg(2, B_DMA_LIMIT)), m.pa(cfg(2, B_DMA_LIMIT)));
+    let t = a.stat_threshold() as usize;
+    for (delta, n) in [(1, 3 * t + 5), (-1, t + 1), (1, 1), (-1, 2 * t + 7)] {
+        a.mod_node_page_state_irqsafe_each(1, NodeStatItem::NrVmalloc, delta, n);
+        for _ in 0..n {
+            b.mod_node_page_state_irqsafe(1, NodeStatItem::NrVmalloc, delta);
+        }
+        assert_eq!(
+            a.node_page_state(NodeStatItem::NrVmalloc),
+            b.node_page_state(NodeStatItem::NrVmalloc),
+            "folded part after {delta} x {n}"
+        );
+        assert_eq!(
+            a.node_page_state_snapshot(NodeStatItem::NrVmalloc),
+            b.node_page_state_snapshot(NodeStatItem::NrVmalloc)
+        );
+    }
+    // 3t + 5 - (t + 1) + 1 - (2t + 7)
+    assert_eq!(a.node_page_state_snapshot(NodeStatItem::NrVmalloc), -2);
+}
+
+#[test]
 fn nr_vmalloc_per_cpu_fold() {
     let m = machine_b();
     let pa = m.pa(cfg(4, B_DMA_LIMIT));

@@ -160,6 +160,17 @@ pub fn mod_nr_vmalloc(delta: i32) {
     );
 }
 
+/// NR_VMALLOC `delta` once for each of `nr` pages (Linux: `mod_lruvec_page_state` per page):
+/// `nr` separate updates, with the allocator and this CPU's counter looked up once.
+pub fn mod_nr_vmalloc_each(delta: i32, nr: usize) {
+    allocator().mod_node_page_state_irqsafe_each(
+        crate::percpu_defs::smp_processor_id(),
+        NodeStatItem::NrVmalloc,
+        delta,
+        nr,
+    );
+}
+
 pub fn nr_vmalloc_pages() -> i64 {
     allocator().node_page_state(NodeStatItem::NrVmalloc)
 }

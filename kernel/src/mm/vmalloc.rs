@@ -112,9 +112,7 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
             }
             debug_assert_eq!(n, got);
             // NR_VMALLOC: +1 per page, as Linux accounts bulk pages.
-            for _ in 0..n {
-                page_alloc::mod_nr_vmalloc(1);
-            }
+            page_alloc::mod_nr_vmalloc_each(1, n);
             nr_allocated += n;
             smp::cond_resched();
             if n != req {
@@ -163,9 +161,7 @@ fn vm_free_pages(vm: &VmStruct) {
         VfreeMode::Bulk => {
             // The patch: stats in a separate pass, then free_pages_bulk over PFN runs.
             if account {
-                for _ in pages {
-                    page_alloc::mod_nr_vmalloc(-1);
-                }
+                page_alloc::mod_nr_vmalloc_each(-1, pages.len());
             }
             page_alloc::free_pages_bulk(pages);
         }

@@ -41,6 +41,23 @@ impl PageAllocator<'_> {
         self.node_stats.mod_node_page_state_irqsafe(&self.pcpu_stats[cpu], item, delta)
     }
 
+    /// `nr` calls of [`Self::mod_node_page_state_irqsafe`] in a row (Linux: one
+    /// `mod_lruvec_page_state(page, item, delta)` per page of an array): each is its own
+    /// update with its own threshold check and fold; the CPU's counter is looked up once.
+    #[inline]
+    pub fn mod_node_page_state_irqsafe_each(
+        &self,
+        cpu: usize,
+        item: NodeStatItem,
+        delta: i32,
+        nr: usize,
+    ) {
+        let diff = &self.pcpu_stats[cpu];
+        for _ in 0..nr {
+            self.node_stats.mod_node_page_state_irqsafe(diff, item, delta);
+        }
+    }
+
     /// Linux `node_page_state` (global counter without the per-CPU deltas, may be off by up to
     /// nr_cpus * threshold).
     pub fn node_page_state(&self, item: NodeStatItem) -> i64 {
