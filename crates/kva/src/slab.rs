@@ -139,6 +139,7 @@ impl<P: PageSource> NodeCache<P> {
     /// Allocates an uninitialised node; `None` if a page was needed and the source had none.
     /// The node stays valid until it is given back to [`NodeCache::free`] or the cache is
     /// dropped.
+    #[inline]
     pub(crate) fn alloc(&mut self) -> Option<*mut VaNode> {
         let mut page = self.partial.head();
         if page.is_null() {
@@ -167,6 +168,8 @@ impl<P: PageSource> NodeCache<P> {
     }
 
     /// Takes a page from the source and puts it, carved into free objects, on the partial list.
+    #[cold]
+    #[inline(never)]
     fn grow(&mut self) -> Option<*mut SlabPage> {
         let p = self.src.alloc_page()?;
         if p.is_null() {
@@ -210,6 +213,7 @@ impl<P: PageSource> NodeCache<P> {
     /// # Safety
     /// `n` was returned by [`NodeCache::alloc`] of this cache and not freed since, and it is no
     /// longer linked anywhere nor used afterwards (its memory becomes a free slot).
+    #[inline]
     pub(crate) unsafe fn free(&mut self, n: *mut VaNode) {
         let off = (n as usize) & (SLAB_PAGE_SIZE - 1);
         // SAFETY: `n` is a slot of one of this cache's pages (contract), which are aligned to

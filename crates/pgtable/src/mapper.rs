@@ -252,7 +252,7 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
 
     /// The next-level table under entry `i` of `table`, allocating it if the entry is empty
     /// (Linux `pXd_alloc_track` / `pte_alloc_kernel_track`).
-    #[inline]
+    #[inline(always)]
     fn next_table(&mut self, table: u64, i: usize, va: u64, level: u8) -> Result<u64, MapError> {
         let t = tbl(self.mem, table);
         // SAFETY: `table` is a table of this tree (the root or a PA `next_table` returned), so
@@ -261,6 +261,22 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
         if desc_is_table(e) {
             return Ok(desc_addr(e));
         }
+        self.populate(t, e, i, va, level)
+    }
+
+    /// `next_table` when entry `i` of `t` is not a table link: refuse, or allocate and link one.
+    /// Only `next_table` calls it, with `t` = `tbl(table)` of a table of this tree, `i < 512`
+    /// and `e` the entry it read there. Out of line: the hot walk finds tables already linked.
+    #[cold]
+    #[inline(never)]
+    fn populate(
+        &mut self,
+        t: *mut u64,
+        e: u64,
+        i: usize,
+        va: u64,
+        level: u8,
+    ) -> Result<u64, MapError> {
         if e != 0 {
             return Err(if desc_valid(e) {
                 MapError::AlreadyMapped { va, level, desc: e }
@@ -277,8 +293,8 @@ impl<M: PtMemory + ?Sized, T: TlbOps + ?Sized> Mapper<'_, M, T> {
         // `if (likely(pmd_none(*pmd))) pmd_populate_kernel(...), new = NULL;` then free `new`).
         let mut cur = 0;
         self.mem.with_populate_lock(&mut || {
-            // SAFETY: same `t` and `i` as the first read; nothing in this call frees `table`
-            // (only a table under an entry being replaced by a block is freed), so `t` is valid.
+            // SAFETY: `t` and `i` as next_table read them (see above); nothing in this call frees
+            // that table (only a table under an entry replaced by a block is freed).
             cur = unsafe { get(t, i) };
             if cur == 0 {
                 // SAFETY: same `t` and `i`; the populate lock serialises this store with other

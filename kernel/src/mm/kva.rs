@@ -96,10 +96,14 @@ unsafe impl PageSource for KPages {
 }
 
 /// Brings the reserve to its target (true) or as close as the page allocator allows (false).
+#[inline]
 fn reserve_top_up() -> bool {
-    if RESERVE_NR.load(Ordering::Relaxed) >= reserve_target() {
-        return true;
-    }
+    RESERVE_NR.load(Ordering::Relaxed) >= reserve_target() || reserve_fill()
+}
+
+#[cold]
+#[inline(never)]
+fn reserve_fill() -> bool {
     let mut r = RESERVE.lock();
     while r.nr < reserve_target() {
         let p = page_alloc::alloc_page_va(GfpFlags::GFP_NOWAIT | GfpFlags::__GFP_NOWARN);

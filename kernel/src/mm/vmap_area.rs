@@ -104,6 +104,7 @@ pub(crate) fn alloc_vmap_area(
 
 /// Unmaps nothing: queues an already unmapped area for the next purge (Linux:
 /// free_vmap_area_noflush). Purges when more than lazy_max_pages are pending.
+#[inline]
 pub(crate) fn free_vmap_area_noflush(start: u64, end: u64, node: usize) {
     let pages = ((end - start) >> PAGE_SHIFT) as usize;
     // Counted before the area is visible in the lazy tree (Linux does the same): a purge on
@@ -187,6 +188,7 @@ pub(crate) fn vmap_pages_range(va: u64, pages: &[Pfn], page_shift: u32) -> bool 
 }
 
 /// Clears the mappings of [va, va + size) without flushing the TLB (vunmap_range_noflush).
+#[inline]
 pub(crate) fn vunmap_range_noflush(va: u64, size: u64) {
     let r = kernel_pgtable().unmap_range(&mut KernelPt, va, size);
     if let Err(e) = r {
