@@ -18,7 +18,10 @@ paths should sit next to each other. This is profile-guided layout (Linux: CONFI
   layout.py check [--elf ELF] [--file FILE]
       Every symbol of FILE must be defined in the ELF: the names carry rustc's hash, which moves
       with the toolchain, the lock file and a function's signature. Exit status 1 (with the
-      names) when some are missing: run `make layout` to measure the graph again.
+      names) when some are missing and the file was made with this rustc: run `make layout` to
+      measure the graph again. Made with another rustc (its `# rustc:` line), the names cannot
+      match: a warning only (the build works; the layout is the linker's default until `make
+      layout` runs with this toolchain).
 """
 import argparse, bisect, collections, os, re, subprocess, sys, tempfile
 
@@ -102,21 +105,35 @@ def generate(a):
     edges = collections.Counter({e: round(w) for e, w in edges.items() if round(w) > 0})
     with open(a.out, "w") as f:
         f.write("# Call graph for lld --call-graph-ordering-file (boot/build.rs): caller callee\n"
-                "# calls, measured on the seed suite by scripts/profile-tcg/layout.py generate\n"
+                "# weight, measured on the seed rows by scripts/profile-tcg/layout.py generate\n"
                 "# (make layout). Names are the linker's; `make layout` again when the check\n"
-                "# (make lint) finds some missing.\n")
+                "# (make test) finds some missing.\n"
+                f"# rustc: {rustc_version()}\n")
         for (c, t), n in edges.most_common():
             f.write(f"{c} {t} {n}\n")
     print(f"layout: {len(edges)} call edges -> {a.out}")
 
 
+def rustc_version():
+    return sh("rustc", "-V", cwd=ROOT).strip()
+
+
 def check(a):
     defined = {name for _, name in functions(a.elf)}
     missing = set()
+    made_with = None
     for line in open(a.file):
+        if line.startswith("# rustc: "):
+            made_with = line[len("# rustc: "):].strip()
         line = line.split("#", 1)[0].split()
         if len(line) == 3:
             missing |= {s for s in line[:2] if s not in defined}
+    if missing and made_with != rustc_version():
+        print(f"layout: warning: {a.file} was measured with {made_with}, this is "
+              f"{rustc_version()}: its symbol names do not apply, so the hot code keeps the "
+              "linker's default order (run `make layout` to measure it for this toolchain)",
+              file=sys.stderr)
+        return
     if missing:
         print(f"layout: {len(missing)} symbol(s) of {a.file} are not in {a.elf} (the hot-code "
               f"layout is stale; run `make layout`):", file=sys.stderr)
