@@ -32,6 +32,10 @@ pub mod mmu;
 pub mod tlb;
 pub use tlb::HwTlb;
 
+// The kernel's memset (general registers, 64 bytes per iteration; overrides the weak one of
+// compiler_builtins, which stores 8 bytes per iteration). Tested by kernel::ktests::kernel.
+core::arch::global_asm!(include_str!("memset.S"));
+
 static EXIT_HOOK: spin::Once<fn(u32)> = spin::Once::new();
 static EXITING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
