@@ -271,7 +271,7 @@ impl<P: PageSource> KvaAllocator<P> {
 
     node_cache_accessors!(tree);
 
-    /// Debug check: tree invariants (order, balance, heights, subtree_max_size), no two free
+    /// Debug check: tree invariants (order, red-black rules, subtree_max_size), no two free
     /// blocks adjacent (they would have been merged), blocks inside the span, and the counters.
     /// O(n).
     pub fn check(&self) -> Result<(), &'static str> {

@@ -21,7 +21,7 @@
 //! | `list` | the intrusive doubly linked list (`DList`, `DLinks`) | its link surgery, `unsafe fn`s with contracts |
 //! | `slab` | the node (`VaNode`), [`NodeCache`], [`PageSource`], [`SlabStats`] | page carving and the freelists |
 //! | `fit` | [`FitType`], [`classify_va_fit_type`], the fit arithmetic | none (`forbid`) |
-//! | `tree`, `tree::search` | the AVL tree with the cache its nodes come from; the free-tree searches | all tree-node access |
+//! | `tree`, `tree::search` | the red-black tree with the cache its nodes come from; the free-tree searches | all tree-node access |
 //! | `free` | [`KvaAllocator`], [`FreeIter`] | only to hand the tree back a node it returned |
 //! | `busy` | [`BusyTree`], [`BusyIter`] | as `free` |
 //! | `pool` | [`VaPool`], [`MAX_VA_SIZE_PAGES`] | its size lists of nodes |
@@ -31,11 +31,12 @@
 //! Everything public is re-exported here; the modules themselves are private.
 //!
 //! # Trees
-//! Linux uses an augmented red-black tree; this crate uses an augmented AVL tree (same
-//! asymptotics, simpler deletion): every node carries `height` and, in the free tree,
-//! `subtree_max_size` = the largest `va_end - va_start` in its subtree. Structural changes
-//! (insert, erase, rotations) retrace from the changed node towards the root and stop as soon as
-//! a subtree root's (height, subtree_max_size) pair is unchanged; pure size changes (clip, merge)
+//! Linux's augmented red-black tree, as lib/rbtree.c balances it (`__rb_insert`,
+//! `__rb_erase_augmented`, `____rb_erase_color`) with mm/vmalloc.c's augment callbacks: every
+//! node carries its colour and, in the free tree, `subtree_max_size` = the largest
+//! `va_end - va_start` in its subtree. Rotations hand the maximum over (`augment_rotate`), an
+//! insertion and an erase propagate from the changed node towards the root and stop when
+//! a node's value is unchanged, and pure size changes (clip, merge)
 //! use `augment_tree_propagate_from`-style propagation that stops when
 //! a node's value is unchanged, exactly like Linux. Address-ordered neighbour access (Linux keeps
 //! `free_vmap_area_list` for it) comes from the descent itself: the last node where the search

@@ -53,7 +53,8 @@ pub(crate) struct VaNode {
     pub(crate) subtree_max_size: u64,
     /// Busy tree only: the user value.
     pub(crate) value: u64,
-    pub(crate) height: u32,
+    /// Red-black colour (tree.rs: RED 0, BLACK 1).
+    pub(crate) color: u32,
     _pad: u32,
 }
 

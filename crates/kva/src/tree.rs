@@ -1,5 +1,8 @@
-//! The balanced (AVL) tree of disjoint ranges, optionally augmented with `subtree_max_size`
-//! (Linux: the augmented rbtree of free vmap areas, the plain rbtrees of busy and lazy ones).
+//! The red-black tree of disjoint ranges, optionally augmented with `subtree_max_size` (Linux:
+//! the augmented rbtree of free vmap areas, the plain rbtrees of busy and lazy ones). The
+//! balancing is lib/rbtree.c's: `__rb_insert`, `__rb_erase_augmented` and `____rb_erase_color`
+//! with the augment callbacks of mm/vmalloc.c's `free_vmap_area_rb_augment_cb` (propagate,
+//! copy, rotate), case for case.
 //!
 //! A [`RawTree`] owns the [`NodeCache`] its nodes come from, so the whole life of a tree node
 //! (allocated, linked, unlinked, freed) happens in this module. Nodes are handed out to the
@@ -29,16 +32,17 @@ unsafe fn va_size(n: *const VaNode) -> u64 {
     unsafe { (*n).va_end - (*n).va_start }
 }
 
+const RED: u32 = 0;
+const BLACK: u32 = 1;
+
+/// A null link counts as black (a leaf).
+///
 /// # Safety
 /// `n` is null or a tree node.
 #[inline]
-unsafe fn height(n: *const VaNode) -> u32 {
-    if n.is_null() {
-        0
-    } else {
-        // SAFETY: non-null, so a live tree node (contract).
-        unsafe { (*n).height }
-    }
+unsafe fn is_red(n: *const VaNode) -> bool {
+    // SAFETY: non-null, so a live tree node (contract).
+    !n.is_null() && unsafe { (*n).color } == RED
 }
 
 /// Linux `get_subtree_max_size`.
@@ -129,15 +133,17 @@ unsafe fn area(n: *const VaNode) -> BusyArea {
     unsafe { BusyArea { va_start: (*n).va_start, va_end: (*n).va_end, value: (*n).value } }
 }
 
-/// An AVL tree of disjoint ranges ordered by address, with the cache its nodes come from. `AUG`
-/// selects the `subtree_max_size` augmentation (free tree) or none (busy/lazy trees).
+/// A red-black tree of disjoint ranges ordered by address, with the cache its nodes come from.
+/// `AUG` selects the `subtree_max_size` augmentation (free tree) or none (busy/lazy trees).
 ///
 /// Invariant: `root` is null or the root of a binary tree whose nodes were all allocated from
 /// `cache` and not freed, each reachable once, with `parent` links matching (null at the root)
 /// and ranges disjoint and in address order. Nodes leave the tree before they are freed
-/// (`remove`, `drain`). Outside the methods heights, AVL balance and (with `AUG`)
-/// `subtree_max_size` are right too. Memory safety rests on the links alone: a null child has
-/// height 0 and size 0, so even a wrong height or size never makes the code follow a null link.
+/// (`remove`, `drain`). Outside the methods the red-black rules (black root, no red node with a
+/// red child, the same number of black nodes on every root-to-leaf path) and (with `AUG`)
+/// `subtree_max_size` hold too. Memory safety rests on the links alone: every pointer the
+/// rebalancing follows is checked non-null or non-null by those rules, and a wrong colour or size
+/// never makes the code follow a null link (the rules only choose between cases).
 pub(crate) struct RawTree<P: PageSource, const AUG: bool> {
     root: *mut VaNode,
     cache: NodeCache<P>,
@@ -251,19 +257,6 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
     }
 
     /// # Safety
-    /// `n` is a tree node.
-    #[inline]
-    unsafe fn update(n: *mut VaNode) {
-        // SAFETY: `n` is a tree node (contract); its children are null or tree nodes.
-        unsafe {
-            (*n).height = 1 + height((*n).left).max(height((*n).right));
-            if AUG {
-                (*n).subtree_max_size = compute_subtree_max_size(n);
-            }
-        }
-    }
-
-    /// # Safety
     /// `parent` is null (then `old` is the root) or a tree node with child `old`; `new` is
     /// null or a node.
     #[inline]
@@ -282,106 +275,291 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
         }
     }
 
-    /// # Safety
-    /// `x` is a tree node with a right child.
-    unsafe fn rotate_left(&mut self, x: *mut VaNode) -> *mut VaNode {
-        // SAFETY: `x` and its right child `y` are tree nodes (contract), `b` (y's left child)
-        // and `p` (x's parent) are tree nodes where non-null; all four are distinct and the
-        // relinking below keeps every one of them reachable exactly once.
-        unsafe {
-            let y = (*x).right;
-            let b = (*y).left;
-            (*x).right = b;
-            if !b.is_null() {
-                (*b).parent = x;
-            }
-            let p = (*x).parent;
-            (*y).parent = p;
-            self.replace_child(p, x, y);
-            (*y).left = x;
-            (*x).parent = y;
-            Self::update(x);
-            Self::update(y);
-            y
-        }
-    }
-
-    /// # Safety
-    /// `x` is a tree node with a left child.
-    unsafe fn rotate_right(&mut self, x: *mut VaNode) -> *mut VaNode {
-        // SAFETY: mirror image of `rotate_left`: `x` and its left child `y` are tree nodes
-        // (contract), `b` (y's right child) and `p` (x's parent) are tree nodes where non-null.
-        unsafe {
-            let y = (*x).left;
-            let b = (*y).right;
-            (*x).left = b;
-            if !b.is_null() {
-                (*b).parent = x;
-            }
-            let p = (*x).parent;
-            (*y).parent = p;
-            self.replace_child(p, x, y);
-            (*y).right = x;
-            (*x).parent = y;
-            Self::update(x);
-            Self::update(y);
-            y
-        }
-    }
-
-    /// Restores the AVL balance at `n` (children already balanced and up to date) and updates
-    /// height/augment; returns the subtree's new root.
+    /// Linux's augment `rotate` callback: `new` took `old`'s place as the subtree root, so it
+    /// inherits `old`'s maximum, and `old` is recomputed from its new children.
     ///
     /// # Safety
-    /// `n` is a tree node.
-    unsafe fn rebalance(&mut self, n: *mut VaNode) -> *mut VaNode {
-        // SAFETY: `n` is a tree node (contract), its children null or tree nodes. Heights only
-        // steer which rotation happens: a null link has height 0, so `hl > hr + 1` makes `l`
-        // non-null, `height(l.right) > height(l.left)` makes `l.right` non-null (and it is `n`'s
-        // left child after `rotate_left(l)`), and symmetrically on the right. So each rotation
-        // gets a tree node with the child it needs.
-        unsafe {
-            let (l, r) = ((*n).left, (*n).right);
-            let (hl, hr) = (height(l), height(r));
-            if hl > hr + 1 {
-                if height((*l).left) < height((*l).right) {
-                    self.rotate_left(l);
-                }
-                self.rotate_right(n)
-            } else if hr > hl + 1 {
-                if height((*r).right) < height((*r).left) {
-                    self.rotate_right(r);
-                }
-                self.rotate_left(n)
-            } else {
-                Self::update(n);
-                n
-            }
-        }
-    }
-
-    /// Walks from `n` to the root rebalancing and recomputing height and subtree_max_size,
-    /// stopping once a subtree root's (height, max) is what it was before. `force_through`, if
-    /// non-null, is an ancestor that must be recomputed even if the walk would stop below it.
-    ///
-    /// # Safety
-    /// `n` is null or a tree node; `force_through` is null or a tree node.
-    unsafe fn retrace(&mut self, mut n: *mut VaNode, force_through: *mut VaNode) {
-        let mut forced = !force_through.is_null();
-        while !n.is_null() {
-            // SAFETY: `n` is a tree node: the argument (contract), then the parent of the
-            // subtree root `rebalance` returned, checked non-null by the loop.
+    /// `old` and `new` are tree nodes; `old`'s children are null or tree nodes.
+    #[inline]
+    unsafe fn aug_rotate(old: *mut VaNode, new: *mut VaNode) {
+        if AUG {
+            // SAFETY: both are tree nodes (contract).
             unsafe {
-                let old_h = (*n).height;
-                let old_m = (*n).subtree_max_size;
-                if n == force_through {
-                    forced = false;
-                }
-                let top = self.rebalance(n);
-                if !forced && (*top).height == old_h && (!AUG || (*top).subtree_max_size == old_m) {
+                (*new).subtree_max_size = (*old).subtree_max_size;
+                (*old).subtree_max_size = compute_subtree_max_size(old);
+            }
+        }
+    }
+
+    /// Linux's augment `propagate(start, stop)`: recompute from `n` upwards until a value does
+    /// not change or `stop` is reached.
+    ///
+    /// # Safety
+    /// `n` is null or a tree node whose ancestors up to `stop` (null: the root) are tree nodes.
+    #[inline]
+    unsafe fn aug_propagate(mut n: *mut VaNode, stop: *mut VaNode) {
+        if !AUG {
+            return;
+        }
+        while n != stop && !n.is_null() {
+            // SAFETY: `n` is a tree node: the argument (contract), then non-null parents.
+            unsafe {
+                let m = compute_subtree_max_size(n);
+                if m == (*n).subtree_max_size {
                     break;
                 }
-                n = (*top).parent;
+                (*n).subtree_max_size = m;
+                n = (*n).parent;
+            }
+        }
+    }
+
+    /// Linux `__rb_rotate_set_parents`: `new` takes `old`'s parent link and colour, `old`
+    /// becomes `new`'s child with `color`.
+    ///
+    /// # Safety
+    /// `old` and `new` are tree nodes, `new` already linked as `old`'s parent's replacement in
+    /// the caller's rotation (its child links set).
+    #[inline]
+    unsafe fn rotate_set_parents(&mut self, old: *mut VaNode, new: *mut VaNode, color: u32) {
+        // SAFETY: `old` and `new` are tree nodes (contract); `old`'s parent is null or a tree
+        // node with child `old`.
+        unsafe {
+            let parent = (*old).parent;
+            (*new).parent = parent;
+            (*new).color = (*old).color;
+            (*old).parent = new;
+            (*old).color = color;
+            self.replace_child(parent, old, new);
+        }
+    }
+
+    /// Linux `__rb_insert` for a node just linked red as a leaf.
+    ///
+    /// # Safety
+    /// `node` is a tree node, linked red with null children; the tree was a valid red-black
+    /// tree before it was linked.
+    unsafe fn insert_color(&mut self, mut node: *mut VaNode) {
+        // SAFETY: every pointer followed is a tree node: `node` (contract), its parent when
+        // non-null; a red parent is never the root (the root is black), so `gparent` is
+        // non-null; the uncle and the children read are null-checked before use. The relinking
+        // is lib/rbtree.c's, which keeps every node reachable once.
+        unsafe {
+            let mut parent = (*node).parent;
+            loop {
+                if parent.is_null() {
+                    (*node).color = BLACK;
+                    break;
+                }
+                if (*parent).color == BLACK {
+                    break;
+                }
+                let gparent = (*parent).parent;
+                let mut tmp = (*gparent).right;
+                if parent != tmp {
+                    // parent == gparent->left
+                    if is_red(tmp) {
+                        // Case 1: uncle red, colour flips.
+                        (*tmp).color = BLACK;
+                        (*parent).color = BLACK;
+                        node = gparent;
+                        parent = (*node).parent;
+                        (*node).color = RED;
+                        continue;
+                    }
+                    tmp = (*parent).right;
+                    if node == tmp {
+                        // Case 2: left rotate at parent.
+                        tmp = (*node).left;
+                        (*parent).right = tmp;
+                        (*node).left = parent;
+                        if !tmp.is_null() {
+                            (*tmp).parent = parent;
+                            (*tmp).color = BLACK;
+                        }
+                        (*parent).parent = node;
+                        (*parent).color = RED;
+                        Self::aug_rotate(parent, node);
+                        parent = node;
+                        tmp = (*node).right;
+                    }
+                    // Case 3: right rotate at gparent.
+                    (*gparent).left = tmp;
+                    (*parent).right = gparent;
+                    if !tmp.is_null() {
+                        (*tmp).parent = gparent;
+                        (*tmp).color = BLACK;
+                    }
+                    self.rotate_set_parents(gparent, parent, RED);
+                    Self::aug_rotate(gparent, parent);
+                    break;
+                } else {
+                    tmp = (*gparent).left;
+                    if is_red(tmp) {
+                        // Case 1: uncle red, colour flips.
+                        (*tmp).color = BLACK;
+                        (*parent).color = BLACK;
+                        node = gparent;
+                        parent = (*node).parent;
+                        (*node).color = RED;
+                        continue;
+                    }
+                    tmp = (*parent).left;
+                    if node == tmp {
+                        // Case 2: right rotate at parent.
+                        tmp = (*node).right;
+                        (*parent).left = tmp;
+                        (*node).right = parent;
+                        if !tmp.is_null() {
+                            (*tmp).parent = parent;
+                            (*tmp).color = BLACK;
+                        }
+                        (*parent).parent = node;
+                        (*parent).color = RED;
+                        Self::aug_rotate(parent, node);
+                        parent = node;
+                        tmp = (*node).left;
+                    }
+                    // Case 3: left rotate at gparent.
+                    (*gparent).right = tmp;
+                    (*parent).left = gparent;
+                    if !tmp.is_null() {
+                        (*tmp).parent = gparent;
+                        (*tmp).color = BLACK;
+                    }
+                    self.rotate_set_parents(gparent, parent, RED);
+                    Self::aug_rotate(gparent, parent);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Linux `____rb_erase_color`: restores the black heights after a black node was removed
+    /// below `parent` (its subtree on the removed side is one black node short).
+    ///
+    /// # Safety
+    /// `parent` is a tree node and the tree is as `__rb_erase_augmented` leaves it.
+    unsafe fn erase_color(&mut self, mut parent: *mut VaNode) {
+        let mut node: *mut VaNode = null_mut();
+        // SAFETY: lib/rbtree.c's loop. Its invariants make every dereferenced pointer a tree
+        // node: the short side's sibling has black height >= 1, so it is non-null; a red
+        // sibling has two black non-null children; `tmp1`/`tmp2` are null-checked where they
+        // may be null (the `!x || is_black(x)` tests) and non-null by colour where not.
+        unsafe {
+            loop {
+                let mut sibling = (*parent).right;
+                if node != sibling {
+                    // node == parent->left
+                    if is_red(sibling) {
+                        // Case 1: left rotate at parent.
+                        let tmp1 = (*sibling).left;
+                        (*parent).right = tmp1;
+                        (*sibling).left = parent;
+                        (*tmp1).parent = parent;
+                        (*tmp1).color = BLACK;
+                        self.rotate_set_parents(parent, sibling, RED);
+                        Self::aug_rotate(parent, sibling);
+                        sibling = tmp1;
+                    }
+                    let mut tmp1 = (*sibling).right;
+                    if !is_red(tmp1) {
+                        let tmp2 = (*sibling).left;
+                        if !is_red(tmp2) {
+                            // Case 2: sibling colour flip.
+                            (*sibling).color = RED;
+                            if (*parent).color == RED {
+                                (*parent).color = BLACK;
+                            } else {
+                                node = parent;
+                                parent = (*node).parent;
+                                if !parent.is_null() {
+                                    continue;
+                                }
+                            }
+                            break;
+                        }
+                        // Case 3: right rotate at sibling.
+                        tmp1 = (*tmp2).right;
+                        (*sibling).left = tmp1;
+                        (*tmp2).right = sibling;
+                        (*parent).right = tmp2;
+                        if !tmp1.is_null() {
+                            (*tmp1).parent = sibling;
+                            (*tmp1).color = BLACK;
+                        }
+                        Self::aug_rotate(sibling, tmp2);
+                        tmp1 = sibling;
+                        sibling = tmp2;
+                    }
+                    // Case 4: left rotate at parent, colour flips.
+                    let tmp2 = (*sibling).left;
+                    (*parent).right = tmp2;
+                    (*sibling).left = parent;
+                    (*tmp1).parent = sibling;
+                    (*tmp1).color = BLACK;
+                    if !tmp2.is_null() {
+                        (*tmp2).parent = parent;
+                    }
+                    self.rotate_set_parents(parent, sibling, BLACK);
+                    Self::aug_rotate(parent, sibling);
+                    break;
+                } else {
+                    sibling = (*parent).left;
+                    if is_red(sibling) {
+                        // Case 1: right rotate at parent.
+                        let tmp1 = (*sibling).right;
+                        (*parent).left = tmp1;
+                        (*sibling).right = parent;
+                        (*tmp1).parent = parent;
+                        (*tmp1).color = BLACK;
+                        self.rotate_set_parents(parent, sibling, RED);
+                        Self::aug_rotate(parent, sibling);
+                        sibling = tmp1;
+                    }
+                    let mut tmp1 = (*sibling).left;
+                    if !is_red(tmp1) {
+                        let tmp2 = (*sibling).right;
+                        if !is_red(tmp2) {
+                            // Case 2: sibling colour flip.
+                            (*sibling).color = RED;
+                            if (*parent).color == RED {
+                                (*parent).color = BLACK;
+                            } else {
+                                node = parent;
+                                parent = (*node).parent;
+                                if !parent.is_null() {
+                                    continue;
+                                }
+                            }
+                            break;
+                        }
+                        // Case 3: left rotate at sibling.
+                        tmp1 = (*tmp2).left;
+                        (*sibling).right = tmp1;
+                        (*tmp2).left = sibling;
+                        (*parent).left = tmp2;
+                        if !tmp1.is_null() {
+                            (*tmp1).parent = sibling;
+                            (*tmp1).color = BLACK;
+                        }
+                        Self::aug_rotate(sibling, tmp2);
+                        tmp1 = sibling;
+                        sibling = tmp2;
+                    }
+                    // Case 4: right rotate at parent, colour flips.
+                    let tmp2 = (*sibling).right;
+                    (*parent).left = tmp2;
+                    (*sibling).right = parent;
+                    (*tmp1).parent = sibling;
+                    (*tmp1).color = BLACK;
+                    if !tmp2.is_null() {
+                        (*tmp2).parent = parent;
+                    }
+                    self.rotate_set_parents(parent, sibling, BLACK);
+                    Self::aug_rotate(parent, sibling);
+                    break;
+                }
             }
         }
     }
@@ -406,7 +584,9 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
     }
 
     /// Links a fresh node (range set) as the `left`/right child of `parent` (null: as root) and
-    /// rebalances (Linux `link_va` + `rb_insert_augmented` + propagation).
+    /// rebalances (Linux `link_va` + `rb_insert_augmented`, then, augmented,
+    /// `augment_tree_propagate_from` from the new node with its maximum zeroed, as Linux's
+    /// `insert_vmap_area_augment` does).
     ///
     /// # Safety
     /// `node` came from [`RawTree::alloc_node`] of this tree and is not linked. Either `parent`
@@ -418,7 +598,7 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
             (*node).left = null_mut();
             (*node).right = null_mut();
             (*node).parent = parent;
-            (*node).height = 1;
+            (*node).color = RED;
             (*node).subtree_max_size = if AUG { va_size(node) } else { 0 };
         }
         if parent.is_null() {
@@ -433,9 +613,15 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
                     (*parent).right = node;
                 }
             }
-            // SAFETY: `parent` is a tree node; only heights and augment on its path to the root
-            // are stale, which is what `retrace` repairs.
-            unsafe { self.retrace(parent, null_mut()) };
+        }
+        // SAFETY: `node` is now a red leaf of a tree that was valid before (contract).
+        unsafe { self.insert_color(node) };
+        if AUG {
+            // SAFETY: `node` is a tree node; its ancestors are tree nodes.
+            unsafe {
+                (*node).subtree_max_size = 0;
+                Self::aug_propagate(node, null_mut());
+            }
         }
     }
 
@@ -493,61 +679,92 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
         Ok((parent, as_left, prev, next))
     }
 
-    /// Unlinks `n` (Linux `unlink_va` / `rb_erase_augmented`). The node is not freed.
+    /// Unlinks `n` (Linux `unlink_va` / `rb_erase_augmented`: `__rb_erase_augmented`, then
+    /// `____rb_erase_color` when a black node left the tree). The node is not freed.
     ///
     /// # Safety
     /// `n` is a tree node.
     unsafe fn erase(&mut self, n: *mut VaNode) {
-        // SAFETY: `n` is a tree node (contract); its children and parent are tree nodes where
-        // non-null.
-        let (l, r, p) = unsafe { ((*n).left, (*n).right, (*n).parent) };
-        if l.is_null() || r.is_null() {
-            let child = if l.is_null() { r } else { l };
-            if !child.is_null() {
-                // SAFETY: `child` is a non-null child of `n`, a tree node.
-                unsafe { (*child).parent = p };
-            }
-            // SAFETY: `p` is null (`n` is the root) or `n`'s parent, a tree node.
-            unsafe { self.replace_child(p, n, child) };
-            if !p.is_null() {
-                // SAFETY: `p` is a tree node; the tree is well linked again.
-                unsafe { self.retrace(p, null_mut()) };
-            }
-        } else {
-            // Two children: the in-order successor takes n's place.
-            // SAFETY: `l`, `r` are tree nodes (both non-null here); `s`, the leftmost node of
-            // `r`'s subtree, is a tree node with no left child; when `s != r` its parent `sp`
-            // is a tree node inside `r`'s subtree and `sr` (s's right child) is null or a tree
-            // node. The relinking moves `s` into `n`'s place and `sr` into `s`'s, keeping every
-            // node other than `n` reachable once.
-            unsafe {
-                let s = leftmost(r);
-                // Like Linux's augment->copy: the successor inherits the values its new
-                // ancestors were computed with, so the retrace below may stop early correctly.
-                (*s).height = (*n).height;
-                (*s).subtree_max_size = (*n).subtree_max_size;
-                let from;
-                if s == r {
-                    (*s).left = l;
-                    (*l).parent = s;
-                    from = s;
+        // SAFETY: lib/rbtree.c's `__rb_erase_augmented`: `n` is a tree node (contract), its
+        // children, parent and the successor found under its right child are tree nodes where
+        // non-null; each relinking keeps every node other than `n` reachable once.
+        let rebalance = unsafe {
+            let child = (*n).right;
+            let mut tmp = (*n).left;
+            let rebalance;
+            if tmp.is_null() {
+                // Case 1: at most one child (the right one).
+                let (parent, color) = ((*n).parent, (*n).color);
+                self.replace_child(parent, n, child);
+                if !child.is_null() {
+                    (*child).parent = parent;
+                    (*child).color = color;
+                    rebalance = null_mut();
                 } else {
-                    let sp = (*s).parent;
-                    let sr = (*s).right;
-                    (*sp).left = sr;
-                    if !sr.is_null() {
-                        (*sr).parent = sp;
-                    }
-                    (*s).left = l;
-                    (*l).parent = s;
-                    (*s).right = r;
-                    (*r).parent = s;
-                    from = sp;
+                    rebalance = if color == BLACK { parent } else { null_mut() };
                 }
-                (*s).parent = p;
-                self.replace_child(p, n, s);
-                self.retrace(from, s);
+                tmp = parent;
+            } else if child.is_null() {
+                // Still case 1, the child is the left one.
+                let (parent, color) = ((*n).parent, (*n).color);
+                (*tmp).parent = parent;
+                (*tmp).color = color;
+                self.replace_child(parent, n, tmp);
+                rebalance = null_mut();
+                tmp = parent;
+            } else {
+                let mut successor = child;
+                let mut parent;
+                let child2;
+                tmp = (*child).left;
+                if tmp.is_null() {
+                    // Case 2: the successor is n's right child.
+                    parent = successor;
+                    child2 = (*successor).right;
+                    if AUG {
+                        (*successor).subtree_max_size = (*n).subtree_max_size;
+                    }
+                } else {
+                    // Case 3: the successor is the leftmost node under n's right child.
+                    loop {
+                        parent = successor;
+                        successor = tmp;
+                        tmp = (*tmp).left;
+                        if tmp.is_null() {
+                            break;
+                        }
+                    }
+                    child2 = (*successor).right;
+                    (*parent).left = child2;
+                    (*successor).right = child;
+                    (*child).parent = successor;
+                    if AUG {
+                        (*successor).subtree_max_size = (*n).subtree_max_size;
+                    }
+                    Self::aug_propagate(parent, successor);
+                }
+                tmp = (*n).left;
+                (*successor).left = tmp;
+                (*tmp).parent = successor;
+                let (np, ncolor) = ((*n).parent, (*n).color);
+                self.replace_child(np, n, successor);
+                if !child2.is_null() {
+                    (*child2).parent = parent;
+                    (*child2).color = BLACK;
+                    rebalance = null_mut();
+                } else {
+                    rebalance = if (*successor).color == BLACK { parent } else { null_mut() };
+                }
+                (*successor).parent = np;
+                (*successor).color = ncolor;
+                tmp = successor;
             }
+            Self::aug_propagate(tmp, null_mut());
+            rebalance
+        };
+        if !rebalance.is_null() {
+            // SAFETY: `rebalance` is a tree node one black node short on the erased side.
+            unsafe { self.erase_color(rebalance) };
         }
         // SAFETY: `n` is still live (unlinked, not freed).
         unsafe {
@@ -658,18 +875,24 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
         count
     }
 
-    /// Debug check of the whole tree: parent links, order and disjointness, heights, AVL
-    /// balance and (augmented) subtree_max_size. Returns (nodes, bytes).
+    /// Debug check of the whole tree: parent links, order and disjointness, the red-black rules
+    /// and (augmented) subtree_max_size. Returns (nodes, bytes).
     pub(crate) fn check(&self) -> Result<(usize, u64), &'static str> {
         // SAFETY: the root is null or a tree node (invariant).
         if !self.root.is_null() && unsafe { !(*self.root).parent.is_null() } {
             return Err("root has a parent");
+        }
+        // SAFETY: as above.
+        if unsafe { is_red(self.root) } {
+            return Err("red root");
         }
         // SAFETY: the root is null or a tree node (invariant).
         let (_, _, count, bytes) = unsafe { Self::check_node(self.root, null_mut(), 0, u64::MAX)? };
         Ok((count, bytes))
     }
 
+    /// Returns (black height, subtree max, nodes, bytes) of the subtree at `n`.
+    ///
     /// # Safety
     /// `n` is null or a tree node.
     unsafe fn check_node(
@@ -679,11 +902,11 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
         hi: u64,
     ) -> Result<(u32, u64, usize, u64), &'static str> {
         if n.is_null() {
-            return Ok((0, 0, 0, 0));
+            return Ok((1, 0, 0, 0));
         }
         // SAFETY: `n` is a non-null tree node (contract).
-        let (np, start, end, l, r) =
-            unsafe { ((*n).parent, (*n).va_start, (*n).va_end, (*n).left, (*n).right) };
+        let (np, start, end, l, r, color) =
+            unsafe { ((*n).parent, (*n).va_start, (*n).va_end, (*n).left, (*n).right, (*n).color) };
         if np != parent {
             return Err("bad parent link");
         }
@@ -693,24 +916,27 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
         if start < lo || end > hi {
             return Err("BST order / overlap violated");
         }
+        if color != RED && color != BLACK {
+            return Err("bad colour");
+        }
         // SAFETY: the children of a tree node are null or tree nodes.
-        let (hl, ml, cl, bl) = unsafe { Self::check_node(l, n, lo, start)? };
+        if color == RED && unsafe { is_red(l) || is_red(r) } {
+            return Err("red node with a red child");
+        }
+        // SAFETY: the children of a tree node are null or tree nodes.
+        let (bl, ml, cl, yl) = unsafe { Self::check_node(l, n, lo, start)? };
         // SAFETY: as above.
-        let (hr, mr, cr, br) = unsafe { Self::check_node(r, n, end, hi)? };
-        let h = 1 + hl.max(hr);
+        let (br, mr, cr, yr) = unsafe { Self::check_node(r, n, end, hi)? };
+        if bl != br {
+            return Err("black heights differ");
+        }
         // SAFETY: `n` is a tree node (contract).
-        let (nh, nm) = unsafe { ((*n).height, (*n).subtree_max_size) };
-        if h != nh {
-            return Err("stored height wrong");
-        }
-        if hl > hr + 1 || hr > hl + 1 {
-            return Err("AVL balance violated");
-        }
+        let nm = unsafe { (*n).subtree_max_size };
         let m = (end - start).max(ml).max(mr);
         if AUG && m != nm {
             return Err("subtree_max_size wrong");
         }
-        Ok((h, m, cl + cr + 1, bl + br + (end - start)))
+        Ok((bl + u32::from(color == BLACK), m, cl + cr + 1, yl + yr + (end - start)))
     }
 }
 
