@@ -281,18 +281,10 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
     ///
     /// # Safety
     /// `n` is null or a tree node.
-    unsafe fn propagate_from(&mut self, mut n: *mut VaNode) {
-        while !n.is_null() {
-            // SAFETY: `n` is a tree node: the argument (contract), then non-null parents.
-            unsafe {
-                let m = compute_subtree_max_size(n);
-                if m == (*n).subtree_max_size {
-                    break;
-                }
-                (*n).subtree_max_size = m;
-                n = (*n).parent;
-            }
-        }
+    #[inline]
+    unsafe fn propagate_from(&mut self, n: *mut VaNode) {
+        // SAFETY: `n` is null or a tree node (contract), its ancestors tree nodes up to the root.
+        unsafe { Self::aug_propagate(n, null_mut()) }
     }
 
     /// Links a fresh node (range set) as the `left`/right child of `parent` (null: as root) and

@@ -2,7 +2,9 @@
 //! `__rb_rotate_set_parents`) with the augment callbacks of mm/vmalloc.c's
 //! `free_vmap_area_rb_augment_cb` (`rotate`, `propagate`); `AUG = false` trees skip the augment.
 //! A child of `tree`, so it works inside the tree's invariant (see [`RawTree`]); `erase` itself
-//! (`__rb_erase_augmented`) stays in `tree` beside `link`.
+//! (`__rb_erase_augmented`) stays in `tree` beside `link`. The left and right halves of each
+//! function mirror each other, as in lib/rbtree.c: kept written out so that every case reads
+//! against the reference line by line.
 
 use core::ptr::null_mut;
 
