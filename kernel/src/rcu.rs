@@ -505,6 +505,8 @@ fn add_ptr_to_bulk(ptr: *mut u8, can_alloc: bool) -> bool {
 
 /// kvfree_rcu_mightsleep(ptr): vfree `ptr` after a grace period.
 pub fn kvfree_rcu_mightsleep(ptr: *mut u8) {
+    // Linux kvfree_call_rcu: `if (!head) might_sleep();`
+    smp::might_sleep();
     if ptr.is_null() {
         return;
     }

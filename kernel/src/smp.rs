@@ -121,6 +121,26 @@ pub fn cond_resched() {
     }
 }
 
+/// Linux's might_sleep() as the Debian 6.12 kernel we compare with builds it
+/// (CONFIG_PREEMPT_VOLUNTARY=y without PREEMPT_DYNAMIC: `might_resched()` is `__cond_resched()`),
+/// so a cond_resched(). Linux calls it at the start of alloc_vmap_area, vfree, vmap, vunmap,
+/// vm_unmap_ram and the headless kvfree_rcu; in a non-preemptible kernel these are where a CPU
+/// looping over those APIs reports its RCU quiescent states. A loop that reaches none (a
+/// vm_map_ram / vm_unmap_ram loop did) holds up every grace period for as long as it runs.
+#[inline]
+pub fn might_sleep() {
+    cond_resched();
+}
+
+/// Linux's might_alloc(): might_sleep() when `gfp` may block (`__GFP_DIRECT_RECLAIM`: GFP_KERNEL,
+/// not GFP_NOWAIT or GFP_ATOMIC).
+#[inline]
+pub fn might_alloc(gfp: mm_types::gfp::GfpFlags) {
+    if gfp.contains(mm_types::gfp::GfpFlags::__GFP_DIRECT_RECLAIM) {
+        might_sleep();
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn cond_resched_slow() {

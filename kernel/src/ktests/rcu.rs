@@ -142,3 +142,88 @@ crate::ktest!(rcu_barrier_waits_for_a_running_callback_on_another_cpu, {
     );
     Ok(())
 });
+
+// A CPU looping over vm_map_ram/vm_unmap_ram must let grace periods end while it loops. In
+// Linux vm_unmap_ram() (like alloc_vmap_area, vfree, vmap, vunmap and the headless
+// kvfree_rcu) begins with might_sleep(), which in the Debian 6.12 configuration we compare with
+// (CONFIG_PREEMPT_VOLUNTARY) is a cond_resched(): the point where a non-preemptible kernel's
+// CPU reports its quiescent state. Without it the loop held up every grace period until it
+// ended, and the full-strength stress preset ran out of memory: another CPU's
+// kvfree_rcu_1_arg_vmalloc_test queued a million one-page areas behind a grace period that
+// could not end ("vmalloc error: size 8192, vm_struct allocation failed").
+crate::ktest!(vm_map_ram_loop_lets_grace_periods_end, {
+    use alloc::boxed::Box;
+    use alloc::sync::Arc;
+    use core::sync::atomic::{AtomicU64, AtomicUsize};
+    use mm_types::gfp::GfpFlags;
+    const LOOPING: usize = 1;
+    const MEASURE: usize = 2;
+    const OK: usize = 3;
+    const STALLED: usize = 4;
+    const NO_MAP: usize = 5;
+    /// Loops allowed after the grace periods were requested (each is a few microseconds).
+    const LIMIT: usize = 20_000;
+    let me = crate::percpu_defs::smp_processor_id();
+    let Some(other) = smp::online_cpus().find(|&c| c != me) else {
+        return Ok(()); // one CPU: no grace period waits for another
+    };
+    let pfn = crate::mm::page_alloc::alloc_pages(GfpFlags::GFP_KERNEL, 0).ok_or("no page")?;
+    let state = Arc::new(AtomicUsize::new(0));
+    let before = Arc::new(AtomicU64::new(0));
+    let (s, b) = (state.clone(), before.clone());
+    smp::start_work(
+        other,
+        Box::new(move || {
+            let mut after = 0;
+            let result = loop {
+                let v = crate::mm::vmalloc::vm_map_ram(&[pfn]);
+                if v.is_null() {
+                    break NO_MAP;
+                }
+                // SAFETY: `v` is what vm_map_ram of one page returned just above, unmapped once.
+                unsafe { crate::mm::vmalloc::vm_unmap_ram(v, 1) };
+                match s.load(Ordering::SeqCst) {
+                    0 => {
+                        s.store(LOOPING, Ordering::SeqCst);
+                        smp::wake_waiters();
+                    }
+                    MEASURE => {
+                        // Two grace periods ended: the second began after this loop did, so
+                        // this CPU's quiescent state was part of it.
+                        if completed() >= b.load(Ordering::SeqCst) + 2 {
+                            break OK;
+                        }
+                        after += 1;
+                        if after > LIMIT {
+                            break STALLED;
+                        }
+                    }
+                    _ => {}
+                }
+            };
+            s.store(result, Ordering::SeqCst);
+            smp::wake_waiters();
+        }),
+    );
+    while state.load(Ordering::SeqCst) == 0 {
+        smp::wait_for_event();
+    }
+    before.store(completed(), Ordering::SeqCst);
+    state.store(MEASURE, Ordering::SeqCst);
+    synchronize_rcu();
+    synchronize_rcu();
+    while state.load(Ordering::SeqCst) <= MEASURE {
+        smp::quiescent_point();
+        smp::wait_for_event();
+    }
+    crate::mm::page_alloc::__free_page(pfn);
+    let r = state.load(Ordering::SeqCst);
+    crate::kassert!(r != NO_MAP, "vm_map_ram failed");
+    crate::kassert!(
+        r == OK,
+        "no grace period ended during {} vm_map_ram/vm_unmap_ram loops on cpu {}",
+        LIMIT,
+        other
+    );
+    Ok(())
+});

@@ -399,6 +399,7 @@ fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
 
 /// Frees memory from vmalloc (Linux vfree).
 pub fn vfree(addr: *mut u8) {
+    smp::might_sleep();
     if addr.is_null() {
         return;
     }
@@ -466,6 +467,7 @@ pub unsafe fn vrealloc(p: *mut u8, size: usize, gfp: GfpFlags) -> *mut u8 {
 
 /// vmap(): maps existing pages (one PTE each) into a new vmalloc area (VM_MAP).
 pub fn vmap(pages: &[Pfn]) -> *mut u8 {
+    smp::might_sleep();
     let size = (pages.len() << PAGE_SHIFT) as u64 + PAGE_SIZE as u64;
     let vm = kmalloc::kmalloc(
         core::mem::size_of::<VmStruct>(),
@@ -512,6 +514,7 @@ pub fn vmap(pages: &[Pfn]) -> *mut u8 {
 
 /// vunmap(): removes a vmap() mapping; the pages stay with their owner.
 pub fn vunmap(addr: *mut u8) {
+    smp::might_sleep();
     if let Some(vm) = remove_vm_area(addr as u64) {
         // SAFETY: remove_vm_area unlinked the area, so its vm_struct (kmalloc'ed with this size)
         // is this call's alone and used by no one again. (A vmap() area has no pages array; a

@@ -70,6 +70,9 @@ pub(crate) fn alloc_vmap_area(
     vend: u64,
     gfp: GfpFlags,
 ) -> Option<(u64, usize)> {
+    // Linux 6.12 has might_sleep() here; since vmalloc takes non-blocking gfp (2025) it is
+    // might_sleep() only for a gfp that may block, which is might_alloc().
+    smp::might_alloc(gfp);
     let mut node = kva::NO_NODE;
     if kva::nr_vmap_nodes() > 1 && vstart == VMALLOC_START && vend == VMALLOC_END {
         node = crate::percpu_defs::smp_processor_id() % kva::nr_vmap_nodes();

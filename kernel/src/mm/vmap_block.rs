@@ -221,6 +221,7 @@ pub fn vm_map_ram(pages: &[Pfn]) -> *mut u8 {
 /// cannot tell a double or bogus unmap, which would free the block under its live slots (and
 /// under its free list).
 pub unsafe fn vm_unmap_ram(mem: *mut u8, count: usize) {
+    crate::smp::might_sleep();
     let addr = mem as u64;
     if count <= VMAP_MAX_ALLOC {
         // SAFETY: the caller's contract is vb_free's.
