@@ -25,7 +25,10 @@
 #   make fuzz       every fuzz target (cargo-fuzz, nightly; installed on demand) FUZZ_SECONDS each;
 #                   make fuzz-long: 10M device-tree and 1M of every other target
 #   make stress     Linux test_vmalloc.sh's stress preset at full strength at -smp 4 (hours under
-#                   TCG; STRESS_ARGS="test_vmalloc.test_loop_count=N" cuts it down)
+#                   TCG; STRESS_ARGS="test_vmalloc.test_loop_count=N" cuts it down); log in
+#                   target/stress/stress.log; make stress-save (from another shell) saves the
+#                   running VM to disk and stops it, the next make stress resumes it;
+#                   make stress-status says how far it got
 #   make setup      install what is missing (Rust target, QEMU >= 9, dtc, the Pi 4 DTB)
 #   make sdcard     target/sdcard.img for a real Pi 4 (MBR, one FAT32 partition: Debian's Pi
 #                   firmware, the DTB, kernel8.img, config.txt, cmdline.txt = ARGS) and the same
@@ -71,7 +74,7 @@ QEMU_VIRT  = qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(SMP) -m $(MEM) -nogr
 QEMU_RPI4  = qemu-system-aarch64 -M raspi4b -dtb $(PI4_DTB) -display none -monitor none \
              -serial null -serial stdio -no-reboot -semihosting
 
-.PHONY: lint fuzz fuzz-long stress all build sdcard run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc bench-smp bench-linux tools setup gdb clean layout profile-rows
+.PHONY: lint fuzz fuzz-long stress stress-save stress-status all build sdcard run test test-host test-kernel test-smoke bench bench-wall bench-regression bench-pagealloc bench-smp bench-linux tools setup gdb clean layout profile-rows
 
 TVTOOL := tools/target/release/tvtool
 
@@ -185,11 +188,14 @@ fuzz-long:
 # LOST leak line (exit status 1).
 STRESS_SMP  ?= 4
 STRESS_ARGS ?=
+# Resumable (scripts/stress.sh): `make stress-save` from another shell writes the running VM to
+# target/stress/state.gz and stops it; the next `make stress` continues the same boot.
 stress: build
-	qemu-system-aarch64 -M virt -cpu $(CPU) -smp $(STRESS_SMP) -m $(MEM) -nographic -no-reboot -semihosting \
-	  -kernel $(IMG) -append "test_vmalloc.suite=stress $(STRESS_ARGS)" 2>&1 | tee target/stress.log; \
-	  exit $${PIPESTATUS[0]}
-stress: private SHELL := /bin/bash
+	STRESS_SMP=$(STRESS_SMP) MEM=$(MEM) CPU=$(CPU) bash scripts/stress.sh run $(IMG) "$(STRESS_ARGS)"
+stress-save:
+	bash scripts/stress.sh save
+stress-status:
+	bash scripts/stress.sh status
 
 bench-regression: build tools
 	$(TVTOOL) run tools/plans/regression.toml --out target/bench/regression

@@ -272,9 +272,9 @@ pub fn balance_runs() -> u64 {
 /// __alloc_percpu(size, align): zeroed in every unit. Returns the percpu pointer (see the module
 /// comment), 0 on failure.
 pub fn alloc_percpu(size: usize, align: usize) -> usize {
-    // Linux takes pcpu_alloc_mutex here, a sleeping lock: might_sleep() is a voluntary
+    // Linux takes pcpu_alloc_mutex here, a sleeping lock: its might_sleep() is a voluntary
     // preemption point, where queued work (the balance work) gets to run.
-    crate::smp::cond_resched();
+    crate::smp::might_sleep();
     let mut g = PCPU.lock();
     let Some(st) = g.as_mut() else { return 0 };
     let mut bk = backing!(st);
