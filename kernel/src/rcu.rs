@@ -57,6 +57,40 @@ crate::define_per_cpu! {
     static IN_CALLBACKS: AtomicBool = AtomicBool::new(false);
 }
 
+/// When the running grace period started (timer ticks), the longest one so far and the CPU
+/// whose quiescent state ended it (statistics: a long grace period is what makes kvfree_rcu's
+/// pending memory grow).
+static GP_START: AtomicU64 = AtomicU64::new(0);
+static GP_LONGEST: AtomicU64 = AtomicU64::new(0);
+static GP_LONGEST_LAST_CPU: AtomicUsize = AtomicUsize::new(0);
+
+/// The state of grace periods, for reports.
+pub struct GpStats {
+    pub completed: u64,
+    /// Timer ticks the running grace period has lasted (0: none running).
+    pub running_for: u64,
+    /// CPUs that still owe it a quiescent state.
+    pub waiting_for: u64,
+    pub longest: u64,
+    pub longest_ended_by: usize,
+}
+
+pub fn gp_stats() -> GpStats {
+    let done = GP_DONE.load(Ordering::Acquire);
+    let running = GP_SEQ.load(Ordering::Acquire) != done;
+    GpStats {
+        completed: done,
+        running_for: if running {
+            arch::cycles().saturating_sub(GP_START.load(Ordering::Relaxed))
+        } else {
+            0
+        },
+        waiting_for: if running { QS_MASK.load(Ordering::Relaxed) } else { 0 },
+        longest: GP_LONGEST.load(Ordering::Relaxed),
+        longest_ended_by: GP_LONGEST_LAST_CPU.load(Ordering::Relaxed),
+    }
+}
+
 /// Grace periods completed since boot (for tests and statistics).
 pub fn completed() -> u64 {
     GP_DONE.load(Ordering::Acquire)
@@ -200,6 +234,7 @@ fn request_gp() -> u64 {
         // Idle: start grace period seq+1 now.
         let mask = gp_mask();
         QS_MASK.store(mask, Ordering::Release);
+        GP_START.store(arch::cycles(), Ordering::Relaxed);
         GP_SEQ.store(seq + 1, Ordering::Release);
         gp_started(mask);
         seq + 1
@@ -225,10 +260,17 @@ fn note_qs(cpu: usize) {
         // Last CPU: the grace period is over.
         let _g = GP_LOCK.lock();
         let seq = GP_SEQ.load(Ordering::Acquire);
+        let now = arch::cycles();
+        let took = now.saturating_sub(GP_START.load(Ordering::Relaxed));
+        if took > GP_LONGEST.load(Ordering::Relaxed) {
+            GP_LONGEST.store(took, Ordering::Relaxed);
+            GP_LONGEST_LAST_CPU.store(cpu, Ordering::Relaxed);
+        }
         GP_DONE.store(seq, Ordering::Release);
         if NEED_GP.swap(false, Ordering::AcqRel) {
             let mask = gp_mask();
             QS_MASK.store(mask, Ordering::Release);
+            GP_START.store(now, Ordering::Relaxed);
             GP_SEQ.store(seq + 1, Ordering::Release);
             gp_started(mask);
         }

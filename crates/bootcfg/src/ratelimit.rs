@@ -53,6 +53,12 @@ impl RateLimit {
         }
         Verdict { allow, suppressed }
     }
+
+    /// Linux `ratelimit_state_exit`: the messages suppressed since the last one printed, which
+    /// no later message will report; the count starts again from 0.
+    pub fn exit(&self) -> u32 {
+        core::mem::take(&mut self.state.lock().missed)
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +76,9 @@ mod tests {
         assert_eq!(rl.check(110), Verdict { allow: true, suppressed: 9 });
         assert_eq!(rl.check(111), Verdict { allow: false, suppressed: 0 });
         assert_eq!(rl.check(500), Verdict { allow: true, suppressed: 1 });
+        assert_eq!(rl.check(501), Verdict { allow: false, suppressed: 0 });
+        assert_eq!(rl.exit(), 1);
+        assert_eq!(rl.exit(), 0);
     }
 
     #[test]

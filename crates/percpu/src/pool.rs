@@ -30,6 +30,10 @@ pub trait PcpuBacking {
     fn depopulate(&mut self, id: ChunkId, pages: Range<usize>);
     /// Linux `pcpu_post_unmap_tlb_flush`: flush after a batch of depopulations of one chunk.
     fn post_unmap_tlb_flush(&mut self, id: ChunkId, pages: Range<usize>);
+    /// The `cond_resched()` of `pcpu_reclaim_populated` after each depopulated range and of
+    /// `pcpu_balance_free` after each destroyed chunk: the balance work can run long, and in a
+    /// non-preemptible kernel this is where its CPU reports RCU quiescent states meanwhile.
+    fn cond_resched(&mut self) {}
 }
 
 /// Why [`PcpuPool::search`] failed.
@@ -225,6 +229,8 @@ impl PcpuPool {
 
     /// Linux `pcpu_alloc` without zeroing the area: search, create chunks as needed (non-atomic
     /// only), and populate the area's pages (non-atomic only; on failure the area is freed).
+    /// One lock's worth: the kernel runs the two halves under different locks, as Linux does
+    /// ([`alloc_area`](Self::alloc_area) under pcpu_lock, the populating outside it).
     pub fn alloc<Bk: PcpuBacking>(
         &mut self,
         size: usize,
@@ -232,10 +238,37 @@ impl PcpuPool {
         is_atomic: bool,
         backing: &mut Bk,
     ) -> Option<PcpuArea> {
+        let area = self.alloc_area(size, align, is_atomic, backing)?;
+        if !is_atomic {
+            // populate if not all pages are already there
+            let pages = PcpuChunk::page_range(area.offset, area.size);
+            let mut from = pages.start;
+            while let Some(r) = self.next_unpopulated(area.chunk, from, pages.end) {
+                if !backing.populate(area.chunk, r.clone()) {
+                    let _ = self.free(area.chunk, area.offset);
+                    return None;
+                }
+                self.chunk_populated(area.chunk, r.clone());
+                from = r.end;
+            }
+        }
+        Some(area)
+    }
+
+    /// The first half of Linux `pcpu_alloc`, what it does under pcpu_lock: find an area (the
+    /// chunk slots' search), creating chunks as needed (non-atomic only). The area's pages may
+    /// still be unpopulated: see [`next_unpopulated`](Self::next_unpopulated).
+    pub fn alloc_area<Bk: PcpuBacking>(
+        &mut self,
+        size: usize,
+        align: usize,
+        is_atomic: bool,
+        backing: &mut Bk,
+    ) -> Option<PcpuArea> {
         let mut fresh_chunks = 0;
-        let area = loop {
+        loop {
             match self.search(size, align, is_atomic) {
-                Ok(area) => break area,
+                Ok(area) => return Some(area),
                 Err(PcpuAllocError::Invalid) => return None,
                 Err(PcpuAllocError::NoSpace) if is_atomic => return None,
                 Err(PcpuAllocError::NoSpace) => {
@@ -254,24 +287,16 @@ impl PcpuPool {
                     }
                 }
             }
-        };
-        if !is_atomic {
-            // populate if not all pages are already there
-            let pages = PcpuChunk::page_range(area.offset, area.size);
-            let mut from = pages.start;
-            while let Some(r) =
-                self.chunks[area.chunk].as_ref().unwrap().next_unpopulated_range(from, pages.end)
-            {
-                debug_assert!(!self.chunks[area.chunk].as_ref().unwrap().immutable);
-                if !backing.populate(area.chunk, r.clone()) {
-                    let _ = self.free(area.chunk, area.offset);
-                    return None;
-                }
-                self.chunk_populated(area.chunk, r.clone());
-                from = r.end;
-            }
         }
-        Some(area)
+    }
+
+    /// The next unpopulated page range of chunk `id` in `[from, end)` (Linux: the
+    /// `for_each_clear_bitrange_from` over `chunk->populated` in `pcpu_alloc`).
+    pub fn next_unpopulated(&self, id: ChunkId, from: usize, end: usize) -> Option<Range<usize>> {
+        let chunk = self.chunks[id].as_ref().unwrap();
+        let r = chunk.next_unpopulated_range(from, end)?;
+        debug_assert!(!chunk.immutable);
+        Some(r)
     }
 
     /// Linux `pcpu_chunk_populated`: pages `range` of chunk `id` were backed.
@@ -374,6 +399,7 @@ impl PcpuPool {
             }
             let chunk = self.remove_chunk(id).unwrap();
             backing.destroy_chunk(id, chunk);
+            backing.cond_resched();
         }
     }
 
@@ -417,6 +443,7 @@ impl PcpuPool {
                 }
                 let r = (i + 1) as usize..(end + 1) as usize;
                 backing.depopulate(id, r.clone());
+                backing.cond_resched();
                 self.chunk_depopulated(id, r.clone());
                 freed_page_start = freed_page_start.min(r.start);
                 freed_page_end = freed_page_end.max(r.end);

@@ -439,6 +439,22 @@ fn leak_report() {
     );
 }
 
+/// Free pages, vmalloc'ed pages and the grace-period state, for failure and end-of-run lines.
+fn mm_state() -> String {
+    let g = rcu::gp_stats();
+    format!(
+        "free {} pages, vmalloc {} pages, rcu: {} callbacks pending, {} grace periods, running one for {} ms waiting for cpus {:#x}, longest {} ms (ended by cpu {})",
+        page_alloc::nr_free_pages(),
+        page_alloc::nr_vmalloc_pages(),
+        rcu::nr_pending(),
+        g.completed,
+        arch::cycles_to_us(g.running_for) / 1000,
+        g.waiting_for,
+        arch::cycles_to_us(g.longest) / 1000,
+        g.longest_ended_by
+    )
+}
+
 /// Runs the selected tests of one worker in its (shuffled) order; returns the results.
 fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize) -> Worker {
     let mut rng = Rng::new(p.seed ^ ((id as u64 + 1) * 0x9e37_79b9_7f4a_7c15));
@@ -455,11 +471,23 @@ fn run_worker(p: &TvParams, id: usize, leak_lines: bool, failures: &AtomicUsize)
         let before = if leak_lines { Some(settle_and_measure()) } else { None };
         LOOP_CYCLES.this_cpu().store(0, Ordering::Relaxed);
         let t0 = arch::cycles();
-        for _ in 0..p.test_repeat_count {
+        for repeat in 0..p.test_repeat_count {
             match TEST_FNS[i](p, &mut rng) {
                 Ok(()) => w.results[i].passed += 1,
                 Err(()) if TESTS[i].1 => w.results[i].xfailed += 1,
-                Err(()) => w.results[i].failed += 1,
+                Err(()) => {
+                    w.results[i].failed += 1;
+                    // Not in Linux's output: the state a failure happened in (most failures
+                    // under stress are memory running out).
+                    println!(
+                        "test_vmalloc: {} failed (worker {}, cpu {}, repeat {}): {}",
+                        TESTS[i].0,
+                        id,
+                        crate::percpu_defs::smp_processor_id(),
+                        repeat,
+                        mm_state()
+                    );
+                }
             }
         }
         let total = arch::cycles() - t0;
@@ -567,6 +595,10 @@ fn do_concurrent_test(p: &TvParams, leak_check: bool) -> usize {
             );
         }
         println!("All test took worker{}={} cycles", id, w.stop - w.start);
+    }
+    page_alloc::warn_flush();
+    if p.suite == Some(Suite::Stress) || p.nr_threads > 1 || failures.load(Ordering::SeqCst) > 0 {
+        println!("test_vmalloc: end of run: {}", mm_state());
     }
     if let Some((pages0, va0)) = before {
         let (pages1, va1) = settle_and_measure();

@@ -227,6 +227,15 @@ pub fn zero_pages(pfn: u64, nr: usize) {
 static NOPAGE_RS: bootcfg::ratelimit::RateLimit =
     bootcfg::ratelimit::RateLimit::new(10 * 62_500_000, 1);
 
+/// Reports allocation-failure warnings the rate limit swallowed and no later warning reported
+/// (Linux's ratelimit_state_exit message); call at the end of a run.
+pub fn warn_flush() {
+    let n = NOPAGE_RS.exit();
+    if n != 0 {
+        crate::println!("warn_alloc: {} output lines suppressed due to ratelimiting", n);
+    }
+}
+
 /// Allocation-failure warning (Linux: warn_alloc), rate limited. The interval is in counter
 /// ticks at QEMU's 62.5 MHz; other counter rates scale it (a Pi 4's 54 MHz: 11.6 s).
 pub fn warn(args: core::fmt::Arguments<'_>) {

@@ -153,42 +153,19 @@ impl PcpuBacking for Backing<'_> {
 
     fn destroy_chunk(&mut self, id: ChunkId, _chunk: PcpuChunk) {
         let base = self.base(id);
-        // The depopulated pages' translations go before the range can be handed out again
-        // (Linux: the vmap area's lazy purge flushes it).
-        flush_tlb_kernel_range(&mut HwTlb::new(), base, base + self.chunk_size());
         self.by_base.remove(&base);
         self.base_of[id] = 0;
-        kva::free_now(base, base + self.chunk_size());
+        // Linux pcpu_destroy_chunk -> pcpu_free_vm_areas -> free_vm_area: the (depopulated,
+        // unmapped, not flushed) range goes the lazy way, and the purge that hands it out again
+        // flushes it with everything else it purges (usually one flush_tlb_all). Flushing the
+        // chunk here, page by page, cost a broadcast TLBI per page: under QEMU's MTTCG each one
+        // stops every vCPU, and the balance work of the stress preset's pcpu_alloc_test spent
+        // seconds in it without a quiescent state.
+        super::vmap_area::free_vmap_area_noflush(base, base + self.chunk_size(), kva::NO_NODE);
     }
 
     fn populate(&mut self, id: ChunkId, pages: Range<usize>) -> bool {
-        let base = self.base(id);
-        for unit in 0..self.nr_units {
-            for p in pages.clone() {
-                let Some(pfn) =
-                    page_alloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0)
-                else {
-                    return false;
-                };
-                let va = base + (unit * PCPU_UNIT_SIZE + p * PAGE_SIZE) as u64;
-                let mut tlb = HwTlb::new();
-                let r = kernel_pgtable().map_pages(
-                    &mut KernelPt,
-                    &mut tlb,
-                    va,
-                    1,
-                    |_| pfn << PAGE_SHIFT,
-                    PageProt::PAGE_KERNEL,
-                    PAGE_SHIFT,
-                    MapFlags::empty(),
-                );
-                if r.is_err() {
-                    page_alloc::__free_page(pfn);
-                    return false;
-                }
-            }
-        }
-        true
+        populate_pages(self.base(id), self.nr_units, pages)
     }
 
     fn depopulate(&mut self, id: ChunkId, pages: Range<usize>) {
@@ -210,6 +187,13 @@ impl PcpuBacking for Backing<'_> {
         }
     }
 
+    fn cond_resched(&mut self) {
+        // Runs with pcpu_alloc_mutex and PCPU held (Linux drops pcpu_lock around the
+        // depopulation): nothing a quiescent point runs takes them (the balance work itself
+        // only tries the mutex).
+        crate::smp::cond_resched();
+    }
+
     fn post_unmap_tlb_flush(&mut self, id: ChunkId, pages: Range<usize>) {
         // Linux pcpu_post_unmap_tlb_flush: one range from the first unit's page_start to the
         // last unit's page_end (flush_tlb_kernel_range decides per page or everything).
@@ -218,6 +202,37 @@ impl PcpuBacking for Backing<'_> {
         let end = base + ((self.nr_units - 1) * PCPU_UNIT_SIZE + pages.end * PAGE_SIZE) as u64;
         flush_tlb_kernel_range(&mut HwTlb::new(), start, end);
     }
+}
+
+/// Linux pcpu_populate_chunk: backs `pages` of every unit of the chunk at `base` with zeroed
+/// pages. Runs without pcpu_lock (Linux: under pcpu_alloc_mutex only): the chunk's pages
+/// range is this allocation's to fill, and depopulation (the balance work) needs the mutex too.
+fn populate_pages(base: u64, nr_units: usize, pages: Range<usize>) -> bool {
+    for unit in 0..nr_units {
+        for p in pages.clone() {
+            let Some(pfn) = page_alloc::alloc_pages(GfpFlags::GFP_KERNEL | GfpFlags::__GFP_ZERO, 0)
+            else {
+                return false;
+            };
+            let va = base + (unit * PCPU_UNIT_SIZE + p * PAGE_SIZE) as u64;
+            let mut tlb = HwTlb::new();
+            let r = kernel_pgtable().map_pages(
+                &mut KernelPt,
+                &mut tlb,
+                va,
+                1,
+                |_| pfn << PAGE_SHIFT,
+                PageProt::PAGE_KERNEL,
+                PAGE_SHIFT,
+                MapFlags::empty(),
+            );
+            if r.is_err() {
+                page_alloc::__free_page(pfn);
+                return false;
+            }
+        }
+    }
+    true
 }
 
 macro_rules! backing {
@@ -229,6 +244,30 @@ macro_rules! backing {
             vm_chunks: $st.vm_chunks,
         }
     };
+}
+
+/// Linux pcpu_alloc_mutex: serialises the allocations that may populate or create chunks and
+/// the balance work, which depopulates and destroys them. A sleeping lock in Linux: its waiters
+/// are off the CPU, in a quiescent state. Here a waiter spins, through cond_resched() (which
+/// reports the quiescent state when a grace period asks for it), so grace periods go on
+/// meanwhile (`pcpu_alloc_mutex_lock`). PCPU, the
+/// pool's spinlock (Linux pcpu_lock), is taken under it for the bitmap and chunk-list work only,
+/// so free_percpu never waits behind a populate.
+static PCPU_ALLOC_MUTEX: spin::Mutex<()> = spin::Mutex::new(());
+
+fn pcpu_alloc_mutex_lock() -> spin::MutexGuard<'static, ()> {
+    crate::smp::might_sleep();
+    loop {
+        if let Some(g) = PCPU_ALLOC_MUTEX.try_lock() {
+            return g;
+        }
+        while PCPU_ALLOC_MUTEX.is_locked() {
+            // Does something only when asked to (a grace period waiting for this CPU, a
+            // cross-CPU call): a sleeping waiter would not hold those up.
+            crate::smp::cond_resched();
+            core::hint::spin_loop();
+        }
+    }
 }
 
 /// The balance work is queued (Linux: pcpu_balance_work on system_wq).
@@ -252,6 +291,9 @@ pub fn pcpu_balance_workfn() {
     if !BALANCE_PENDING.load(Ordering::Relaxed) {
         return;
     }
+    // Linux pcpu_balance_workfn runs under pcpu_alloc_mutex; an allocation holding it (this
+    // CPU's, passing a quiescent point, or another's) leaves the work queued.
+    let Some(_m) = PCPU_ALLOC_MUTEX.try_lock() else { return };
     let Some(mut g) = PCPU.try_lock() else { return };
     if !BALANCE_PENDING.swap(false, Ordering::AcqRel) {
         return;
@@ -272,27 +314,59 @@ pub fn balance_runs() -> u64 {
 /// __alloc_percpu(size, align): zeroed in every unit. Returns the percpu pointer (see the module
 /// comment), 0 on failure.
 pub fn alloc_percpu(size: usize, align: usize) -> usize {
-    // Linux takes pcpu_alloc_mutex here, a sleeping lock: its might_sleep() is a voluntary
-    // preemption point, where queued work (the balance work) gets to run.
-    crate::smp::might_sleep();
-    let mut g = PCPU.lock();
-    let Some(st) = g.as_mut() else { return 0 };
-    let mut bk = backing!(st);
-    let Some(area) = st.pool.alloc(size, align, false, &mut bk) else { return 0 };
-    let base = bk.base(area.chunk) + area.offset as u64;
-    for unit in 0..st.nr_units {
-        // SAFETY: the pool just gave this call [offset, offset + size) of the chunk, populated
-        // in every unit (alloc with is_atomic false populates: first-chunk units are linear-map
-        // memory, vmalloc-chunk pages were mapped by Backing::populate); the PCPU lock is held
-        // and no one else has the new pointer yet.
-        unsafe {
-            core::ptr::write_bytes((base + (unit * PCPU_UNIT_SIZE) as u64) as *mut u8, 0, size)
+    // Linux pcpu_alloc: pcpu_alloc_mutex (a sleeping lock, so might_sleep: a voluntary
+    // preemption point, where queued work such as the balance work gets to run) ...
+    let mutex = pcpu_alloc_mutex_lock();
+    // ... then pcpu_lock to find the area (and create a chunk: ours needs only VA, so under the
+    // lock; Linux creates it with the lock dropped) ...
+    let (area, base, nr_units) = {
+        let mut g = PCPU.lock();
+        let Some(st) = g.as_mut() else { return 0 };
+        let mut bk = backing!(st);
+        let Some(area) = st.pool.alloc_area(size, align, false, &mut bk) else { return 0 };
+        let base = bk.base(area.chunk);
+        (area, base, st.nr_units)
+    };
+    // ... and populates the area's pages with pcpu_lock dropped, taking it again per range to
+    // record them.
+    let pages = PcpuChunk::page_range(area.offset, area.size);
+    let mut from = pages.start;
+    loop {
+        let r = {
+            let g = PCPU.lock();
+            g.as_ref().unwrap().pool.next_unpopulated(area.chunk, from, pages.end)
         };
+        let Some(r) = r else { break };
+        let ok = populate_pages(base, nr_units, r.clone());
+        let mut g = PCPU.lock();
+        let st = g.as_mut().unwrap();
+        if !ok {
+            let _ = st.pool.free(area.chunk, area.offset);
+            return 0;
+        }
+        st.pool.chunk_populated(area.chunk, r.clone());
+        from = r.end;
     }
-    if st.vm_chunks && st.pool.below_low_watermark() {
+    let (delta, balance) = {
+        let g = PCPU.lock();
+        let st = g.as_ref().unwrap();
+        (st.delta, st.vm_chunks && st.pool.below_low_watermark())
+    };
+    drop(mutex);
+    if balance {
         pcpu_schedule_balance_work();
     }
-    base.wrapping_sub(st.delta) as usize
+    let addr = base + area.offset as u64;
+    for unit in 0..nr_units {
+        // SAFETY: the pool gave this call [offset, offset + size) of the chunk, populated in
+        // every unit (first-chunk units are linear-map memory, vmalloc-chunk pages were mapped
+        // by populate_pages above), and no one else has the new pointer yet (Linux zeroes it
+        // after dropping its locks too).
+        unsafe {
+            core::ptr::write_bytes((addr + (unit * PCPU_UNIT_SIZE) as u64) as *mut u8, 0, size)
+        };
+    }
+    addr.wrapping_sub(delta) as usize
 }
 
 /// free_percpu(ptr).
@@ -339,6 +413,7 @@ pub fn first_chunk_unit(cpu: usize) -> (usize, usize) {
 /// chunk is part of the image's memory map and never goes away.
 pub fn percpu_shrink() {
     pcpu_balance_workfn();
+    let _m = pcpu_alloc_mutex_lock();
     let mut g = PCPU.lock();
     let Some(st) = g.as_mut() else { return };
     let ids: alloc::vec::Vec<ChunkId> = st
