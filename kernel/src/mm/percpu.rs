@@ -9,7 +9,11 @@
 //! distance from the static template (`pcpu_base_addr - __per_cpu_start`), so CPU n's copy is
 //! `ptr + __per_cpu_offset[n]` for static and dynamic variables alike, and `this_cpu_ptr` is
 //! `ptr + TPIDR_EL1`. Units are PCPU_UNIT_SIZE apart in every chunk (one group, as Linux's
-//! embed allocator lays out a single-node machine). The pool lock doubles as pcpu_alloc_mutex.
+//! embed allocator lays out a single-node machine). Two locks, as Linux: pcpu_alloc_mutex
+//! around an allocation that may populate and around the balance work, and the pool's spinlock
+//! (`PCPU`, Linux pcpu_lock) for the bitmaps and chunk lists only; free_percpu takes only the
+//! latter. The balance work still holds `PCPU` while it depopulates (Linux drops pcpu_lock
+//! there), so a free_percpu can wait behind it.
 use alloc::collections::BTreeMap;
 use core::ops::Range;
 
