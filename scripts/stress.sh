@@ -129,7 +129,7 @@ status() {
     elif [ -f "$DIR/state.gz" ]; then echo "stress: saved ($DIR/state.gz)"; 
     else echo "stress: not running"; fi
     cat "$DIR/segments" 2> /dev/null || true
-    echo "run so far: $(total) s; setup lines: $(grep -c 'setup' "$DIR/stress.log" 2> /dev/null || true) (2 per worker and repeat: full_fit, long_busy_list)"
+    echo "run so far: $(total) s; setup lines: $(grep -c 'setup' "$DIR/stress.log" 2> /dev/null || true) (8 in all: each worker prints one when it has done its 20 repeats of full_fit, and of long_busy_list)"
     tail -n 3 "$DIR/stress.log" 2> /dev/null || true
 }
 
