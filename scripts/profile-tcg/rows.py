@@ -111,6 +111,9 @@ class Symbols:
         return self.syms[i][1] if i >= 0 else "?"
 
 
+SMP = "1"
+
+
 def qemu(so, counts, log, boot_args, ok, reuse=False):
     if reuse and counts and os.path.exists(counts) and os.path.exists(log) \
             and ok(0, open(log, errors="replace").read()):
@@ -120,7 +123,7 @@ def qemu(so, counts, log, boot_args, ok, reuse=False):
             if c == "0":
                 d[int(va, 16)] += int(n) * int(ex)
         return open(log, errors="replace").read(), d
-    args = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "1", "-m", "2G",
+    args = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", SMP, "-m", "2G",
             "-nographic", "-no-reboot"] + (["-plugin", f"{so},out={counts}"] if counts else []) \
         + boot_args
     with open(log, "w") as f:
@@ -242,6 +245,9 @@ def main():
     ap.add_argument("--scale", type=float, default=0.004)
     ap.add_argument("--top", type=int, default=0)
     ap.add_argument("--only", default="")
+    ap.add_argument("--smp", default="1",
+                    help="vCPUs (the worker runs on CPU 0, whose blocks alone are counted; "
+                         "-smp 2 is the wall-clock comparison's setting)")
     ap.add_argument("--args", default="", help="extra kernel command line (e.g. mm.vfree=single)")
     ap.add_argument("--linux", action="store_true")
     ap.add_argument("--linux-scale", type=float, default=0.04)
@@ -249,6 +255,8 @@ def main():
                     help="reuse Linux's counts from an earlier run in --out (they do not depend on our image)")
     ap.add_argument("--out", default=os.path.join(ROOT, "target/profile-tcg/rows"))
     a = ap.parse_args()
+    global SMP
+    SMP = a.smp
     os.makedirs(a.out, exist_ok=True)
     so = plugin(a.out)
     kernels = [Ours(a, so)] + ([Linux(a, so)] if a.linux else [])

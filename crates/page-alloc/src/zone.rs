@@ -223,7 +223,8 @@ impl Zone {
     }
 
     /// Linux `zone_watermark_fast` (the boost special case never applies: no boosting).
-    #[inline]
+    /// Always inlined, as Linux's `static inline` one: get_page_from_freelist calls it twice.
+    #[inline(always)]
     pub fn zone_watermark_fast(
         &self,
         order: u32,

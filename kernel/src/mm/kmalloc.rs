@@ -99,44 +99,65 @@ unsafe fn list_add(head: &mut *mut Slab, s: *mut Slab) {
     }
 }
 
-/// Allocates `size` bytes (zeroed with __GFP_ZERO). Null on failure.
+/// Page-sized and larger: whole pages, the order recorded by the page allocator.
+#[cold]
+#[inline(never)]
+fn kmalloc_large(size: usize, gfp: GfpFlags) -> *mut u8 {
+    let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
+    page_alloc::alloc_pages_va(gfp, order)
+}
+
+/// Builds a slab for `class` from a fresh page and links it on the class's partial list;
+/// returns the class lock held (None: no page).
+#[cold]
+#[inline(never)]
+fn new_slab(class: usize, gfp: GfpFlags) -> Option<spin::MutexGuard<'static, Class>> {
+    let page = page_alloc::alloc_pages_va(gfp - GfpFlags::__GFP_ZERO, 0);
+    if page.is_null() {
+        return None;
+    }
+    let s = page as *mut Slab;
+    let osz = obj_size(class);
+    let first = if osz < HDR { HDR } else { osz };
+    // SAFETY: `page` is a fresh page-aligned PAGE_SIZE page from the page allocator, owned by
+    // this call alone (not on any list yet); the header (32 bytes) and every object at
+    // [first, PAGE_SIZE) in steps of osz (>= 16, so FreeObj-aligned) lie inside it.
+    unsafe {
+        (*s).class = class as u32;
+        (*s).inuse = 0;
+        (*s).free = null_mut();
+        (*s).next = null_mut();
+        (*s).prev = null_mut();
+        let mut off = PAGE_SIZE - osz;
+        while off >= first {
+            let o = page.add(off) as *mut FreeObj;
+            (*o).next = (*s).free;
+            (*s).free = o;
+            off -= osz;
+        }
+    }
+    let mut c = CLASSES[class].lock();
+    // SAFETY: `s` is the slab just built (live, on no list); the class lock is held.
+    unsafe { list_add(&mut c.partial, s) };
+    c.nr_slabs += 1;
+    Some(c)
+}
+
+/// Allocates `size` bytes (zeroed with __GFP_ZERO). Null on failure. The fast path (an object
+/// from a partial slab) is inlined into callers, as SLUB's `slab_alloc_node` fast path is; a
+/// new slab and page-sized requests go out of line.
+#[inline]
 pub fn kmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
     let Some(class) = class_of(size) else {
-        // Page-sized and larger: whole pages, the order recorded by the page allocator.
-        let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
-        return page_alloc::alloc_pages_va(gfp, order);
+        return kmalloc_large(size, gfp);
     };
     let mut c = CLASSES[class].lock();
     if c.partial.is_null() {
         drop(c);
-        let page = page_alloc::alloc_pages_va(gfp - GfpFlags::__GFP_ZERO, 0);
-        if page.is_null() {
-            return null_mut();
-        }
-        let s = page as *mut Slab;
-        let osz = obj_size(class);
-        let first = if osz < HDR { HDR } else { osz };
-        // SAFETY: `page` is a fresh page-aligned PAGE_SIZE page from the page allocator, owned by
-        // this call alone (not on any list yet); the header (32 bytes) and every object at
-        // [first, PAGE_SIZE) in steps of osz (>= 16, so FreeObj-aligned) lie inside it.
-        unsafe {
-            (*s).class = class as u32;
-            (*s).inuse = 0;
-            (*s).free = null_mut();
-            (*s).next = null_mut();
-            (*s).prev = null_mut();
-            let mut off = PAGE_SIZE - osz;
-            while off >= first {
-                let o = page.add(off) as *mut FreeObj;
-                (*o).next = (*s).free;
-                (*s).free = o;
-                off -= osz;
-            }
-        }
-        c = CLASSES[class].lock();
-        // SAFETY: `s` is the slab just built (live, on no list); the class lock is held.
-        unsafe { list_add(&mut c.partial, s) };
-        c.nr_slabs += 1;
+        c = match new_slab(class, gfp) {
+            Some(c) => c,
+            None => return null_mut(),
+        };
     }
     let s = c.partial;
     // SAFETY: the class lock is held; `s` is non-null (the list was non-empty or just got a new
@@ -153,11 +174,34 @@ pub fn kmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
     };
     drop(c);
     if gfp.contains(GfpFlags::__GFP_ZERO) {
-        // SAFETY: `obj` is an object of obj_size(class) bytes just taken off its slab's free
-        // list: it is this caller's alone.
-        unsafe { core::ptr::write_bytes(obj, 0, obj_size(class)) };
+        // SAFETY: `obj` is an object of `class` just taken off its slab's free list: it is
+        // this caller's alone.
+        unsafe { zero_object(obj, class) };
     }
     obj
+}
+
+/// Zeroes a whole object, as SLUB zeroes `object_size` bytes for __GFP_ZERO. The small classes
+/// are written as aligned words of a constant count, a few inline stores instead of a memset
+/// call (the target is strict-align: a byte pointer's memset is never inlined).
+///
+/// # Safety
+///
+/// `obj` must be an object of `class` (8-byte aligned: objects sit at multiples of their
+/// power-of-two size, at least 16, in a page-aligned slab), valid for writes of
+/// obj_size(class) bytes.
+#[inline(always)]
+unsafe fn zero_object(obj: *mut u8, class: usize) {
+    // SAFETY: per the contract `obj` is 8-byte aligned and each arm writes exactly
+    // obj_size(class) bytes at it.
+    unsafe {
+        match class {
+            0 => (obj as *mut [u64; 2]).write([0; 2]),
+            1 => (obj as *mut [u64; 4]).write([0; 4]),
+            2 => (obj as *mut [u64; 8]).write([0; 8]),
+            _ => core::ptr::write_bytes(obj, 0, obj_size(class)),
+        }
+    }
 }
 
 /// Frees what kmalloc returned (`size` = the size passed to kmalloc).
@@ -167,13 +211,13 @@ pub fn kmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
 /// `ptr` must be null or a pointer returned by [`kmalloc`] with a `size` of the same size class
 /// (page-sized and larger: the same page order) and not freed since; the caller gives up the
 /// object (no access to it afterwards).
+#[inline(always)]
 pub unsafe fn kfree(ptr: *mut u8, size: usize) {
     if ptr.is_null() {
         return;
     }
     let Some(class) = class_of(size) else {
-        let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
-        page_alloc::free_pages_va(ptr, order);
+        kfree_large(ptr, size);
         return;
     };
     let s = ((ptr as usize) & !(PAGE_SIZE - 1)) as *mut Slab;
@@ -183,13 +227,9 @@ pub unsafe fn kfree(ptr: *mut u8, size: usize) {
     // kmalloc_shrink) whose header starts the page; the class lock is held, and the object is
     // no longer used by anyone, so it can hold the free-list link.
     unsafe {
-        assert_eq!(
-            (*s).class as usize,
-            class,
-            "kfree: object at {:p} is not a {}-byte object",
-            ptr,
-            obj_size(class)
-        );
+        if (*s).class as usize != class {
+            kfree_wrong_class(ptr, class, (*s).class);
+        }
         let was_full = (*s).free.is_null();
         let o = ptr as *mut FreeObj;
         (*o).next = (*s).free;
@@ -199,6 +239,26 @@ pub unsafe fn kfree(ptr: *mut u8, size: usize) {
             list_add(&mut c.partial, s);
         }
     }
+}
+
+/// Page-sized and larger (kmalloc_large's counterpart).
+#[cold]
+#[inline(never)]
+fn kfree_large(ptr: *mut u8, size: usize) {
+    let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
+    page_alloc::free_pages_va(ptr, order);
+}
+
+/// A kfree whose size names another class than the slab the object lies in.
+#[cold]
+#[inline(never)]
+fn kfree_wrong_class(ptr: *mut u8, class: usize, slab_class: u32) -> ! {
+    panic!(
+        "kfree: object at {:p} is not a {}-byte object (its slab holds {}-byte objects)",
+        ptr,
+        obj_size(class),
+        obj_size(slab_class as usize)
+    );
 }
 
 /// Returns every empty slab page to the page allocator. Returns the pages released.

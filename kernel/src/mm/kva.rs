@@ -236,15 +236,22 @@ pub fn free_now(start: u64, end: u64) {
 /// Links an area into its busy tree. False when no tree node could be allocated (the caller
 /// fails the allocation and gives the range back).
 #[must_use]
+#[inline(always)]
 pub fn busy_insert(start: u64, end: u64, val: u64, node: usize) -> bool {
     match NODES[addr_to_node(start)].busy.lock().insert(start, end, encode(val, node)) {
         Ok(()) => true,
-        Err(KvaError::NoMemory) => false,
-        Err(e) => {
-            crate::println!("vmalloc bug: busy insert [{start:#x}, {end:#x}): {e:?}");
-            false
-        }
+        Err(e) => insert_failed("busy", start, end, e),
     }
+}
+
+/// A failed busy or lazy insert: `NoMemory` is the caller's to handle, anything else is a bug.
+#[cold]
+#[inline(never)]
+fn insert_failed(tree: &str, start: u64, end: u64, e: KvaError) -> bool {
+    if e != KvaError::NoMemory {
+        crate::println!("vmalloc bug: {tree} insert [{start:#x}, {end:#x}): {e:?}");
+    }
+    false
 }
 
 /// Unlinks the busy area starting at `start` (Linux find_unlink_vmap_area).
@@ -272,15 +279,12 @@ pub fn busy_find(addr: u64) -> Option<(u64, u64, u64, usize)> {
 /// Queues an unmapped area on the lazy tree of its node. False when not even the reserve had a
 /// node page: the caller must flush and free the range at once.
 #[must_use]
+#[inline(always)]
 pub fn lazy_add(start: u64, end: u64, node: usize) -> bool {
     let n = if node == NO_NODE { addr_to_node(start) } else { node };
     match NODES[n].lazy.lock().insert(start, end, encode(0, node)) {
         Ok(()) => true,
-        Err(KvaError::NoMemory) => false,
-        Err(e) => {
-            crate::println!("vmalloc bug: lazy insert [{start:#x}, {end:#x}): {e:?}");
-            false
-        }
+        Err(e) => insert_failed("lazy", start, end, e),
     }
 }
 
@@ -344,6 +348,7 @@ impl LazyBatch {
 }
 
 /// Linux node_alloc: an area of exactly `size` from `node`'s pool.
+#[inline]
 pub fn pool_get(node: usize, size: u64, align: u64) -> Option<u64> {
     NODES[node].pool.lock().pool_get(size, align).map(|r| r.va_start)
 }

@@ -138,6 +138,7 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
 
 /// Frees the pages of an area as the `mm.vfree` switch says. Returns nothing: misuse is
 /// reported by the page allocator.
+#[inline(always)]
 fn vm_free_pages(vm: &VmStruct) {
     if vm.pages.is_null() || vm.nr_pages == 0 {
         return;
@@ -175,6 +176,7 @@ fn vm_free_pages(vm: &VmStruct) {
 /// `vm` must be a vm_struct kmalloc'ed by this file, reachable by no one else (never published,
 /// or unlinked from its busy tree by this caller), with `nr_pages` the count its pages array
 /// was allocated for whenever `pages` is non-null. `vm` is dangling afterwards.
+#[inline(always)]
 unsafe fn free_vm_struct(vm: *mut VmStruct) {
     // SAFETY: per the contract `vm` is live and ours; its pages array (if any) was kmalloc'ed
     // with nr_pages * 8 bytes and `vm` itself with size_of::<VmStruct>(), and neither is used
@@ -377,6 +379,7 @@ pub fn vmalloc_huge(size: usize, gfp: GfpFlags) -> *mut u8 {
 
 /// Unlinks the area at `addr` from its busy tree, unmaps it lazily (Linux remove_vm_area +
 /// free_unmap_vmap_area). Returns the vm_struct.
+#[inline(always)]
 fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
     let (start, end, val, node) = kva::busy_remove(addr)?;
     if val & TAG_MASK != 0 || val == 0 {

@@ -107,7 +107,7 @@ pub(crate) fn alloc_vmap_area(
 
 /// Unmaps nothing: queues an already unmapped area for the next purge (Linux:
 /// free_vmap_area_noflush). Purges when more than lazy_max_pages are pending.
-#[inline]
+#[inline(always)]
 pub(crate) fn free_vmap_area_noflush(start: u64, end: u64, node: usize) {
     let pages = ((end - start) >> PAGE_SHIFT) as usize;
     // Counted before the area is visible in the lazy tree (Linux does the same): a purge on

@@ -113,7 +113,8 @@ impl<'m> PageAllocator<'m> {
 
     /// Linux `rmqueue_bulk`: takes `count` blocks of `order` from the buddy under one
     /// zone->lock acquisition and appends them to `list` (physical order kept). Returns the
-    /// number of blocks taken.
+    /// number of blocks taken. Out of line: the pcp fast path inlines its caller.
+    #[inline(never)]
     fn rmqueue_bulk(
         &self,
         cpu: usize,
@@ -141,7 +142,9 @@ impl<'m> PageAllocator<'m> {
     }
 
     /// Linux `__rmqueue_pcplist`: first block of the list, refilling it from the buddy when
-    /// empty. Caller holds the pcp lock.
+    /// empty. Caller holds the pcp lock. Inlined into rmqueue_pcplist, its only caller (Linux:
+    /// `static inline`); the refill stays out of line.
+    #[inline(always)]
     pub(super) fn __rmqueue_pcplist(
         &self,
         cpu: usize,
