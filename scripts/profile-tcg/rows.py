@@ -9,7 +9,14 @@ belongs to, and functions to components by name (COMPONENTS below). Prints a mar
 (one row per plan row) and, with --top N, each row's N costliest functions.
 
 Usage: scripts/profile-tcg/rows.py [--plan PLAN] [--img IMG] [--elf ELF] [--scale S] [--top N]
-                                   [--only SUBSTRING] [--args ARGS] [--linux [--reuse]] [--out DIR]
+                                   [--only SUBSTRING] [--args ARGS] [--smp N]
+                                   [--linux [--reuse]] [--out DIR]
+
+--smp N boots N vCPUs (the worker runs on CPU 0; only CPU 0's blocks are counted). At -smp 2
+and more there are several vmap nodes and their per-size pools (Linux node_alloc): a 1-page
+vmalloc takes its VA from the pool that the last purge filled. L must then span several purges
+(lazy_max_pages / pages per loop loops each: 8192 for a 1-page vmalloc at -smp 2), or the
+difference shows the free-tree path instead of the pool's: use --scale 0.1 for the 1-page rows.
 
 --linux measures Linux 6.12 the same way (the kernel, initramfs and test_vmalloc.ko of
 `make bench-linux`, prepared by `scripts/bench-linux.sh prepare`; functions named from its
