@@ -38,8 +38,10 @@ static ONLINE: [AtomicBool; NR_CPUS] = [const { AtomicBool::new(false) }; NR_CPU
 static NR_ONLINE: AtomicUsize = AtomicUsize::new(1);
 static MPIDR: [AtomicU64; NR_CPUS] = [const { AtomicU64::new(u64::MAX) }; NR_CPUS];
 
+/// Linux `num_online_cpus()`: a plain read (lazy_max_pages calls it on every vfree). Code that
+/// waits for a CPU to come online reads `cpu_online()`, which orders what it wrote.
 pub fn num_online_cpus() -> usize {
-    NR_ONLINE.load(Ordering::Acquire)
+    NR_ONLINE.load(Ordering::Relaxed)
 }
 
 pub fn cpu_online(cpu: usize) -> bool {
