@@ -116,15 +116,18 @@ pub fn __free_contig_range(pfn: Pfn, nr: u64) {
 }
 
 /// The patch's free_pages_bulk: PFN-contiguous runs of `pages` through __free_contig_range,
-/// with a cond_resched() after each run, as Linux's.
+/// with a cond_resched() between runs, as Linux's (none after the last run).
 pub fn free_pages_bulk(pages: &[Pfn]) {
     let cpu = crate::percpu_defs::smp_processor_id();
+    let pa = allocator();
     let mut rest = pages;
     while !rest.is_empty() {
-        let (nr, r) = allocator().free_pages_bulk_run(cpu, rest);
+        let (nr, r) = pa.free_pages_bulk_run(cpu, rest);
         report(r);
         rest = &rest[nr..];
-        crate::smp::cond_resched();
+        if !rest.is_empty() {
+            crate::smp::cond_resched();
+        }
     }
 }
 
