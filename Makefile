@@ -19,9 +19,9 @@
 #                   .cache/linux-anchor) on the same QEMU, per seed row: instructions per loop
 #                   (-icount, -smp 1), wall-clock per loop (-smp 2, alternating boots), ratio
 #                   ours/Linux, ns per instruction; target/bench/linux/{report.md,report.json}
-#                   (BENCH_LINUX_RUNS=2 wall boots each, BENCH_LINUX_ICOUNT_RUNS=1 at -smp 1 and
+#                   (BENCH_LINUX_RUNS=10 wall boots each, BENCH_LINUX_ICOUNT_RUNS=1 at -smp 1 and
 #                   BENCH_LINUX_ICOUNT2_RUNS=1 at -smp 2, BENCH_LINUX_SCALE=0.04: 20000 / 4000
-#                   loops; about 3 minutes once cached); not part of make test
+#                   loops; about 6-7 minutes once cached); not part of make test
 #   make fuzz       every fuzz target (cargo-fuzz, nightly; installed on demand) FUZZ_SECONDS each;
 #                   make fuzz-long: 10M device-tree and 1M of every other target
 #   make stress     Linux test_vmalloc.sh's stress preset at full strength at -smp 4 (hours under
@@ -160,7 +160,7 @@ bench-smp: build tools
 # Ours vs Linux 6.12 on the same QEMU (scripts/bench-linux.sh): downloads Debian's arm64 kernel,
 # headers and the cross compiler once (cache: .cache/linux-anchor), builds test_vmalloc.ko out of
 # tree, then boots both kernels; each run starts from an empty target/bench/linux.
-BENCH_LINUX_RUNS         ?= 2
+BENCH_LINUX_RUNS         ?= 10
 BENCH_LINUX_ICOUNT_RUNS  ?= 1
 BENCH_LINUX_ICOUNT2_RUNS ?= 1
 BENCH_LINUX_SCALE        ?= 0.04

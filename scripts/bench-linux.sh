@@ -20,7 +20,7 @@
 # Usage: scripts/bench-linux.sh [all|prepare|report]     (default: all)
 #
 # Environment (defaults in brackets):
-#   BENCH_LINUX_RUNS         wall-clock boots per kernel                      [2]
+#   BENCH_LINUX_RUNS         wall-clock boots per kernel                      [10]
 #   BENCH_LINUX_ICOUNT_RUNS  icount boots per kernel at -smp 1                [1]
 #   BENCH_LINUX_ICOUNT2_RUNS icount boots per kernel at -smp 2 (0 = none)     [1]
 #   BENCH_LINUX_SCALE        loops = seed's loops x this (20000 / 4000 loops)  [0.04]
@@ -40,7 +40,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/scripts/linux-anchor
-RUNS=${BENCH_LINUX_RUNS:-2}
+RUNS=${BENCH_LINUX_RUNS:-10}
 ICOUNT_RUNS=${BENCH_LINUX_ICOUNT_RUNS:-1}
 ICOUNT2_RUNS=${BENCH_LINUX_ICOUNT2_RUNS:-1}
 SCALE=${BENCH_LINUX_SCALE:-0.04}
