@@ -21,7 +21,7 @@ use crate::arch::HwTlb;
 use crate::arch::{self, PAGE_OFFSET, VMALLOC_END, VMALLOC_START};
 use crate::mm::kva;
 use crate::mm::page_alloc;
-use crate::mm::pgtable::{kernel_pgtable, KernelPt};
+use crate::mm::pgtable::{kernel_pgtable, LinearPt};
 use crate::percpu_defs;
 use mm_page_alloc::Memblock;
 use mm_percpu::{ChunkId, PcpuBacking, PcpuChunk, PcpuPool, PCPU_MIN_ALLOC_SIZE};
@@ -183,8 +183,8 @@ impl PcpuBacking for Backing<'_> {
         for unit in 0..self.nr_units {
             for p in pages.clone() {
                 let va = base + (unit * PCPU_UNIT_SIZE + p * PAGE_SIZE) as u64;
-                if let Some(t) = pt.walk(&KernelPt, va) {
-                    let _ = pt.unmap_range(&mut KernelPt, va, PAGE_SIZE as u64);
+                if let Some(t) = pt.walk(&LinearPt, va) {
+                    let _ = pt.unmap_range(&mut LinearPt, va, PAGE_SIZE as u64);
                     page_alloc::__free_page(t.pa >> PAGE_SHIFT);
                 }
             }
@@ -221,7 +221,7 @@ fn populate_pages(base: u64, nr_units: usize, pages: Range<usize>) -> bool {
             let va = base + (unit * PCPU_UNIT_SIZE + p * PAGE_SIZE) as u64;
             let mut tlb = HwTlb::new();
             let r = kernel_pgtable().map_pages(
-                &mut KernelPt,
+                &mut LinearPt,
                 &mut tlb,
                 va,
                 1,

@@ -61,6 +61,33 @@ unsafe impl PtMemory for KernelPt {
     }
 }
 
+/// The kernel page tables once paging_init has switched every CPU to them: every table is
+/// reached through the linear map (Linux `__va()`, one add), where [`KernelPt`] first asks
+/// whether the table lies in the kernel image (the boot tables before the linear map existed).
+/// For vmalloc and percpu mappings, which only run after paging_init. Allocation, freeing and
+/// the populate lock are [`KernelPt`]'s.
+pub struct LinearPt;
+
+// SAFETY: as KernelPt's, and: paging_init maps every memory region of the boot info (all RAM,
+// the kernel image and its early-pool tables included) RW into the linear map of the tables
+// every CPU switches to, so `phys_to_virt` reaches every table page RW and 4 KiB aligned. This
+// type is only used after that switch (vmalloc_init and percpu_init run after paging_init).
+unsafe impl PtMemory for LinearPt {
+    #[inline(always)]
+    fn table(&self, pa: u64) -> *mut [u64; 512] {
+        mmu::phys_to_virt(pa) as *mut [u64; 512]
+    }
+    fn alloc_table(&mut self) -> Option<u64> {
+        KernelPt.alloc_table()
+    }
+    fn free_table(&mut self, pa: u64) {
+        KernelPt.free_table(pa)
+    }
+    fn with_populate_lock(&mut self, f: &mut dyn FnMut()) {
+        KernelPt.with_populate_lock(f)
+    }
+}
+
 /// Linux init_mm.page_table_lock: held only while a new kernel table is linked in.
 static PAGE_TABLE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 

@@ -7,7 +7,7 @@ use super::page_alloc;
 use crate::arch::HwTlb;
 use crate::arch::{VMALLOC_END, VMALLOC_START};
 use crate::mm::kva;
-use crate::mm::pgtable::{kernel_pgtable, KernelPt};
+use crate::mm::pgtable::{kernel_pgtable, LinearPt};
 use crate::smp;
 use mm_kva::KvaError;
 use mm_pgtable::{flush_tlb_kernel_range, MapFlags, PageProt};
@@ -178,7 +178,7 @@ pub(crate) fn vmap_pages_range(va: u64, pages: &[Pfn], page_shift: u32) -> bool 
     let mut tlb = HwTlb::new();
     kernel_pgtable()
         .map_pages(
-            &mut KernelPt,
+            &mut LinearPt,
             &mut tlb,
             va,
             pages.len(),
@@ -193,7 +193,7 @@ pub(crate) fn vmap_pages_range(va: u64, pages: &[Pfn], page_shift: u32) -> bool 
 /// Clears the mappings of [va, va + size) without flushing the TLB (vunmap_range_noflush).
 #[inline]
 pub(crate) fn vunmap_range_noflush(va: u64, size: u64) {
-    let r = kernel_pgtable().unmap_range(&mut KernelPt, va, size);
+    let r = kernel_pgtable().unmap_range(&mut LinearPt, va, size);
     if let Err(e) = r {
         warn_misuse(format_args!("vunmap [{:#x}, {:#x}): {:?}", va, va + size, e));
     }
