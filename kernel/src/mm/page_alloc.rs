@@ -36,10 +36,10 @@ pub fn allocator() -> &'static PageAllocator<'static> {
     if !PA_READY.load(Ordering::Relaxed) {
         not_ready();
     }
-    // SAFETY: PA_READY is stored only after `PA.call_once` returned, so `PA` is initialised
-    // whenever the flag reads true. Relaxed is enough: mm_init runs on the boot CPU before
-    // bring_up starts any other CPU, and bring_up's release/acquire handshake orders it before
-    // everything a secondary runs; on the boot CPU program order does.
+    // Relaxed is enough: mm_init runs on the boot CPU before bring_up starts any other CPU, and
+    // bring_up's release/acquire handshake orders it before everything a secondary runs; on the
+    // boot CPU program order does.
+    // SAFETY: PA_READY is set only after `PA.call_once` returned, so `PA` is initialised.
     unsafe { PA.get_unchecked() }
 }
 
