@@ -103,8 +103,12 @@ unsafe fn list_add(head: &mut *mut Slab, s: *mut Slab) {
 #[cold]
 #[inline(never)]
 fn kmalloc_large(size: usize, gfp: GfpFlags) -> *mut u8 {
-    let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
-    page_alloc::alloc_pages_va(gfp, order)
+    page_alloc::alloc_pages_va(gfp, large_order(size))
+}
+
+/// The page order of a page-sized or larger kmalloc (both kmalloc_large and kfree_large).
+fn large_order(size: usize) -> u32 {
+    (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros()
 }
 
 /// Builds a slab for `class` from a fresh page and links it on the class's partial list;
@@ -245,8 +249,7 @@ pub unsafe fn kfree(ptr: *mut u8, size: usize) {
 #[cold]
 #[inline(never)]
 fn kfree_large(ptr: *mut u8, size: usize) {
-    let order = (size.div_ceil(PAGE_SIZE)).next_power_of_two().trailing_zeros();
-    page_alloc::free_pages_va(ptr, order);
+    page_alloc::free_pages_va(ptr, large_order(size));
 }
 
 /// A kfree whose size names another class than the slab the object lies in.
