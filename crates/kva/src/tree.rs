@@ -354,32 +354,40 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
     /// Finds where `[start, end)` would be linked. Returns `(parent, as_left, prev, next)` with
     /// the would-be neighbours, or `Err(Overlap)` if it overlaps a node (Linux `find_va_links`
     /// + `get_va_next_sibling`).
+    #[inline]
     pub(crate) fn find_links(
         &self,
         start: u64,
         end: u64,
     ) -> Result<(*mut VaNode, bool, *mut VaNode, *mut VaNode), KvaError> {
-        let (mut parent, mut as_left) = (null_mut(), false);
         let (mut prev, mut next) = (null_mut(), null_mut());
         let mut n = self.root;
-        while !n.is_null() {
-            parent = n;
+        if n.is_null() {
+            return Ok((null_mut(), false, prev, next));
+        }
+        // The side is not carried around the loop: it is recomputed once from the parent at
+        // the end (Linux's `link = &(*link)->rb_left` descent has no flag either).
+        let parent = loop {
             // SAFETY: `n` is the root or a child of a tree node, non-null: a tree node
             // (invariant); `&self` rules out changes.
-            unsafe {
+            let c = unsafe {
                 if end <= (*n).va_start {
                     next = n;
-                    as_left = true;
-                    n = (*n).left;
+                    (*n).left
                 } else if start >= (*n).va_end {
                     prev = n;
-                    as_left = false;
-                    n = (*n).right;
+                    (*n).right
                 } else {
                     return Err(KvaError::Overlap);
                 }
+            };
+            if c.is_null() {
+                break n;
             }
-        }
+            n = c;
+        };
+        // SAFETY: `parent` is a tree node (the last one visited).
+        let as_left = end <= unsafe { (*parent).va_start };
         Ok((parent, as_left, prev, next))
     }
 
