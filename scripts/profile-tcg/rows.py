@@ -124,14 +124,19 @@ class Symbols:
 SMP = "1"
 
 
+def read_counts(counts):
+    """Instructions executed per block start address, over every vCPU, from a tbcount file."""
+    d = collections.Counter()
+    for line in open(counts):
+        _, va, n, ex, _ = line.split()
+        d[int(va, 16)] += int(n) * int(ex)
+    return d
+
+
 def qemu(so, counts, log, boot_args, ok, reuse=False):
     if reuse and counts and os.path.exists(counts) and os.path.exists(log) \
             and ok(0, open(log, errors="replace").read()):
-        d = collections.Counter()
-        for line in open(counts):
-            _, va, n, ex, _ = line.split()
-            d[int(va, 16)] += int(n) * int(ex)
-        return open(log, errors="replace").read(), d
+        return open(log, errors="replace").read(), read_counts(counts)
     args = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", SMP, "-m", "2G",
             "-nographic", "-no-reboot"] + (["-plugin", f"{so},out={counts}"] if counts else []) \
         + boot_args
@@ -141,12 +146,7 @@ def qemu(so, counts, log, boot_args, ok, reuse=False):
     text = open(log, errors="replace").read()
     if not ok(rc, text):
         sys.exit(f"rows.py: boot failed (QEMU status {rc}), see {log}")
-    d = collections.Counter()
-    if counts:
-        for line in open(counts):
-            _, va, n, ex, _ = line.split()
-            d[int(va, 16)] += int(n) * int(ex)
-    return text, d
+    return text, read_counts(counts) if counts else collections.Counter()
 
 
 class Ours:
