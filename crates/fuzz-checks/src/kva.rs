@@ -11,8 +11,8 @@
 use super::Input;
 use mm_kva::model::{model_fit, model_fit_top, FreeRanges};
 use mm_kva::{
-    BusyArea, BusyTree, KvaAllocator, KvaError, PageSource, VaPool, VaRange, MAX_VA_SIZE_PAGES,
-    SLAB_PAGE_SIZE,
+    BusyArea, BusyTree, KvaAllocator, KvaError, NodeCache, PageSource, VaPool, VaRange,
+    MAX_VA_SIZE_PAGES, SLAB_PAGE_SIZE,
 };
 
 /// The page size in the address arithmetic's type.
@@ -66,9 +66,9 @@ unsafe impl PageSource for Pages {
 }
 
 struct Node {
-    busy: BusyTree<Pages>,
-    lazy: BusyTree<Pages>,
-    pool: VaPool<Pages>,
+    busy: BusyTree<NodeCache<Pages>>,
+    lazy: BusyTree<NodeCache<Pages>>,
+    pool: VaPool<NodeCache<Pages>>,
 }
 
 /// The model: plain ordered maps and lists.
@@ -85,7 +85,7 @@ struct Model {
 }
 
 struct Harness {
-    kva: KvaAllocator<Pages>,
+    kva: KvaAllocator<NodeCache<Pages>>,
     nodes: Vec<Node>,
     m: Model,
     start: u64,
@@ -150,12 +150,13 @@ fn decode(inp: &mut Input) -> Op {
 impl Harness {
     fn new(span: u64, limits: [usize; 4]) -> Self {
         let (start, end) = (BASE, BASE + span);
-        let kva = KvaAllocator::new(start, end, Pages::new(limits[0].max(1))).expect("init");
+        let kva = KvaAllocator::new(start, end, NodeCache::new(Pages::new(limits[0].max(1))))
+            .expect("init");
         let nodes = (0..NODES)
             .map(|_| Node {
-                busy: BusyTree::new(Pages::new(usize::MAX)),
-                lazy: BusyTree::new(Pages::new(limits[1])),
-                pool: VaPool::new(Pages::new(limits[2])),
+                busy: BusyTree::new(NodeCache::new(Pages::new(usize::MAX))),
+                lazy: BusyTree::new(NodeCache::new(Pages::new(limits[1]))),
+                pool: VaPool::new(NodeCache::new(Pages::new(limits[2]))),
             })
             .collect();
         let mut m = Model::default();
@@ -559,7 +560,7 @@ impl Harness {
                     // Detach in O(1) by swapping with an empty tree (its nodes travel with it);
                     // the new lazy tree keeps the node's page limit.
                     let limit = self.nodes[n].lazy.page_source().limit;
-                    let mut detached = BusyTree::new(Pages::new(limit));
+                    let mut detached = BusyTree::new(NodeCache::new(Pages::new(limit)));
                     core::mem::swap(&mut detached, &mut self.nodes[n].lazy);
                     assert!(self.nodes[n].lazy.is_empty());
                     let mut areas = Vec::new();

@@ -4,22 +4,34 @@
 //! Node-level work is done by the tree ([`RawTree`]); the `unsafe` here is only handing the
 //! tree back a node it just returned from a lookup.
 
-use crate::slab::{node_cache_accessors, PageSource, VaNode};
+use crate::slab::{
+    node_cache_accessors, NodeCache, NodeSource, PageSource, SharedNodeSource, Va, VaNode,
+};
 use crate::tree::{InOrder, RawTree};
 use crate::{BusyArea, KvaError};
 
 /// A non-augmented balanced tree of disjoint areas keyed by `va_start`, each with a user value
 /// (Linux: a vmap node's `busy` rbtree + list; the same shape serves as its `lazy` tree).
 /// All operations are O(log n) except iteration/drain (O(n)).
-pub struct BusyTree<P: PageSource> {
-    tree: RawTree<P, false>,
+pub struct BusyTree<N: NodeSource> {
+    tree: RawTree<N, false>,
     nr: usize,
     bytes: u64,
 }
 
-impl<P: PageSource> BusyTree<P> {
-    pub const fn new(page_source: P) -> Self {
-        BusyTree { tree: RawTree::new(page_source), nr: 0, bytes: 0 }
+impl<N: NodeSource> BusyTree<N> {
+    /// An empty tree taking its nodes from `nodes` (a [`NodeCache`] of its own, or a shared
+    /// source).
+    pub const fn new(nodes: N) -> Self {
+        BusyTree { tree: RawTree::new(nodes), nr: 0, bytes: 0 }
+    }
+
+    pub fn nodes(&self) -> &N {
+        self.tree.nodes()
+    }
+
+    pub fn nodes_mut(&mut self) -> &mut N {
+        self.tree.nodes_mut()
     }
 
     /// Linux `insert_vmap_area`: `Overlap` if it overlaps an area already in the tree,
@@ -145,18 +157,70 @@ impl<P: PageSource> BusyTree<P> {
         self.bytes
     }
 
-    node_cache_accessors!(tree);
-
     /// Debug check of the tree invariants and counters. O(n).
     pub fn check(&self) -> Result<(), &'static str> {
         let (count, bytes) = self.tree.check()?;
         if count != self.nr || bytes != self.bytes {
             return Err("busy tree counters wrong");
         }
-        if count != self.tree.nodes_in_use() {
+        if self.tree.nodes_in_use().is_some_and(|n| n != count) {
             return Err("slab objects in use != tree nodes");
         }
         Ok(())
+    }
+}
+
+impl<P: PageSource> BusyTree<NodeCache<P>> {
+    node_cache_accessors!();
+}
+
+/// Moving areas in and out with their nodes (Linux: `insert_vmap_area` / `unlink_va` of a
+/// `struct vmap_area` that goes on to another tree or list).
+impl<N: SharedNodeSource> BusyTree<N> {
+    /// Links `va` (its range and value as set): `Overlap` if it overlaps an area already in
+    /// the tree, `Invalid` if empty; the area is handed back with the error.
+    pub fn insert_va(&mut self, va: Va<N>) -> Result<(), (Va<N>, KvaError)> {
+        let (start, end) = (va.va_start(), va.va_end());
+        if start >= end {
+            return Err((va, KvaError::Invalid));
+        }
+        let (parent, as_left) = match self.tree.find_links(start, end) {
+            Ok((p, l, _, _)) => (p, l),
+            Err(e) => return Err((va, e)),
+        };
+        // SAFETY: the node is live and detached (Va), of this tree's shared source type;
+        // `(parent, as_left)` came from `find_links` for its range and the tree has not
+        // changed since.
+        unsafe { self.tree.link(va.into_raw(), parent, as_left) };
+        self.nr += 1;
+        self.bytes += end - start;
+        Ok(())
+    }
+
+    /// Unlinks the area starting exactly at `va_start` and hands it over.
+    pub fn remove_va(&mut self, va_start: u64) -> Option<Va<N>> {
+        let n = self.tree.find_start(va_start);
+        if n.is_null() {
+            return None;
+        }
+        // SAFETY: `n` is a node the lookup just returned from this tree.
+        unsafe { self.tree.unlink(n) };
+        // SAFETY: `n` is unlinked, live, from our shared source, and nothing else holds it.
+        let va = unsafe { Va::from_raw(n) };
+        self.nr -= 1;
+        self.bytes -= va.va_end() - va.va_start();
+        Some(va)
+    }
+
+    /// Removes every area, handing each to `f` in address order; returns how many. O(n).
+    pub fn drain_va(&mut self, mut f: impl FnMut(Va<N>)) -> usize {
+        let count = self.tree.dismantle(|_, n| {
+            // SAFETY: `dismantle` hands over unlinked live nodes of our shared source.
+            f(unsafe { Va::from_raw(n) })
+        });
+        self.nr = 0;
+        self.bytes = 0;
+        count
     }
 }
 

@@ -10,25 +10,27 @@ use core::ptr::null_mut;
 use mm_types::PAGE_SIZE;
 
 use crate::fit::{align_up, classify_va_fit_type, FitType};
-use crate::slab::{node_cache_accessors, PageSource, VaNode};
+use crate::slab::{
+    node_cache_accessors, NodeCache, NodeSource, PageSource, SharedNodeSource, Va, VaNode,
+};
 use crate::tree::{InOrder, RawTree};
 use crate::{KvaError, VaRange};
 
 /// The global free vmap-area tree (Linux: `free_vmap_area_root`/`_list` under
 /// `free_vmap_area_lock`).
-pub struct KvaAllocator<P: PageSource> {
-    tree: RawTree<P, true>,
+pub struct KvaAllocator<N: NodeSource> {
+    tree: RawTree<N, true>,
     span_start: u64,
     span_end: u64,
     free_bytes: u64,
     nr_free: usize,
 }
 
-impl<P: PageSource> KvaAllocator<P> {
+impl<N: NodeSource> KvaAllocator<N> {
     /// An allocator managing nothing yet (for statics); call [`KvaAllocator::init`].
-    pub const fn empty(page_source: P) -> Self {
+    pub const fn empty(nodes: N) -> Self {
         KvaAllocator {
-            tree: RawTree::new(page_source),
+            tree: RawTree::new(nodes),
             span_start: 0,
             span_end: 0,
             free_bytes: 0,
@@ -53,8 +55,8 @@ impl<P: PageSource> KvaAllocator<P> {
     }
 
     /// An allocator whose free tree is the single block `[vstart, vend)`.
-    pub fn new(vstart: u64, vend: u64, page_source: P) -> Result<Self, KvaError> {
-        let mut a = Self::empty(page_source);
+    pub fn new(vstart: u64, vend: u64, nodes: N) -> Result<Self, KvaError> {
+        let mut a = Self::empty(nodes);
         a.init(vstart, vend)?;
         Ok(a)
     }
@@ -203,6 +205,22 @@ impl<P: PageSource> KvaAllocator<P> {
     /// block (Linux `merge_or_add_vmap_area_augment`). `Overlap` (double free) if any part of
     /// the range is already free; `Invalid` if empty or outside the allocator's span.
     pub fn free(&mut self, va_start: u64, va_end: u64) -> Result<(), KvaError> {
+        // SAFETY: no node is passed.
+        unsafe { self.merge_or_add(va_start, va_end, null_mut()) }
+    }
+
+    /// [`KvaAllocator::free`] with `spare` as the node when the range merges with neither
+    /// neighbour (Linux: the freed `struct vmap_area` itself is linked); a merge frees it.
+    ///
+    /// # Safety
+    /// `spare` is null or a live node from this allocator's source type, linked nowhere and
+    /// owned by the caller. On `Ok` it is consumed (linked or freed); on `Err` it is untouched.
+    unsafe fn merge_or_add(
+        &mut self,
+        va_start: u64,
+        va_end: u64,
+        spare: *mut VaNode,
+    ) -> Result<(), KvaError> {
         if va_start >= va_end || va_start < self.span_start || va_end > self.span_end {
             return Err(KvaError::Invalid);
         }
@@ -211,6 +229,25 @@ impl<P: PageSource> KvaAllocator<P> {
         let merge_next = !next.is_null() && unsafe { self.tree.area(next) }.va_start == va_end;
         // SAFETY: as above.
         let merge_prev = !prev.is_null() && unsafe { self.tree.area(prev) }.va_end == va_start;
+        if !(merge_prev || merge_next) {
+            let n = if spare.is_null() {
+                self.tree.alloc_node(va_start, va_end, 0).ok_or(KvaError::NoMemory)?
+            } else {
+                // SAFETY: `spare` is a live node owned by the caller (contract), now ours.
+                unsafe {
+                    (*spare).va_start = va_start;
+                    (*spare).va_end = va_end;
+                    (*spare).value = 0;
+                }
+                spare
+            };
+            // SAFETY: `n` is a live unlinked node of this tree's source; `(parent, as_left)`
+            // came from `find_links` for its range and the tree has not changed since.
+            unsafe { self.tree.link(n, parent, as_left) };
+            self.nr_free += 1;
+            self.free_bytes += va_end - va_start;
+            return Ok(());
+        }
         match (merge_prev, merge_next) {
             (true, true) => {
                 // Unlink "next" first, then grow "prev" (Linux does the same so the
@@ -228,17 +265,15 @@ impl<P: PageSource> KvaAllocator<P> {
                 // SAFETY: `next` is a node of this tree; it grows down over the adjacent range.
                 unsafe { self.tree.set_start(next, va_start) };
             }
-            (true, false) => {
+            _ => {
                 // SAFETY: `prev` is a node of this tree; it grows up over the adjacent range.
                 unsafe { self.tree.set_end(prev, va_end) };
             }
-            (false, false) => {
-                let n = self.tree.alloc_node(va_start, va_end, 0).ok_or(KvaError::NoMemory)?;
-                // SAFETY: `n` is a fresh unlinked node of this tree; `(parent, as_left)` came
-                // from `find_links` for its range and the tree has not changed since.
-                unsafe { self.tree.link(n, parent, as_left) };
-                self.nr_free += 1;
-            }
+        }
+        if !spare.is_null() {
+            // SAFETY: `spare` is a live node of this source type owned by the caller
+            // (contract), unused by the merge: it goes back (Linux: kmem_cache_free of the va).
+            unsafe { self.tree.nodes_mut().free_node(spare) };
         }
         self.free_bytes += va_end - va_start;
         Ok(())
@@ -269,7 +304,13 @@ impl<P: PageSource> KvaAllocator<P> {
         FreeIter { inner: self.tree.iter() }
     }
 
-    node_cache_accessors!(tree);
+    pub fn nodes(&self) -> &N {
+        self.tree.nodes()
+    }
+
+    pub fn nodes_mut(&mut self) -> &mut N {
+        self.tree.nodes_mut()
+    }
 
     /// Debug check: tree invariants (order, red-black rules, subtree_max_size), no two free
     /// blocks adjacent (they would have been merged), blocks inside the span, and the counters.
@@ -282,7 +323,7 @@ impl<P: PageSource> KvaAllocator<P> {
         if bytes != self.free_bytes {
             return Err("free_bytes counter wrong");
         }
-        if count != self.tree.nodes_in_use() {
+        if self.tree.nodes_in_use().is_some_and(|n| n != count) {
             return Err("slab objects in use != tree nodes");
         }
         let mut prev_end: Option<u64> = None;
@@ -298,6 +339,27 @@ impl<P: PageSource> KvaAllocator<P> {
             prev_end = Some(r.va_end);
         }
         Ok(())
+    }
+}
+
+impl<P: PageSource> KvaAllocator<NodeCache<P>> {
+    node_cache_accessors!();
+}
+
+/// Freeing an area with its node (Linux `merge_or_add_vmap_area` of the `struct vmap_area`).
+impl<N: SharedNodeSource> KvaAllocator<N> {
+    /// [`KvaAllocator::free`] of `va`'s range, linking its node when the range merges with
+    /// neither neighbour and freeing it otherwise: never needs a new node. On error the area
+    /// is handed back.
+    pub fn free_va(&mut self, va: Va<N>) -> Result<(), (Va<N>, KvaError)> {
+        let (start, end) = (va.va_start(), va.va_end());
+        let n = va.into_raw();
+        // SAFETY: `n` was a Va: live, detached, of our shared source type, ours to give.
+        match unsafe { self.merge_or_add(start, end, n) } {
+            Ok(()) => Ok(()),
+            // SAFETY: on error `n` is untouched and still ours.
+            Err(e) => Err((unsafe { Va::from_raw(n) }, e)),
+        }
     }
 }
 

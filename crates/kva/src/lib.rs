@@ -87,7 +87,10 @@ pub use busy::{BusyIter, BusyTree};
 pub use fit::{classify_va_fit_type, FitType};
 pub use free::{FreeIter, KvaAllocator};
 pub use pool::{VaPool, MAX_VA_SIZE_PAGES};
-pub use slab::{NodeCache, PageSource, SlabStats, OBJS_PER_PAGE, SLAB_PAGE_SIZE};
+pub use slab::{
+    NodeCache, NodeSource, PageSource, SharedNodeSource, SlabStats, Va, VaNode, OBJS_PER_PAGE,
+    SLAB_PAGE_SIZE,
+};
 
 /// Failure of a KVA operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

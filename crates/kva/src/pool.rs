@@ -6,7 +6,9 @@ use core::ptr::null_mut;
 use mm_types::PAGE_SIZE;
 
 use crate::list::{dlinks, DList};
-use crate::slab::{node_cache_accessors, NodeCache, PageSource, VaNode};
+use crate::slab::{
+    node_cache_accessors, NodeCache, NodeSource, PageSource, SharedNodeSource, Va, VaNode,
+};
 use crate::VaRange;
 
 /// Size-segregated pool lists per vmap node: areas of 1..=256 pages (Linux: MAX_VA_SIZE_PAGES).
@@ -20,28 +22,23 @@ type PoolList = DList<VaNode>;
 /// One vmap node's size-segregated pools: list `i` holds freed areas of exactly `i + 1` pages,
 /// most recently added first. O(1) put/get; decay is O(areas returned + 256).
 ///
-/// Invariant: every node on the lists was allocated from `cache`, is live, is on exactly one
+/// Invariant: every node on the lists was allocated from `nodes` (or a value of its shared type), is live, is on exactly one
 /// list and holds the area it was put with; `nr_areas`/`bytes` count them. Nodes are only
 /// accessed through raw pointers, and written only under `&mut self`.
-pub struct VaPool<P: PageSource> {
+pub struct VaPool<N: NodeSource> {
     lists: [PoolList; MAX_VA_SIZE_PAGES],
-    cache: NodeCache<P>,
+    nodes: N,
     nr_areas: usize,
     bytes: u64,
 }
 
-// SAFETY: the lists' raw pointers lead only to nodes in pages of the pool's own `cache`, which
-// it owns (and which is Send for `P: Send`); moving the pool moves all of them together.
-unsafe impl<P: PageSource + Send> Send for VaPool<P> {}
+// SAFETY: the lists' raw pointers lead only to the pool's own nodes (owned by it while on a
+// list); moving the pool moves all of them together, and `N: Send` covers the source.
+unsafe impl<N: NodeSource + Send> Send for VaPool<N> {}
 
-impl<P: PageSource> VaPool<P> {
-    pub const fn new(page_source: P) -> Self {
-        VaPool {
-            lists: [PoolList::EMPTY; MAX_VA_SIZE_PAGES],
-            cache: NodeCache::new(page_source),
-            nr_areas: 0,
-            bytes: 0,
-        }
+impl<N: NodeSource> VaPool<N> {
+    pub const fn new(nodes: N) -> Self {
+        VaPool { lists: [PoolList::EMPTY; MAX_VA_SIZE_PAGES], nodes, nr_areas: 0, bytes: 0 }
     }
 
     /// Linux `size_to_va_pool`: the list index for an area of `size` bytes, if pooled.
@@ -68,7 +65,7 @@ impl<P: PageSource> VaPool<P> {
             Some(i) => i,
             None => return false,
         };
-        let n = match self.cache.alloc() {
+        let n = match self.nodes.alloc_node() {
             Some(n) => n,
             None => return false,
         };
@@ -90,6 +87,17 @@ impl<P: PageSource> VaPool<P> {
     /// `size` bytes if its start is `align`-aligned; if it is not, rotates it to the tail of its
     /// list and gives up (`None`). `None` also for an empty list or a size that is not pooled.
     pub fn pool_get(&mut self, size: u64, align: u64) -> Option<VaRange> {
+        let n = self.take(size, align)?;
+        // SAFETY: `take` popped `n` off our lists: a live node of our source, on no list.
+        let r = unsafe { VaRange { va_start: (*n).va_start, va_end: (*n).va_end } };
+        // SAFETY: `n` came from our source and is not used again.
+        unsafe { self.nodes.free_node(n) };
+        Some(r)
+    }
+
+    /// The node `pool_get` takes, popped off its list with the counters updated (not freed).
+    #[inline]
+    fn take(&mut self, size: u64, align: u64) -> Option<*mut VaNode> {
         if !align.is_power_of_two() {
             return None;
         }
@@ -99,7 +107,7 @@ impl<P: PageSource> VaPool<P> {
         if n.is_null() {
             return None;
         }
-        // SAFETY: `n` heads one of our lists, so it is a live node of our cache (invariant).
+        // SAFETY: `n` heads one of our lists, so it is a live node (invariant).
         if unsafe { (*n).va_start } & (align - 1) != 0 {
             if list.len() > 1 {
                 // SAFETY: the list's nodes are live (invariant); `n` is its head.
@@ -111,13 +119,11 @@ impl<P: PageSource> VaPool<P> {
         }
         // SAFETY: the list's nodes are live (invariant); this pops `n`.
         unsafe { list.pop_front() };
-        // SAFETY: `n` is still a live node of our cache (popped, not freed).
-        let r = unsafe { VaRange { va_start: (*n).va_start, va_end: (*n).va_end } };
-        // SAFETY: `n` came from our cache and, popped, is on no list and not used again.
-        unsafe { self.cache.free(n) };
+        // SAFETY: `n` is still live (popped, not freed).
+        let bytes = unsafe { (*n).va_end - (*n).va_start };
         self.nr_areas -= 1;
-        self.bytes -= r.size();
-        Some(r)
+        self.bytes -= bytes;
+        Some(n)
     }
 
     /// Linux `decay_va_pool_node`: from every list, removes `len / 4` areas from the head (all
@@ -125,6 +131,18 @@ impl<P: PageSource> VaPool<P> {
     /// tree, Linux `reclaim_list_global`). Returns how many were removed. Lists with fewer than
     /// four areas are left alone by a partial decay, as in Linux.
     pub fn decay(&mut self, full: bool, mut f: impl FnMut(VaRange)) -> usize {
+        self.decay_nodes(full, |nodes, n| {
+            // SAFETY: `decay_nodes` hands over a node popped off our lists: live, on no list.
+            let r = unsafe { VaRange { va_start: (*n).va_start, va_end: (*n).va_end } };
+            // SAFETY: it came from our source and is not used again.
+            unsafe { nodes.free_node(n) };
+            f(r);
+        })
+    }
+
+    /// The decay of [`VaPool::decay`], handing each node (popped, counted out, not freed) to
+    /// `f` with the pool's source.
+    fn decay_nodes(&mut self, full: bool, mut f: impl FnMut(&mut N, *mut VaNode)) -> usize {
         let mut total = 0;
         for i in 0..MAX_VA_SIZE_PAGES {
             let len = self.lists[i].len();
@@ -136,14 +154,12 @@ impl<P: PageSource> VaPool<P> {
                 // SAFETY: the list's nodes are live (invariant); it has at least `n_decay`
                 // nodes, so `n` is non-null.
                 let n = unsafe { self.lists[i].pop_front() };
-                // SAFETY: `n` is a live node of our cache (just popped).
-                let r = unsafe { VaRange { va_start: (*n).va_start, va_end: (*n).va_end } };
-                // SAFETY: `n` came from our cache and, popped, is on no list and not used again.
-                unsafe { self.cache.free(n) };
+                // SAFETY: `n` is a live node (just popped).
+                let bytes = unsafe { (*n).va_end - (*n).va_start };
                 self.nr_areas -= 1;
-                self.bytes -= r.size();
+                self.bytes -= bytes;
                 total += 1;
-                f(r);
+                f(&mut self.nodes, n);
             }
         }
         total
@@ -168,7 +184,13 @@ impl<P: PageSource> VaPool<P> {
         self.nr_areas == 0
     }
 
-    node_cache_accessors!(cache);
+    pub fn nodes(&self) -> &N {
+        &self.nodes
+    }
+
+    pub fn nodes_mut(&mut self) -> &mut N {
+        &mut self.nodes
+    }
 
     /// Debug check: list links, sizes per list, counters. O(areas).
     pub fn check(&self) -> Result<(), &'static str> {
@@ -202,9 +224,52 @@ impl<P: PageSource> VaPool<P> {
         if areas != self.nr_areas || bytes != self.bytes {
             return Err("pool counters wrong");
         }
-        if areas != self.cache.objects_in_use() {
+        if self.nodes.objects_in_use().is_some_and(|n| n != areas) {
             return Err("slab objects in use != pooled areas");
         }
         Ok(())
+    }
+}
+
+impl<P: PageSource> VaPool<NodeCache<P>> {
+    node_cache_accessors!();
+}
+
+/// Moving areas in and out with their nodes (Linux's pools list the `struct vmap_area`s
+/// themselves).
+impl<N: SharedNodeSource> VaPool<N> {
+    /// [`VaPool::pool_put`] of an area with its node; handed back when its size is not pooled.
+    pub fn put_va(&mut self, va: Va<N>) -> Result<(), Va<N>> {
+        let (start, end) = (va.va_start(), va.va_end());
+        if start >= end {
+            return Err(va);
+        }
+        let Some(idx) = Self::index(end - start) else { return Err(va) };
+        let n = va.into_raw();
+        // SAFETY: `n` is live and detached (it was a Va), ours from now on.
+        unsafe {
+            (*n).parent = null_mut();
+            (*n).value = 0;
+        }
+        // SAFETY: `n` is live and on no list; the list's nodes are live (invariant).
+        unsafe { self.lists[idx].push_front(n) };
+        self.nr_areas += 1;
+        self.bytes += end - start;
+        Ok(())
+    }
+
+    /// [`VaPool::pool_get`] handing over the area's node.
+    pub fn get_va(&mut self, size: u64, align: u64) -> Option<Va<N>> {
+        let n = self.take(size, align)?;
+        // SAFETY: `take` popped `n` off our lists: live, on no list, ours alone.
+        Some(unsafe { Va::from_raw(n) })
+    }
+
+    /// [`VaPool::decay`] handing over the areas' nodes.
+    pub fn decay_va(&mut self, full: bool, mut f: impl FnMut(Va<N>)) -> usize {
+        self.decay_nodes(full, |_, n| {
+            // SAFETY: `decay_nodes` hands over nodes popped off our lists: live, ours alone.
+            f(unsafe { Va::from_raw(n) })
+        })
     }
 }

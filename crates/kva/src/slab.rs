@@ -6,7 +6,8 @@
 //! cache returns every page. What the nodes are linked into is the business of the structures
 //! above (the trees of `tree`, the pool lists of `pool`).
 
-use core::ptr::null_mut;
+use core::marker::PhantomData;
+use core::ptr::{null_mut, NonNull};
 
 use crate::list::{dlinks, DList};
 
@@ -41,9 +42,10 @@ pub struct SlabStats {
 }
 
 /// One `vmap_area`. In a tree `left/right/parent` are tree links; in a pool list `left` is the
-/// next and `right` the previous element.
+/// next and `right` the previous element. Opaque outside this crate: a [`NodeSource`] hands
+/// out pointers to it and takes them back, [`Va`] owns one.
 #[repr(C)]
-pub(crate) struct VaNode {
+pub struct VaNode {
     pub(crate) left: *mut VaNode,
     pub(crate) right: *mut VaNode,
     pub(crate) parent: *mut VaNode,
@@ -56,6 +58,143 @@ pub(crate) struct VaNode {
     /// Red-black colour (tree.rs: RED 0, BLACK 1).
     pub(crate) color: u32,
     _pad: u32,
+}
+
+/// Where a KVA structure gets its nodes and gives them back (Linux: `vmap_area_cachep`).
+/// [`NodeCache`] is one (a structure owning its own cache); the kernel shares one cache among
+/// all its structures so that an area's node moves between them ([`SharedNodeSource`], [`Va`]).
+///
+/// # Safety
+/// A non-null node from `alloc_node` is valid for reads and writes of a [`VaNode`] and used by
+/// nobody else until it is handed to `free_node`.
+pub unsafe trait NodeSource {
+    fn alloc_node(&mut self) -> Option<*mut VaNode>;
+    /// Takes a node back.
+    ///
+    /// # Safety
+    /// `n` came from `alloc_node` of this source (for a [`SharedNodeSource`]: of any value of
+    /// its type), is not freed yet, and is not used afterwards.
+    unsafe fn free_node(&mut self, n: *mut VaNode);
+    /// Nodes handed out and not returned, when this source serves one structure only (its
+    /// `check` compares them with its own count); `None` for a shared source.
+    fn objects_in_use(&self) -> Option<usize> {
+        None
+    }
+}
+
+// SAFETY: `alloc` hands out free slots of the cache's pages, valid until `free` (see NodeCache).
+unsafe impl<P: PageSource> NodeSource for NodeCache<P> {
+    #[inline]
+    fn alloc_node(&mut self) -> Option<*mut VaNode> {
+        self.alloc()
+    }
+    #[inline]
+    unsafe fn free_node(&mut self, n: *mut VaNode) {
+        // SAFETY: `n` came from this cache's alloc and is not used again (contract).
+        unsafe { self.free(n) }
+    }
+    fn objects_in_use(&self) -> Option<usize> {
+        Some(self.inuse)
+    }
+}
+
+/// A [`NodeSource`] whose values all stand for one and the same pool of nodes (the kernel's:
+/// a zero-sized handle to its one locked cache), so a node allocated through one value may be
+/// freed through another, and a [`Va`] may move between structures using it.
+///
+/// # Safety
+/// `free_node` of any value of the type accepts every node `alloc_node` of any value of the
+/// type returned.
+pub unsafe trait SharedNodeSource: NodeSource + Default {}
+
+/// One area's node, detached from every structure (Linux: a `struct vmap_area` between
+/// `unlink_va` and the next `insert_vmap_area`). Moving it from one structure to another keeps
+/// the node: no slab operation. Dropping it frees the node.
+pub struct Va<N: SharedNodeSource> {
+    node: NonNull<VaNode>,
+    _n: PhantomData<N>,
+}
+
+// SAFETY: a Va owns its node exclusively (nothing else points to it while detached), and any
+// value of N frees it (SharedNodeSource), so it may be dropped or inserted on another thread.
+unsafe impl<N: SharedNodeSource + Send> Send for Va<N> {}
+
+impl<N: SharedNodeSource> Va<N> {
+    /// A new node holding `[va_start, va_end)` and `value`; `None` when the source has none.
+    #[inline]
+    pub fn new(va_start: u64, va_end: u64, value: u64) -> Option<Self> {
+        let n = NonNull::new(N::default().alloc_node()?)?;
+        // SAFETY: a fresh node, valid for writes and ours alone (NodeSource contract).
+        unsafe {
+            let p = n.as_ptr();
+            (*p).va_start = va_start;
+            (*p).va_end = va_end;
+            (*p).value = value;
+        }
+        Some(Va { node: n, _n: PhantomData })
+    }
+
+    /// Takes ownership of a detached node.
+    ///
+    /// # Safety
+    /// `n` is a node from a source of type `N`, not freed, linked nowhere and owned by nobody
+    /// else from now on.
+    #[inline]
+    pub(crate) unsafe fn from_raw(n: *mut VaNode) -> Self {
+        // SAFETY: non-null by the contract (a live node).
+        Va { node: unsafe { NonNull::new_unchecked(n) }, _n: PhantomData }
+    }
+
+    /// Gives up ownership: the caller links the node somewhere (or frees it).
+    #[inline]
+    pub(crate) fn into_raw(self) -> *mut VaNode {
+        let n = self.node.as_ptr();
+        core::mem::forget(self);
+        n
+    }
+
+    #[inline]
+    pub fn va_start(&self) -> u64 {
+        // SAFETY: the node is live and ours (type invariant).
+        unsafe { (*self.node.as_ptr()).va_start }
+    }
+
+    #[inline]
+    pub fn va_end(&self) -> u64 {
+        // SAFETY: as in `va_start`.
+        unsafe { (*self.node.as_ptr()).va_end }
+    }
+
+    #[inline]
+    pub fn value(&self) -> u64 {
+        // SAFETY: as in `va_start`.
+        unsafe { (*self.node.as_ptr()).value }
+    }
+
+    #[inline]
+    pub fn set(&mut self, va_start: u64, va_end: u64, value: u64) {
+        // SAFETY: the node is live and ours alone (type invariant); `&mut self`.
+        unsafe {
+            let p = self.node.as_ptr();
+            (*p).va_start = va_start;
+            (*p).va_end = va_end;
+            (*p).value = value;
+        }
+    }
+
+    #[inline]
+    pub fn set_value(&mut self, value: u64) {
+        // SAFETY: as in `set`.
+        unsafe { (*self.node.as_ptr()).value = value };
+    }
+}
+
+impl<N: SharedNodeSource> Drop for Va<N> {
+    fn drop(&mut self) {
+        // SAFETY: the node came from a source of type N (type invariant), which any value of N
+        // takes back (SharedNodeSource); it is not used after this.
+        unsafe { N::default().free_node(self.node.as_ptr()) };
+    }
 }
 
 const OBJ_SIZE: usize = 64;
@@ -83,25 +222,26 @@ dlinks!(SlabPage, next, prev);
 
 type PageList = DList<SlabPage>;
 
-/// The node-cache accessors every KVA structure has: `shrink` (wholly free node pages back to
-/// the page source; returns how many), `slab_stats`, `page_source`, `page_source_mut`, over the
-/// structure's field `$cache` (a [`NodeCache`] or a tree owning one).
+/// The node-cache accessors of a KVA structure that owns its [`NodeCache`] (`N =
+/// NodeCache<P>`): `shrink` (wholly free node pages back to the page source; returns how many),
+/// `slab_stats`, `page_source`, `page_source_mut`, through the structure's `nodes()` /
+/// `nodes_mut()`.
 macro_rules! node_cache_accessors {
-    ($cache:ident) => {
+    () => {
         pub fn shrink(&mut self) -> usize {
-            self.$cache.shrink()
+            self.nodes_mut().shrink()
         }
 
         pub fn slab_stats(&self) -> $crate::SlabStats {
-            self.$cache.stats()
+            self.nodes().stats()
         }
 
         pub fn page_source(&self) -> &P {
-            self.$cache.page_source()
+            self.nodes().page_source()
         }
 
         pub fn page_source_mut(&mut self) -> &mut P {
-            self.$cache.page_source_mut()
+            self.nodes_mut().page_source_mut()
         }
     };
 }
@@ -295,11 +435,6 @@ impl<P: PageSource> NodeCache<P> {
             objects_in_use: self.inuse,
             empty_pages: empty,
         }
-    }
-
-    /// Objects handed out (O(1); the `objects_in_use` of [`NodeCache::stats`]).
-    pub(crate) fn objects_in_use(&self) -> usize {
-        self.inuse
     }
 
     pub fn page_source(&self) -> &P {

@@ -79,7 +79,7 @@ impl Rng {
 use crate::model::{model_fit, model_fit_top, FreeRanges as Model};
 
 struct Harness {
-    kva: KvaAllocator<TestPages>,
+    kva: KvaAllocator<NodeCache<TestPages>>,
     model: Model,
     live: Vec<(u64, u64)>,
     start: u64,
@@ -92,7 +92,7 @@ struct Harness {
 
 impl Harness {
     fn new(start: u64, end: u64) -> Self {
-        let kva = KvaAllocator::new(start, end, TestPages::new()).unwrap();
+        let kva = KvaAllocator::new(start, end, NodeCache::new(TestPages::new())).unwrap();
         let mut model = Model::default();
         model.free.insert(start, end);
         let h = Harness {
@@ -377,7 +377,7 @@ fn kva_model_random_small_range() {
 
 #[test]
 fn kva_invalid_arguments() {
-    let mut a = KvaAllocator::new(BASE, BASE + 16 * GIB, TestPages::new()).unwrap();
+    let mut a = KvaAllocator::new(BASE, BASE + 16 * GIB, NodeCache::new(TestPages::new())).unwrap();
     assert_eq!(a.alloc(0, P, BASE, BASE + GIB), Err(KvaError::Invalid));
     assert_eq!(a.alloc(P, 3 * P, BASE, BASE + GIB), Err(KvaError::Invalid));
     assert_eq!(a.alloc(P, 0, BASE, BASE + GIB), Err(KvaError::Invalid));
@@ -390,7 +390,7 @@ fn kva_invalid_arguments() {
     assert_eq!(a.free(BASE + 16 * GIB, BASE + 16 * GIB + P), Err(KvaError::Invalid));
     assert_eq!(a.reserve(BASE - P, BASE + P), Err(KvaError::Invalid));
     assert_eq!(a.init(0, P), Err(KvaError::Invalid), "double init");
-    assert!(KvaAllocator::new(P, P, TestPages::new()).is_err());
+    assert!(KvaAllocator::new(P, P, NodeCache::new(TestPages::new())).is_err());
     // Larger than the window or the whole range.
     assert_eq!(a.alloc(2 * P, P, BASE, BASE + P), Err(KvaError::NoSpace));
     assert_eq!(a.alloc(32 * GIB, P, BASE, BASE + 64 * GIB), Err(KvaError::NoSpace));
@@ -401,7 +401,7 @@ fn kva_invalid_arguments() {
 #[test]
 fn kva_huge_alignment_no_overflow() {
     let end = BASE + 16 * GIB;
-    let mut a = KvaAllocator::new(BASE, end, TestPages::new()).unwrap();
+    let mut a = KvaAllocator::new(BASE, end, NodeCache::new(TestPages::new())).unwrap();
     // BASE = 2^64 - 2^47: aligning it up to 2^48 or more overflows u64.
     for shift in [48u32, 50, 56, 62, 63] {
         assert_eq!(a.alloc(P, 1 << shift, BASE, end), Err(KvaError::NoSpace), "align 2^{shift}");
@@ -424,7 +424,7 @@ fn kva_huge_alignment_no_overflow() {
     assert_eq!(a.iter_free().collect::<Vec<_>>(), [VaRange { va_start: BASE, va_end: end }]);
 }
 
-fn ranges(a: &KvaAllocator<TestPages>) -> Vec<(u64, u64)> {
+fn ranges(a: &KvaAllocator<NodeCache<TestPages>>) -> Vec<(u64, u64)> {
     a.iter_free().map(|r| (r.va_start, r.va_end)).collect()
 }
 
@@ -440,7 +440,7 @@ fn kva_clip_cases() {
 
     let (s, e) = (BASE, BASE + 16 * P);
     // FL: the whole block.
-    let mut a = KvaAllocator::new(s, e, TestPages::new()).unwrap();
+    let mut a = KvaAllocator::new(s, e, NodeCache::new(TestPages::new())).unwrap();
     assert_eq!(a.alloc(16 * P, P, s, e), Ok(s));
     assert_eq!(a.nr_free_ranges(), 0);
     assert_eq!(a.largest_free(), 0);
@@ -486,7 +486,7 @@ fn kva_clip_cases() {
 #[test]
 fn kva_double_free_rejected() {
     let (s, e) = (BASE, BASE + GIB);
-    let mut a = KvaAllocator::new(s, e, TestPages::new()).unwrap();
+    let mut a = KvaAllocator::new(s, e, NodeCache::new(TestPages::new())).unwrap();
     let x = a.alloc(4 * P, P, s, e).unwrap();
     let y = a.alloc(4 * P, P, s, e).unwrap();
     a.free(x, x + 4 * P).unwrap();
@@ -505,7 +505,7 @@ fn kva_double_free_rejected() {
 #[test]
 fn kva_top_down() {
     let (s, e) = (BASE, BASE + GIB);
-    let mut a = KvaAllocator::new(s, e, TestPages::new()).unwrap();
+    let mut a = KvaAllocator::new(s, e, NodeCache::new(TestPages::new())).unwrap();
     assert_eq!(a.alloc_top_down(P, P, s, e), Ok(e - P));
     assert_eq!(a.alloc_top_down(3 * P, 2 * MIB, s, e), Ok(e - 2 * MIB));
     // The gap [e - 2M + 3P, e - P) is below the top but above the previous aligned spot.
@@ -517,7 +517,7 @@ fn kva_top_down() {
     a.check().unwrap();
     // Highest fit skips a high block that is too small.
     let (s2, e2) = (BASE, BASE + 64 * P);
-    let mut b = KvaAllocator::new(s2, e2, TestPages::new()).unwrap();
+    let mut b = KvaAllocator::new(s2, e2, NodeCache::new(TestPages::new())).unwrap();
     b.reserve(s2, e2).unwrap();
     b.free(s2 + 2 * P, s2 + 10 * P).unwrap();
     b.free(s2 + 20 * P, s2 + 22 * P).unwrap();
@@ -533,7 +533,7 @@ fn kva_search_length_rule() {
     // Blocks: [P, 4P) small but alignable, [16P, 40P) big. align 2P, size 2P:
     // adjusted length 2P + 2P - 1 = 4P-1 > 3P.
     let (s, e) = (BASE, BASE + 64 * P);
-    let mut a = KvaAllocator::new(s, e, TestPages::new()).unwrap();
+    let mut a = KvaAllocator::new(s, e, NodeCache::new(TestPages::new())).unwrap();
     a.reserve(s, e).unwrap();
     a.free(s + 16 * P, s + 40 * P).unwrap();
     a.free(s + P, s + 4 * P).unwrap();
@@ -544,7 +544,7 @@ fn kva_search_length_rule() {
     // With align <= PAGE_SIZE no adjustment: the lowest fit.
     assert_eq!(a.alloc(2 * P, P, s, e), Ok(s + P));
     // A window of exactly the size disables the adjustment.
-    let mut b = KvaAllocator::new(s, e, TestPages::new()).unwrap();
+    let mut b = KvaAllocator::new(s, e, NodeCache::new(TestPages::new())).unwrap();
     assert_eq!(b.alloc(8 * P, 8 * P, s + 8 * P, s + 16 * P), Ok(s + 8 * P));
     b.check().unwrap();
 }
@@ -552,7 +552,7 @@ fn kva_search_length_rule() {
 #[test]
 fn kva_no_memory_leaves_tree_intact() {
     let (s, e) = (BASE, BASE + GIB);
-    let mut a = KvaAllocator::new(s, e, TestPages::limited(1)).unwrap();
+    let mut a = KvaAllocator::new(s, e, NodeCache::new(TestPages::limited(1))).unwrap();
     // Every other page busy: each alloc is an NE split needing one more node.
     let mut n = 0u64;
     loop {
@@ -597,7 +597,7 @@ fn kva_no_memory_leaves_tree_intact() {
 #[test]
 fn kva_slab_shrink_and_const_static() {
     let (s, e) = (BASE, BASE + 16 * GIB);
-    let mut a = KvaAllocator::empty(TestPages::new());
+    let mut a = KvaAllocator::empty(NodeCache::new(TestPages::new()));
     assert_eq!(a.alloc(P, P, s, e), Err(KvaError::NoSpace));
     a.init(s, e).unwrap();
     let mut held = Vec::new();
@@ -630,9 +630,12 @@ fn kva_slab_shrink_and_const_static() {
         }
         unsafe fn free_page(&mut self, _: *mut u8) {}
     }
-    static KVA: spin::Mutex<KvaAllocator<Null>> = spin::Mutex::new(KvaAllocator::empty(Null));
-    static BUSY: spin::Mutex<BusyTree<Null>> = spin::Mutex::new(BusyTree::new(Null));
-    static POOL: spin::Mutex<VaPool<Null>> = spin::Mutex::new(VaPool::new(Null));
+    static KVA: spin::Mutex<KvaAllocator<NodeCache<Null>>> =
+        spin::Mutex::new(KvaAllocator::empty(NodeCache::new(Null)));
+    static BUSY: spin::Mutex<BusyTree<NodeCache<Null>>> =
+        spin::Mutex::new(BusyTree::new(NodeCache::new(Null)));
+    static POOL: spin::Mutex<VaPool<NodeCache<Null>>> =
+        spin::Mutex::new(VaPool::new(NodeCache::new(Null)));
     assert_eq!(KVA.lock().init(s, e), Err(KvaError::NoMemory));
     assert_eq!(BUSY.lock().insert(s, e, 1), Err(KvaError::NoMemory));
     assert!(!POOL.lock().pool_put(s, s + P));
@@ -642,7 +645,7 @@ fn kva_slab_shrink_and_const_static() {
 
 #[test]
 fn pool_put_get_by_size() {
-    let mut p = VaPool::new(TestPages::new());
+    let mut p = VaPool::new(NodeCache::new(TestPages::new()));
     assert!(p.pool_put(BASE, BASE + 2 * P));
     assert!(p.pool_put(BASE + 8 * P, BASE + 10 * P));
     assert!(p.pool_put(BASE + 16 * P, BASE + 17 * P));
@@ -676,7 +679,7 @@ fn pool_put_get_by_size() {
 
 #[test]
 fn pool_misaligned_head_rotates() {
-    let mut p = VaPool::new(TestPages::new());
+    let mut p = VaPool::new(NodeCache::new(TestPages::new()));
     let aligned = BASE + 64 * 1024;
     let misaligned = BASE + P;
     assert!(p.pool_put(aligned, aligned + 4 * P));
@@ -699,7 +702,7 @@ fn pool_misaligned_head_rotates() {
 
 #[test]
 fn pool_decay_quarter_and_full() {
-    let mut p = VaPool::new(TestPages::new());
+    let mut p = VaPool::new(NodeCache::new(TestPages::new()));
     for i in 0..10 {
         assert!(p.pool_put(BASE + i * 16 * P, BASE + i * 16 * P + P));
     }
@@ -733,8 +736,11 @@ fn pool_decay_quarter_and_full() {
 #[test]
 fn pool_roundtrip_merges_back_into_one_range() {
     let (s, e) = (BASE, BASE + 16 * GIB);
-    let mut kva = KvaAllocator::new(s, e, TestPages::new()).unwrap();
-    let mut pools = [VaPool::new(TestPages::new()), VaPool::new(TestPages::new())];
+    let mut kva = KvaAllocator::new(s, e, NodeCache::new(TestPages::new())).unwrap();
+    let mut pools = [
+        VaPool::new(NodeCache::new(TestPages::new())),
+        VaPool::new(NodeCache::new(TestPages::new())),
+    ];
     let mut rng = Rng(0x9001);
     let mut live = Vec::new();
     for round in 0..30 {
@@ -800,7 +806,7 @@ fn pool_roundtrip_merges_back_into_one_range() {
 
 #[test]
 fn busy_tree_model() {
-    let mut t = BusyTree::new(TestPages::new());
+    let mut t = BusyTree::new(NodeCache::new(TestPages::new()));
     let mut model: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let mut rng = Rng(0xb05e);
     let slot = 16 * P;
@@ -880,8 +886,8 @@ fn busy_tree_model() {
 
 #[test]
 fn busy_tree_pop_first_and_swap_detach() {
-    let mut lazy = BusyTree::new(TestPages::new());
-    let mut purge = BusyTree::new(TestPages::new());
+    let mut lazy = BusyTree::new(NodeCache::new(TestPages::new()));
+    let mut purge = BusyTree::new(NodeCache::new(TestPages::new()));
     for i in (0..500u64).rev() {
         lazy.insert(BASE + i * 4 * P, BASE + i * 4 * P + 2 * P, i).unwrap();
     }
@@ -964,4 +970,120 @@ mod prop {
             h.free_all();
         }
     }
+}
+
+// ---- areas that move with their node (a shared node source) ----------------------------
+
+std::thread_local! {
+    /// The one node cache behind [`Shared`] on this test thread.
+    static SHARED: std::cell::RefCell<NodeCache<TestPages>> =
+        std::cell::RefCell::new(NodeCache::new(TestPages::new()));
+}
+
+/// A zero-sized handle to this thread's node cache, as the kernel's KNodes is to its one.
+#[derive(Default)]
+struct Shared;
+
+// SAFETY: every value forwards to this thread's one cache, whose nodes are valid until freed.
+unsafe impl NodeSource for Shared {
+    fn alloc_node(&mut self) -> Option<*mut VaNode> {
+        SHARED.with(|c| c.borrow_mut().alloc_node())
+    }
+    unsafe fn free_node(&mut self, n: *mut VaNode) {
+        // SAFETY: `n` came from this thread's cache (the type's only one) and is not used again.
+        SHARED.with(|c| unsafe { c.borrow_mut().free_node(n) })
+    }
+}
+// SAFETY: all values stand for the same (per-thread) cache; a Shared Va never leaves its thread
+// in these tests.
+unsafe impl SharedNodeSource for Shared {}
+
+fn shared_in_use() -> usize {
+    SHARED.with(|c| c.borrow().stats().objects_in_use)
+}
+
+// pool -> busy -> lazy -> pool and lazy -> free tree, as vmalloc/vfree/purge move an area:
+// no node is allocated or freed on the way, except by merges in the free tree.
+#[test]
+fn areas_move_between_structures_with_their_node() {
+    let (s, e) = (BASE, BASE + GIB);
+    let mut kva = KvaAllocator::new(s, e, Shared).unwrap();
+    let mut busy = BusyTree::new(Shared);
+    let mut lazy = BusyTree::new(Shared);
+    let mut pool = VaPool::new(Shared);
+    assert_eq!(shared_in_use(), 1, "the free tree's one block");
+    // Three 1-page areas from the free tree, each with a fresh node (Linux: kmem_cache_alloc).
+    for _ in 0..3 {
+        let start = kva.alloc(P, P, s, e).unwrap();
+        let va = Va::<Shared>::new(start, start + P, 7).unwrap();
+        busy.insert_va(va).map_err(|(_, e)| e).unwrap();
+    }
+    assert_eq!(shared_in_use(), 4);
+    // vfree: busy -> lazy.
+    for i in 0..3 {
+        let va = busy.remove_va(s + i * P).unwrap();
+        assert_eq!((va.va_start(), va.va_end(), va.value()), (s + i * P, s + (i + 1) * P, 7));
+        lazy.insert_va(va).map_err(|(_, e)| e).unwrap();
+    }
+    assert!(busy.is_empty());
+    assert_eq!((lazy.len(), lazy.bytes()), (3, 3 * P));
+    assert_eq!(shared_in_use(), 4, "moves allocate and free nothing");
+    // Purge: the first two to the pool, the third back to the free tree (merges: node freed).
+    let mut k = 0;
+    lazy.drain_va(|va| {
+        if k < 2 {
+            pool.put_va(va).map_err(|_| ()).unwrap();
+        } else {
+            kva.free_va(va).map_err(|(_, e)| e).unwrap();
+        }
+        k += 1;
+    });
+    assert!(lazy.is_empty());
+    assert_eq!((pool.nr_areas(), pool.bytes()), (2, 2 * P));
+    assert_eq!(shared_in_use(), 3, "the merged area's node went back");
+    // vmalloc again from the pool: the same node goes to the busy tree.
+    let va = pool.get_va(P, P).unwrap();
+    let start = va.va_start();
+    busy.insert_va(va).map_err(|(_, e)| e).unwrap();
+    assert_eq!(shared_in_use(), 3);
+    // Errors hand the area back: an overlap, an unpooled size, a double free.
+    let dup = Va::<Shared>::new(start, start + P, 0).unwrap();
+    let (dup, err) = busy.insert_va(dup).unwrap_err();
+    assert_eq!(err, KvaError::Overlap);
+    let big = Va::<Shared>::new(s, s + (MAX_VA_SIZE_PAGES as u64 + 1) * P, 0).unwrap();
+    let big = pool.put_va(big).unwrap_err();
+    let free_dup = Va::<Shared>::new(e - P, e, 0).unwrap();
+    let (free_dup, err) = kva.free_va(free_dup).unwrap_err();
+    assert_eq!(err, KvaError::Overlap);
+    drop((dup, big, free_dup));
+    assert_eq!(shared_in_use(), 3, "dropped areas free their nodes");
+    // Everything back: the free tree is one block again, one node in use.
+    let va = busy.remove_va(start).unwrap();
+    kva.free_va(va).map_err(|(_, e)| e).unwrap();
+    pool.decay_va(true, |va| kva.free_va(va).map_err(|(_, e)| e).unwrap());
+    assert_eq!(kva.nr_free_ranges(), 1);
+    assert_eq!(kva.free_bytes(), GIB);
+    kva.check().unwrap();
+    busy.check().unwrap();
+    lazy.check().unwrap();
+    pool.check().unwrap();
+    assert_eq!(shared_in_use(), 1);
+}
+
+// A free that merges with nothing links the area's own node (no allocation: cannot fail).
+#[test]
+fn free_va_links_its_node_when_nothing_merges() {
+    let (s, e) = (BASE, BASE + GIB);
+    let mut kva = KvaAllocator::new(s, e, Shared).unwrap();
+    let a = kva.alloc(P, P, s, e).unwrap();
+    let b = kva.alloc(P, P, s, e).unwrap();
+    let c = kva.alloc(P, P, s, e).unwrap();
+    assert_eq!((a, b, c), (s, s + P, s + 2 * P));
+    let before = shared_in_use();
+    kva.free_va(Va::<Shared>::new(a, a + P, 0).unwrap()).map_err(|(_, e)| e).unwrap();
+    assert_eq!(shared_in_use(), before + 1, "linked, not freed");
+    assert_eq!(kva.nr_free_ranges(), 2);
+    kva.free_va(Va::<Shared>::new(b, b + P, 0).unwrap()).map_err(|(_, e)| e).unwrap();
+    assert_eq!(shared_in_use(), before + 1, "merged: its node freed");
+    kva.check().unwrap();
 }

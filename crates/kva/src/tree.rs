@@ -19,7 +19,7 @@
 use core::marker::PhantomData;
 use core::ptr::null_mut;
 
-use crate::slab::{NodeCache, PageSource, SlabStats, VaNode};
+use crate::slab::{NodeSource, VaNode};
 use crate::{BusyArea, KvaError};
 
 mod rb;
@@ -134,29 +134,29 @@ unsafe fn area(n: *const VaNode) -> BusyArea {
     unsafe { BusyArea { va_start: (*n).va_start, va_end: (*n).va_end, value: (*n).value } }
 }
 
-/// A red-black tree of disjoint ranges ordered by address, with the cache its nodes come from.
+/// A red-black tree of disjoint ranges ordered by address, with the source its nodes come from.
 /// `AUG` selects the `subtree_max_size` augmentation (free tree) or none (busy/lazy trees).
 ///
 /// Invariant: `root` is null or the root of a binary tree whose nodes were all allocated from
-/// `cache` and not freed, each reachable once, with `parent` links matching (null at the root)
+/// `nodes` (or, for a shared source, from any value of its type) and not freed, each reachable once, with `parent` links matching (null at the root)
 /// and ranges disjoint and in address order. Nodes leave the tree before they are freed
 /// (`remove`, `drain`). Outside the methods the red-black rules (black root, no red node with a
 /// red child, the same number of black nodes on every root-to-leaf path) and (with `AUG`)
 /// `subtree_max_size` hold too. Memory safety rests on the links alone: every pointer the
 /// rebalancing follows is checked non-null or non-null by those rules, and a wrong colour or size
 /// never makes the code follow a null link (the rules only choose between cases).
-pub(crate) struct RawTree<P: PageSource, const AUG: bool> {
+pub(crate) struct RawTree<N: NodeSource, const AUG: bool> {
     root: *mut VaNode,
-    cache: NodeCache<P>,
+    nodes: N,
 }
 
-// SAFETY: the tree's raw pointers lead only to nodes in pages of its own `cache`, which it owns
-// (and which is Send for `P: Send`); moving the tree moves all of them together.
-unsafe impl<P: PageSource + Send, const AUG: bool> Send for RawTree<P, AUG> {}
+// SAFETY: the tree's raw pointers lead only to its own nodes (from `nodes`, owned by the tree
+// while linked); moving the tree moves all of them together, and `N: Send` covers the source.
+unsafe impl<N: NodeSource + Send, const AUG: bool> Send for RawTree<N, AUG> {}
 
-impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
-    pub(crate) const fn new(page_source: P) -> Self {
-        RawTree { root: null_mut(), cache: NodeCache::new(page_source) }
+impl<N: NodeSource, const AUG: bool> RawTree<N, AUG> {
+    pub(crate) const fn new(nodes: N) -> Self {
+        RawTree { root: null_mut(), nodes }
     }
 
     /// No node in the tree.
@@ -165,35 +165,24 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
         self.root.is_null()
     }
 
-    /// [`NodeCache::shrink`] of the tree's cache.
     #[inline]
-    pub(crate) fn shrink(&mut self) -> usize {
-        self.cache.shrink()
+    pub(crate) fn nodes(&self) -> &N {
+        &self.nodes
     }
 
     #[inline]
-    pub(crate) fn stats(&self) -> SlabStats {
-        self.cache.stats()
+    pub(crate) fn nodes_mut(&mut self) -> &mut N {
+        &mut self.nodes
     }
 
+    /// Nodes allocated from the tree's source (linked or not), when the source is its own.
     #[inline]
-    pub(crate) fn page_source(&self) -> &P {
-        self.cache.page_source()
+    pub(crate) fn nodes_in_use(&self) -> Option<usize> {
+        self.nodes.objects_in_use()
     }
 
-    #[inline]
-    pub(crate) fn page_source_mut(&mut self) -> &mut P {
-        self.cache.page_source_mut()
-    }
-
-    /// Nodes allocated from the tree's cache (linked or not).
-    #[inline]
-    pub(crate) fn nodes_in_use(&self) -> usize {
-        self.cache.objects_in_use()
-    }
-
-    /// A new node from the tree's cache holding `[va_start, va_end)` and `value`, not linked
-    /// yet (pass it to [`RawTree::link`] or [`RawTree::link_before`]); `None` if the cache
+    /// A new node from the tree's source holding `[va_start, va_end)` and `value`, not linked
+    /// yet (pass it to [`RawTree::link`] or [`RawTree::link_before`]); `None` if the source
     /// needed a page and the page source had none.
     #[inline]
     pub(crate) fn alloc_node(
@@ -202,8 +191,9 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
         va_end: u64,
         value: u64,
     ) -> Option<*mut VaNode> {
-        let n = self.cache.alloc()?;
-        // SAFETY: `n` is a fresh node from our cache, valid for writes and used by nothing else.
+        let n = self.nodes.alloc_node()?;
+        // SAFETY: `n` is a fresh node from our source, valid for writes and used by nothing
+        // else.
         unsafe {
             (*n).va_start = va_start;
             (*n).va_end = va_end;
@@ -225,8 +215,8 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
         at: *const VaNode,
         va_end: u64,
     ) -> Option<*mut VaNode> {
-        let n = self.cache.alloc()?;
-        // SAFETY: `n` is a fresh node from our cache, valid for writes and used by nothing else;
+        let n = self.nodes.alloc_node()?;
+        // SAFETY: `n` is a fresh node from our source, valid for writes and used by nothing else;
         // `at` is a live node of this tree (contract), distinct from the fresh `n`.
         unsafe {
             (*n).va_start = (*at).va_start;
@@ -293,11 +283,12 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
     /// `insert_vmap_area_augment` does).
     ///
     /// # Safety
-    /// `node` came from [`RawTree::alloc_node`] of this tree and is not linked. Either `parent`
+    /// `node` came from this tree's source ([`RawTree::alloc_node`], or a node of a shared
+    /// source moved from another structure), is live and is not linked. Either `parent`
     /// is null and the tree is empty, or `(parent, as_left)` is what [`RawTree::find_links`]
     /// returned for `node`'s range with no change to the tree since.
     pub(crate) unsafe fn link(&mut self, node: *mut VaNode, parent: *mut VaNode, as_left: bool) {
-        // SAFETY: `node` is a live, unlinked node of our cache (contract): its links are ours.
+        // SAFETY: `node` is a live, unlinked node (contract): its links are ours.
         unsafe {
             (*node).left = null_mut();
             (*node).right = null_mut();
@@ -486,16 +477,27 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
         }
     }
 
-    /// Unlinks `n` and gives it back to the cache (Linux `unlink_va` + `kmem_cache_free`).
+    /// Unlinks `n` and gives it back to the source (Linux `unlink_va` + `kmem_cache_free`).
     ///
     /// # Safety
     /// `n` is a node of this tree. It must not be used afterwards.
     pub(crate) unsafe fn remove(&mut self, n: *mut VaNode) {
         // SAFETY: `n` is a node of this tree (contract).
         unsafe { self.erase(n) };
-        // SAFETY: `n` came from our cache (invariant), is unlinked now and not used again
+        // SAFETY: `n` came from our source (invariant), is unlinked now and not used again
         // (contract).
-        unsafe { self.cache.free(n) };
+        unsafe { self.nodes.free_node(n) };
+    }
+
+    /// Unlinks `n` and hands it to the caller (Linux `unlink_va` without the free: the area
+    /// moves on to another tree or list).
+    ///
+    /// # Safety
+    /// `n` is a node of this tree. Afterwards it belongs to the caller.
+    #[inline]
+    pub(crate) unsafe fn unlink(&mut self, n: *mut VaNode) {
+        // SAFETY: `n` is a node of this tree (contract).
+        unsafe { self.erase(n) };
     }
 
     /// The node containing `addr` (Linux `__find_vmap_area`), or null.
@@ -558,14 +560,26 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
     /// Removes every node, calling `f` on each area in address order; returns how many. O(n):
     /// the tree is dismantled leftmost-first without rebalancing.
     pub(crate) fn drain(&mut self, mut f: impl FnMut(BusyArea)) -> usize {
+        self.dismantle(|nodes, n| {
+            // SAFETY: `n` is a node of ours, unlinked by `dismantle` and handed over.
+            let a = unsafe { area(n) };
+            // SAFETY: as above; it came from our source and is not used again.
+            unsafe { nodes.free_node(n) };
+            f(a)
+        })
+    }
+
+    /// Removes every node, handing each (unlinked, not freed) to `f` in address order with the
+    /// tree's source; returns how many. O(n), as [`RawTree::drain`].
+    pub(crate) fn dismantle(&mut self, mut f: impl FnMut(&mut N, *mut VaNode)) -> usize {
         let mut count = 0;
         let mut n = self.first();
         while !n.is_null() {
             // n has no left child and is its parent's left child (or the root).
             // SAFETY: `n` is a tree node: the leftmost one, and each step below splices it out
-            // (its right subtree takes its place) before freeing it and moving to the new
+            // (its right subtree takes its place) before handing it over and moving to the new
             // leftmost node, so the tree stays a well-linked tree of live nodes throughout.
-            let (r, p, a) = unsafe { ((*n).right, (*n).parent, area(n)) };
+            let (r, p) = unsafe { ((*n).right, (*n).parent) };
             if !r.is_null() {
                 // SAFETY: `r` is `n`'s right child, a tree node.
                 unsafe { (*r).parent = p };
@@ -576,12 +590,12 @@ impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
                 // SAFETY: `p` is `n`'s parent, a tree node, and `n` is its left child.
                 unsafe { (*p).left = r };
             }
-            // SAFETY: `n` came from our cache (invariant), is unlinked now and not used again.
-            unsafe { self.cache.free(n) };
             count += 1;
-            f(a);
+            // Read before `f`, which may free `n` or link it elsewhere.
             // SAFETY: `r` (non-null here) is a tree node.
-            n = if r.is_null() { p } else { unsafe { leftmost(r) } };
+            let next = if r.is_null() { p } else { unsafe { leftmost(r) } };
+            f(&mut self.nodes, n);
+            n = next;
         }
         self.root = null_mut();
         count

@@ -9,9 +9,9 @@
 use core::ptr::null_mut;
 
 use super::{compute_subtree_max_size, is_red, RawTree, BLACK, RED};
-use crate::slab::{PageSource, VaNode};
+use crate::slab::{NodeSource, VaNode};
 
-impl<P: PageSource, const AUG: bool> RawTree<P, AUG> {
+impl<N: NodeSource, const AUG: bool> RawTree<N, AUG> {
     /// Linux's augment `rotate` callback: `new` took `old`'s place as the subtree root, so it
     /// inherits `old`'s maximum, and `old` is recomputed from its new children.
     ///

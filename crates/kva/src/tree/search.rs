@@ -6,10 +6,10 @@ use core::ptr::null_mut;
 
 use super::{get_subtree_max_size, RawTree};
 use crate::fit::{fits_top, is_within_this_va};
-use crate::slab::{PageSource, VaNode};
+use crate::slab::{NodeSource, VaNode};
 
 /// The free-tree (augmented) operations.
-impl<P: PageSource> RawTree<P, true> {
+impl<N: NodeSource> RawTree<N, true> {
     /// Moves a node's start (a clip from the left or a merge) and propagates the size change.
     ///
     /// # Safety
