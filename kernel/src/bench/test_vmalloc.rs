@@ -432,10 +432,10 @@ pub fn settle_and_measure() -> (u64, u64) {
 /// What still holds memory after a LOST leak line, so a failing CI log says where to look.
 fn leak_report() {
     let (busy, busy_bytes, lazy, lazy_bytes) = crate::mm::kva::usage();
-    let (reserve, live) = crate::mm::kva::reserve_state();
+    let nodes = crate::mm::kva::node_stats();
     println!(
-        "mm: state after LOST: busy vmap areas {} ({} KiB), lazy areas {} ({} KiB), live KVA ranges {}, KVA node reserve {} pages, rcu callbacks pending {}, free pages {}, page-table pages {}",
-        busy, busy_bytes >> 10, lazy, lazy_bytes >> 10, live, reserve, rcu::nr_pending(), page_alloc::nr_free_pages(), crate::mm::pgtable::nr_pagetable_pages()
+        "mm: state after LOST: busy vmap areas {} ({} KiB), lazy areas {} ({} KiB), vmap_area nodes {} in {} pages, rcu callbacks pending {}, free pages {}, page-table pages {}",
+        busy, busy_bytes >> 10, lazy, lazy_bytes >> 10, nodes.objects_in_use, nodes.pages, rcu::nr_pending(), page_alloc::nr_free_pages(), crate::mm::pgtable::nr_pagetable_pages()
     );
 }
 

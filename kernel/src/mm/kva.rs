@@ -1,172 +1,88 @@
 //! The kernel's instances of the KVA structures (Linux mm/vmalloc.c globals): the global free
 //! tree under `free_vmap_area_lock`, and per vmap node a busy tree, a lazy tree and the
-//! size-segregated pools, each under its own lock. Node nodes (tree nodes) come from slabs
-//! backed by the page allocator.
+//! size-segregated pools, each under its own lock.
+//!
+//! All of them take their nodes from one cache (Linux: `vmap_area_cachep`), so an area's node
+//! moves with it as a [`KVa`] (Linux: the `struct vmap_area` itself): pool -> busy tree -> lazy
+//! tree -> pool or free tree, with no slab operation on the way. A node is allocated when an
+//! area is carved from the free tree (and for a no-edge split of a free block) and freed when a
+//! freed area merges with a free neighbour: freeing VA never needs memory.
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::mm::page_alloc;
 use mm_kva::{
-    BusyArea, BusyTree, KvaAllocator, KvaError, PageSource, VaPool, MAX_VA_SIZE_PAGES,
-    OBJS_PER_PAGE,
+    BusyTree, KvaAllocator, KvaError, NodeCache, NodeSource, PageSource, SharedNodeSource,
+    SlabStats, Va, VaNode, VaPool, MAX_VA_SIZE_PAGES,
 };
 use mm_types::gfp::GfpFlags;
 use mm_types::NR_CPUS;
 use mm_types::PAGE_SIZE;
 
-/// Slab pages for tree nodes, from the page allocator (GFP_NOWAIT: called under locks).
-///
-/// Freeing VA must not fail. In Linux a `vmap_area` is itself the tree node and just moves
-/// from the busy tree to the lazy and free trees, so the memory a free needs was paid for at
-/// allocation. Our trees keep separate nodes, so a free may need a node page just when memory
-/// has run out. Allocation pays in advance instead: every range taken from the free tree keeps
-/// the reserve at one node page per OBJS_PER_PAGE live ranges (plus slack for the partly used
-/// pages of each tree), topping it up or failing cleanly; node pages come from the buddy
-/// allocator first and from the reserve only when that fails (a mempool).
+/// Slab pages for the node cache, from the page allocator (GFP_NOWAIT: called under locks).
 pub struct KPages;
 
-/// Pages beyond the per-range share: each tree's partly used slab page, and headroom.
-const RESERVE_SLACK: usize = 32;
-
-/// Reserve pages, linked through their first word.
-struct Reserve {
-    head: usize,
-    nr: usize,
-}
-
-static RESERVE: spin::Mutex<Reserve> = spin::Mutex::new(Reserve { head: 0, nr: 0 });
-/// Mirror of `RESERVE.nr` for the lock-free check on the allocation path.
-static RESERVE_NR: AtomicUsize = AtomicUsize::new(0);
-/// Ranges taken from the free tree and not yet given back (busy, lazy or pooled).
-static LIVE_RANGES: AtomicUsize = AtomicUsize::new(0);
-
-fn reserve_target() -> usize {
-    LIVE_RANGES.load(Ordering::Relaxed).div_ceil(OBJS_PER_PAGE) + RESERVE_SLACK
-}
-
-impl Reserve {
-    /// Adds page `p` to the reserve, linked through its first word.
-    ///
-    /// # Safety
-    ///
-    /// `p` must be a 4 KiB-aligned page of the linear map that nobody else uses from now on: it
-    /// belongs to the reserve until `pop` hands it out.
-    unsafe fn push(&mut self, p: *mut u8) {
-        // SAFETY: per the contract, `p` is an aligned page owned by the reserve, so its first
-        // word is ours to write.
-        unsafe { (p as *mut usize).write(self.head) };
-        self.head = p as usize;
-        self.nr += 1;
-        RESERVE_NR.store(self.nr, Ordering::Relaxed);
-    }
-    fn pop(&mut self) -> Option<*mut u8> {
-        if self.nr == 0 {
-            return None;
-        }
-        let p = self.head as *mut u8;
-        // SAFETY: nr > 0, so `head` is the last page pushed: owned by the reserve (reached only
-        // through the RESERVE lock, held as &mut self), its first word written by `push`.
-        self.head = unsafe { (p as *const usize).read() };
-        self.nr -= 1;
-        RESERVE_NR.store(self.nr, Ordering::Relaxed);
-        Some(p)
-    }
-}
-
-// SAFETY: pages are whole 4 KiB pages of the linear map, from the page allocator or the
-// reserve, owned by the node cache until free_page takes them back.
+// SAFETY: pages are whole 4 KiB pages of the linear map from the page allocator, owned by the
+// node cache until free_page gives them back.
 unsafe impl PageSource for KPages {
     fn alloc_page(&mut self) -> Option<*mut u8> {
         let p = page_alloc::alloc_page_va(GfpFlags::GFP_NOWAIT | GfpFlags::__GFP_NOWARN);
-        if !p.is_null() {
-            return Some(p);
-        }
-        RESERVE.lock().pop()
+        (!p.is_null()).then_some(p)
     }
     unsafe fn free_page(&mut self, p: *mut u8) {
-        let mut r = RESERVE.lock();
-        if r.nr < reserve_target() {
-            // SAFETY: the node caches give back only pages they got from `alloc_page` (4 KiB,
-            // aligned, linear map: the page allocator's or the reserve's) and no longer use.
-            unsafe { r.push(p) };
-            return;
-        }
-        drop(r);
         page_alloc::free_page_va(p);
     }
 }
 
-/// Brings the reserve to its target (true) or as close as the page allocator allows (false).
-#[inline]
-fn reserve_top_up() -> bool {
-    RESERVE_NR.load(Ordering::Relaxed) >= reserve_target() || reserve_fill()
-}
+/// The one node cache. Lock order: any KVA structure's lock, then this one (never the
+/// reverse); KVA is not used from interrupt context.
+static VA_CACHE: spin::Mutex<NodeCache<KPages>> = spin::Mutex::new(NodeCache::new(KPages));
 
-#[cold]
-#[inline(never)]
-fn reserve_fill() -> bool {
-    let mut r = RESERVE.lock();
-    while r.nr < reserve_target() {
-        let p = page_alloc::alloc_page_va(GfpFlags::GFP_NOWAIT | GfpFlags::__GFP_NOWARN);
-        if p.is_null() {
-            return false;
-        }
-        // SAFETY: a fresh order-0 page from the page allocator, owned by no one else.
-        unsafe { r.push(p) };
+/// A handle to [`VA_CACHE`] (Linux: `kmem_cache_alloc(vmap_area_cachep, ...)` /
+/// `kmem_cache_free`).
+#[derive(Default)]
+pub struct KNodes;
+
+// SAFETY: nodes come from VA_CACHE, valid until given back to it.
+unsafe impl NodeSource for KNodes {
+    #[inline]
+    fn alloc_node(&mut self) -> Option<*mut VaNode> {
+        VA_CACHE.lock().alloc_node()
     }
-    true
-}
-
-/// Gives reserve pages above the target back to the page allocator.
-fn reserve_trim() {
-    let mut r = RESERVE.lock();
-    while r.nr > reserve_target() {
-        let p = r.pop().unwrap();
-        page_alloc::free_page_va(p);
+    #[inline]
+    unsafe fn free_node(&mut self, n: *mut VaNode) {
+        // SAFETY: every KNodes node comes from VA_CACHE (the type's one cache) and the caller
+        // does not use it again (contract).
+        unsafe { VA_CACHE.lock().free_node(n) };
     }
 }
 
-/// Counts one more live range and pays its share of the reserve; false (nothing counted) when
-/// the page allocator cannot provide it.
-fn range_get() -> bool {
-    LIVE_RANGES.fetch_add(1, Ordering::Relaxed);
-    if reserve_top_up() {
-        return true;
-    }
-    LIVE_RANGES.fetch_sub(1, Ordering::Relaxed);
-    false
-}
+// SAFETY: every KNodes value allocates from and frees to VA_CACHE.
+unsafe impl SharedNodeSource for KNodes {}
 
-fn range_put() {
-    LIVE_RANGES.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// (reserve pages, live ranges), for reports.
-pub fn reserve_state() -> (usize, usize) {
-    (RESERVE_NR.load(Ordering::Relaxed), LIVE_RANGES.load(Ordering::Relaxed))
-}
+/// A vmap area with its node, between structures.
+pub type KVa = Va<KNodes>;
 
 pub const NO_NODE: usize = usize::MAX;
 
-static FREE: spin::Mutex<KvaAllocator<KPages>> = spin::Mutex::new(KvaAllocator::empty(KPages));
+static FREE: spin::Mutex<KvaAllocator<KNodes>> = spin::Mutex::new(KvaAllocator::empty(KNodes));
 
 struct VmapNode {
-    busy: spin::Mutex<BusyTree<KPages>>,
-    lazy: spin::Mutex<BusyTree<KPages>>,
-    pool: spin::Mutex<VaPool<KPages>>,
+    busy: spin::Mutex<BusyTree<KNodes>>,
+    lazy: spin::Mutex<BusyTree<KNodes>>,
+    pool: spin::Mutex<VaPool<KNodes>>,
 }
 
 static NODES: [VmapNode; NR_CPUS] = [const {
     VmapNode {
-        busy: spin::Mutex::new(BusyTree::new(KPages)),
-        lazy: spin::Mutex::new(BusyTree::new(KPages)),
-        pool: spin::Mutex::new(VaPool::new(KPages)),
+        busy: spin::Mutex::new(BusyTree::new(KNodes)),
+        lazy: spin::Mutex::new(BusyTree::new(KNodes)),
+        pool: spin::Mutex::new(VaPool::new(KNodes)),
     }
 }; NR_CPUS];
 
 static NR_NODES: AtomicUsize = AtomicUsize::new(1);
 
 pub fn init(vstart: u64, vend: u64, nr_nodes: usize) {
-    reserve_top_up();
     FREE.lock().init(vstart, vend).expect("vmalloc range");
     NR_NODES.store(nr_nodes.clamp(1, NR_CPUS), Ordering::Release);
 }
@@ -199,66 +115,62 @@ fn decode(v: u64) -> (u64, usize) {
     (val, if n == 0 { NO_NODE } else { n - 1 })
 }
 
-/// Lowest-address first fit in the global free tree. `NoMemory` when the node reserve could
-/// not be paid (or a node was needed and none could be had), `NoSpace` when no range fits.
-pub fn alloc(size: u64, align: u64, vstart: u64, vend: u64) -> Result<u64, KvaError> {
-    if !range_get() {
-        return Err(KvaError::NoMemory);
-    }
-    let r = FREE.lock().alloc(size, align, vstart, vend);
-    if r.is_err() {
-        range_put();
-    }
-    r
+/// Lowest-address first fit in the global free tree, as a new area (Linux: the vmap_area is
+/// allocated first, then `__alloc_vmap_area` under the lock). `NoMemory` when no node could
+/// be had, `NoSpace` when no range fits.
+pub fn alloc(size: u64, align: u64, vstart: u64, vend: u64) -> Result<KVa, KvaError> {
+    let mut va = KVa::new(0, 0, 0).ok_or(KvaError::NoMemory)?;
+    let start = FREE.lock().alloc(size, align, vstart, vend)?;
+    va.set(start, start + size, 0);
+    Ok(va)
 }
 
 /// Highest-address fit (percpu chunks, Linux pcpu_get_vm_areas).
-pub fn alloc_top_down(size: u64, align: u64, vstart: u64, vend: u64) -> Option<u64> {
-    if !range_get() {
-        return None;
-    }
-    let r = FREE.lock().alloc_top_down(size, align, vstart, vend).ok();
-    if r.is_none() {
-        range_put();
-    }
-    r
+pub fn alloc_top_down(size: u64, align: u64, vstart: u64, vend: u64) -> Option<KVa> {
+    let mut va = KVa::new(0, 0, 0)?;
+    let start = FREE.lock().alloc_top_down(size, align, vstart, vend).ok()?;
+    va.set(start, start + size, 0);
+    Some(va)
 }
 
-/// Returns a range with no live mapping (never mapped, or unmapped and flushed) to the free
-/// tree. Cannot fail unless the reserve is exhausted too (then the range is lost and said so).
-pub fn free_now(start: u64, end: u64) {
-    if let Err(e) = FREE.lock().free(start, end) {
-        crate::println!("vmalloc bug: freeing [{start:#x}, {end:#x}): {e:?} (range lost)");
+/// Returns an area with no live mapping (never mapped, or unmapped and flushed) to the free
+/// tree. Cannot fail: a merge frees the area's node, otherwise the node is linked. Only a bug
+/// (a double free, a range outside vmalloc space) is refused, said, and the range dropped.
+pub fn free_now(va: KVa) {
+    if let Err((va, e)) = FREE.lock().free_va(va) {
+        crate::println!(
+            "vmalloc bug: freeing [{:#x}, {:#x}): {e:?} (range lost)",
+            va.va_start(),
+            va.va_end()
+        );
     }
-    range_put();
 }
 
-/// Links an area into its busy tree. False when no tree node could be allocated (the caller
-/// fails the allocation and gives the range back).
-#[must_use]
+/// Links an area into its busy tree with `val` (Linux insert_vmap_area). Refused (and handed
+/// back) only when it overlaps a busy area: a bug, said here.
 #[inline(always)]
-pub fn busy_insert(start: u64, end: u64, val: u64, node: usize) -> bool {
-    match NODES[addr_to_node(start)].busy.lock().insert(start, end, encode(val, node)) {
-        Ok(()) => true,
-        Err(e) => insert_failed("busy", start, end, e),
+pub fn busy_insert(mut va: KVa, val: u64, node: usize) -> Result<(), KVa> {
+    va.set_value(encode(val, node));
+    match NODES[addr_to_node(va.va_start())].busy.lock().insert_va(va) {
+        Ok(()) => Ok(()),
+        Err((va, e)) => Err(insert_failed("busy", va, e)),
     }
 }
 
-/// A failed busy or lazy insert: `NoMemory` is the caller's to handle, anything else is a bug.
+/// A refused busy or lazy insert: a bug (the area overlaps one already there).
 #[cold]
 #[inline(never)]
-fn insert_failed(tree: &str, start: u64, end: u64, e: KvaError) -> bool {
-    if e != KvaError::NoMemory {
-        crate::println!("vmalloc bug: {tree} insert [{start:#x}, {end:#x}): {e:?}");
-    }
-    false
+fn insert_failed(tree: &str, va: KVa, e: KvaError) -> KVa {
+    crate::println!("vmalloc bug: {tree} insert [{:#x}, {:#x}): {e:?}", va.va_start(), va.va_end());
+    va
 }
 
-/// Unlinks the busy area starting at `start` (Linux find_unlink_vmap_area).
-pub fn busy_remove(start: u64) -> Option<(u64, u64, u64, usize)> {
-    let a = NODES[addr_to_node(start)].busy.lock().remove(start)?;
-    let (val, node) = decode(a.value);
-    Some((a.va_start, a.va_end, val, node))
+/// Unlinks the busy area starting at `start` (Linux find_unlink_vmap_area): the area, its
+/// value and the vmap node it was taken for.
+pub fn busy_remove(start: u64) -> Option<(KVa, u64, usize)> {
+    let va = NODES[addr_to_node(start)].busy.lock().remove_va(start)?;
+    let (val, node) = decode(va.value());
+    Some((va, val, node))
 }
 
 /// The busy area containing `addr`, looking at every node from addr_to_node(addr) on
@@ -276,15 +188,15 @@ pub fn busy_find(addr: u64) -> Option<(u64, u64, u64, usize)> {
     None
 }
 
-/// Queues an unmapped area on the lazy tree of its node. False when not even the reserve had a
-/// node page: the caller must flush and free the range at once.
-#[must_use]
+/// Queues an unmapped area on the lazy tree of its node. Refused (handed back) only on a bug
+/// (an overlap): the caller must flush and free the range at once.
 #[inline(always)]
-pub fn lazy_add(start: u64, end: u64, node: usize) -> bool {
-    let n = if node == NO_NODE { addr_to_node(start) } else { node };
-    match NODES[n].lazy.lock().insert(start, end, encode(0, node)) {
-        Ok(()) => true,
-        Err(e) => insert_failed("lazy", start, end, e),
+pub fn lazy_add(mut va: KVa, node: usize) -> Result<(), KVa> {
+    let n = if node == NO_NODE { addr_to_node(va.va_start()) } else { node };
+    va.set_value(encode(0, node));
+    match NODES[n].lazy.lock().insert_va(va) {
+        Ok(()) => Ok(()),
+        Err((va, e)) => Err(insert_failed("lazy", va, e)),
     }
 }
 
@@ -299,7 +211,7 @@ pub fn lazy_find(addr: u64) -> Option<(u64, u64)> {
 
 /// Every node's lazy tree, detached in one go (Linux: the purge list of __purge_vmap_area_lazy).
 pub struct LazyBatch {
-    trees: [Option<BusyTree<KPages>>; NR_CPUS],
+    trees: [Option<BusyTree<KNodes>>; NR_CPUS],
     empty: bool,
 }
 
@@ -314,7 +226,7 @@ impl LazyBatch {
             }
             *start = (*start).min(l.first().unwrap().va_start);
             *end = (*end).max(l.last().unwrap().va_end);
-            b.trees[i] = Some(core::mem::replace(&mut *l, BusyTree::new(KPages)));
+            b.trees[i] = Some(core::mem::replace(&mut *l, BusyTree::new(KNodes)));
             b.empty = false;
         }
         b
@@ -325,20 +237,24 @@ impl LazyBatch {
     }
 
     /// After the TLB flush: areas taken for a node go to its pool when small enough, the rest
-    /// back to the free tree. Returns the pages released.
+    /// back to the free tree (Linux purge_vmap_node: node_pool_add_va, else
+    /// reclaim_list_global). Returns the pages released.
     pub fn release(&mut self) -> usize {
         let mut pages = 0usize;
         for t in self.trees.iter_mut() {
             if let Some(mut tree) = t.take() {
-                tree.drain(|a: BusyArea| {
-                    let (_, node) = decode(a.value);
-                    let size = a.va_end - a.va_start;
+                tree.drain_va(|va| {
+                    let (_, node) = decode(va.value());
+                    let size = va.va_end() - va.va_start();
                     pages += (size / PAGE_SIZE as u64) as usize;
-                    let pooled = node != NO_NODE
-                        && size <= (MAX_VA_SIZE_PAGES * PAGE_SIZE) as u64
-                        && NODES[node].pool.lock().pool_put(a.va_start, a.va_end);
-                    if !pooled {
-                        free_now(a.va_start, a.va_end);
+                    let rest = if node != NO_NODE && size <= (MAX_VA_SIZE_PAGES * PAGE_SIZE) as u64
+                    {
+                        NODES[node].pool.lock().put_va(va).err()
+                    } else {
+                        Some(va)
+                    };
+                    if let Some(va) = rest {
+                        free_now(va);
                     }
                 });
             }
@@ -349,8 +265,8 @@ impl LazyBatch {
 
 /// Linux node_alloc: an area of exactly `size` from `node`'s pool.
 #[inline]
-pub fn pool_get(node: usize, size: u64, align: u64) -> Option<u64> {
-    NODES[node].pool.lock().pool_get(size, align).map(|r| r.va_start)
+pub fn pool_get(node: usize, size: u64, align: u64) -> Option<KVa> {
+    NODES[node].pool.lock().get_va(size, align)
 }
 
 /// Linux decay_va_pool_node for every node: a quarter of each pool (all when `full`) back to
@@ -362,7 +278,7 @@ pub fn decay_pools(full: bool) {
         if p.nr_areas() == 0 {
             continue;
         }
-        p.decay(full, |r| free_now(r.va_start, r.va_end));
+        p.decay_va(full, free_now);
     }
 }
 
@@ -388,14 +304,12 @@ pub fn usage() -> (usize, u64, usize, u64) {
     u
 }
 
-/// Returns wholly free slab pages of every structure to the page allocator; the reserve ends
-/// at exactly its target (when memory allows), so leak checks see the same figure each time.
+/// The node cache's pages and nodes in use, for reports.
+pub fn node_stats() -> SlabStats {
+    VA_CACHE.lock().stats()
+}
+
+/// Returns the node cache's wholly free pages to the page allocator; returns how many.
 pub fn shrink() -> usize {
-    let mut n = FREE.lock().shrink();
-    for node in NODES.iter() {
-        n += node.busy.lock().shrink() + node.lazy.lock().shrink() + node.pool.lock().shrink();
-    }
-    reserve_trim();
-    reserve_top_up();
-    n
+    VA_CACHE.lock().shrink()
 }

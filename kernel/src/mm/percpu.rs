@@ -19,7 +19,7 @@ use core::ops::Range;
 
 use crate::arch::HwTlb;
 use crate::arch::{self, PAGE_OFFSET, VMALLOC_END, VMALLOC_START};
-use crate::mm::kva;
+use crate::mm::kva::{self, KVa};
 use crate::mm::page_alloc;
 use crate::mm::pgtable::{kernel_pgtable, LinearPt};
 use crate::percpu_defs;
@@ -38,6 +38,8 @@ struct State {
     /// Chunk base (unit 0) -> id, for free_percpu (Linux: pcpu_chunk_addr_search).
     by_base: BTreeMap<u64, ChunkId>,
     base_of: alloc::vec::Vec<u64>,
+    /// The vmap area of each vmalloc chunk (None for the first chunk, in the linear map).
+    vas: alloc::vec::Vec<Option<KVa>>,
     nr_units: usize,
     /// Linux `pcpu_base_addr - __per_cpu_start`: percpu pointer = unit-0 address - delta.
     delta: u64,
@@ -103,7 +105,8 @@ pub fn setup_per_cpu_areas(
     by_base.insert(base, id);
     let mut base_of = alloc::vec![0; id + 1];
     base_of[id] = base;
-    *PCPU.lock() = Some(State { pool, by_base, base_of, nr_units, delta, vm_chunks: false });
+    let vas = (0..=id).map(|_| None).collect();
+    *PCPU.lock() = Some(State { pool, by_base, base_of, vas, nr_units, delta, vm_chunks: false });
     // Linux smp_prepare_boot_cpu: set_my_cpu_offset(per_cpu_offset(smp_processor_id())).
     // SAFETY: this runs on the boot CPU, logical CPU 0, whose unit 0 was just set up:
     // per_cpu_offset(0) is this CPU's __per_cpu_offset, as set_my_cpu_offset requires.
@@ -127,6 +130,7 @@ pub fn percpu_init() {
 struct Backing<'a> {
     by_base: &'a mut BTreeMap<u64, ChunkId>,
     base_of: &'a mut alloc::vec::Vec<u64>,
+    vas: &'a mut alloc::vec::Vec<Option<KVa>>,
     nr_units: usize,
     vm_chunks: bool,
 }
@@ -146,11 +150,14 @@ impl PcpuBacking for Backing<'_> {
             return None;
         }
         let size = self.chunk_size();
-        let base = kva::alloc_top_down(size, PCPU_UNIT_SIZE as u64, VMALLOC_START, VMALLOC_END)?;
+        let va = kva::alloc_top_down(size, PCPU_UNIT_SIZE as u64, VMALLOC_START, VMALLOC_END)?;
+        let base = va.va_start();
         if self.base_of.len() <= id {
             self.base_of.resize(id + 1, 0);
+            self.vas.resize_with(id + 1, || None);
         }
         self.base_of[id] = base;
+        self.vas[id] = Some(va);
         self.by_base.insert(base, id);
         Some(PcpuChunk::new(PCPU_UNIT_SIZE, 0))
     }
@@ -165,7 +172,10 @@ impl PcpuBacking for Backing<'_> {
         // chunk here, page by page, cost a broadcast TLBI per page: under QEMU's MTTCG each one
         // stops every vCPU, and the balance work of the stress preset's pcpu_alloc_test spent
         // seconds in it without a quiescent state.
-        super::vmap_area::free_vmap_area_noflush(base, base + self.chunk_size(), kva::NO_NODE);
+        match self.vas[id].take() {
+            Some(va) => super::vmap_area::free_vmap_area_noflush(va, kva::NO_NODE),
+            None => crate::println!("percpu bug: chunk {id} at {base:#x} has no vmap area"),
+        }
     }
 
     fn populate(&mut self, id: ChunkId, pages: Range<usize>) -> bool {
@@ -244,6 +254,7 @@ macro_rules! backing {
         Backing {
             by_base: &mut $st.by_base,
             base_of: &mut $st.base_of,
+            vas: &mut $st.vas,
             nr_units: $st.nr_units,
             vm_chunks: $st.vm_chunks,
         }

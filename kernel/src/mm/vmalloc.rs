@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::{kmalloc, page_alloc};
 use crate::arch::{self, VMALLOC_END, VMALLOC_START};
-use crate::mm::kva;
+use crate::mm::kva::{self, KVa};
 use crate::mm::pgtable::{kernel_pgtable, KernelPt};
 use crate::smp;
 use bootcfg::config::{self, VfreeMode};
@@ -250,11 +250,12 @@ fn vmalloc_once(
     if vm.is_null() {
         return Err(());
     }
-    let Some((start, node)) = alloc_vmap_area(va_size, align as u64, vstart, vend, gfp) else {
+    let Some((va, node)) = alloc_vmap_area(va_size, align as u64, vstart, vend, gfp) else {
         // SAFETY: `vm` was kmalloc'ed just above with this size and never published.
         unsafe { kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>()) };
         return Err(());
     };
+    let start = va.va_start();
     let nr_pages = size_aligned >> PAGE_SHIFT;
     // Linux: nested_gfp = (gfp & GFP_RECLAIM_MASK) | __GFP_ZERO: the pages array is zeroed.
     let nested_gfp = (gfp
@@ -294,7 +295,7 @@ fn vmalloc_once(
         }
         free_vm_struct(vm);
     };
-    let fail = |vm: *mut VmStruct| {
+    let fail = |vm: *mut VmStruct, va: KVa| {
         // SAFETY: `vm` is this call's unpublished vm_struct (see free_area_struct); its first
         // nr_pages entries are pages vm_area_alloc_pages got, which go back once.
         unsafe {
@@ -302,12 +303,12 @@ fn vmalloc_once(
                 vm_free_pages(&*vm);
             }
         }
-        kva::free_now(start, start + va_size);
+        kva::free_now(va);
         free_area_struct(vm);
         Err(())
     };
     if pages.is_null() {
-        return fail(vm);
+        return fail(vm, va);
     }
     // SAFETY: `pages` is a non-null kmalloc'ed array of nr_pages Pfns (aligned, zeroed by
     // __GFP_ZERO), reachable only through this call's unpublished `vm`, which is not used to
@@ -326,13 +327,13 @@ fn vmalloc_once(
                 size, got, nr_pages
             ));
         }
-        return fail(vm);
+        return fail(vm, va);
     }
     // After mapping (possibly in part): unmap, and the range goes the lazy way (its TLB entries
     // are flushed before reuse), as Linux's vfree of a half-built area does.
-    let fail_mapped = |vm: *mut VmStruct| {
+    let fail_mapped = |vm: *mut VmStruct, va: KVa| {
         vunmap_range_noflush(start, size_aligned as u64);
-        free_vmap_area_noflush(start, start + va_size, node);
+        free_vmap_area_noflush(va, node);
         // SAFETY: `vm` is this call's unpublished vm_struct holding all nr_pages pages, now
         // unmapped; they go back once.
         unsafe { vm_free_pages(&*vm) };
@@ -341,11 +342,10 @@ fn vmalloc_once(
     };
     if !vmap_pages_range(start, slice, shift) {
         warn(format_args!("vmalloc error: size {}, failed to map pages", size));
-        return fail_mapped(vm);
+        return fail_mapped(vm, va);
     }
-    if !kva::busy_insert(start, start + va_size, vm as u64, node) {
-        warn(format_args!("vmalloc error: size {}, no memory for the vmap area", size));
-        return fail_mapped(vm);
+    if let Err(va) = kva::busy_insert(va, vm as u64, node) {
+        return fail_mapped(vm, va);
     }
     Ok(start as *mut u8)
 }
@@ -381,13 +381,13 @@ pub fn vmalloc_huge(size: usize, gfp: GfpFlags) -> *mut u8 {
 /// free_unmap_vmap_area). Returns the vm_struct.
 #[inline(always)]
 fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
-    let (start, end, val, node) = kva::busy_remove(addr)?;
+    let (va, val, node) = kva::busy_remove(addr)?;
     if val & TAG_MASK != 0 || val == 0 {
-        // Not a vmalloc area (vm_map_ram / block): put it back (its node was just freed, so
-        // the insert finds one) and refuse.
-        let _ = kva::busy_insert(start, end, val, node);
+        // Not a vmalloc area (vm_map_ram / block): put it back and refuse.
+        let _ = kva::busy_insert(va, val, node);
         return None;
     }
+    let start = va.va_start();
     let vm = val as *mut VmStruct;
     // Everything the area may map (Linux get_vm_area_size: the size without its guard page),
     // not nr_pages: a vmap() area owns no pages array.
@@ -396,7 +396,7 @@ fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
     let mapped =
         unsafe { (*vm).size - if (*vm).flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 } };
     vunmap_range_noflush(start, mapped);
-    free_vmap_area_noflush(start, end, node);
+    free_vmap_area_noflush(va, node);
     Some(vm)
 }
 
@@ -481,13 +481,14 @@ pub fn vmap(pages: &[Pfn]) -> *mut u8 {
         unsafe { kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>()) };
         return null_mut();
     }
-    let Some((start, node)) =
+    let Some((va, node)) =
         alloc_vmap_area(size, PAGE_SIZE as u64, VMALLOC_START, VMALLOC_END, GfpFlags::GFP_KERNEL)
     else {
         // SAFETY: `vm` was kmalloc'ed above with this size and never published.
         unsafe { kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>()) };
         return null_mut();
     };
+    let start = va.va_start();
     // SAFETY: `vm` is a non-null kmalloc object of size_of::<VmStruct>() bytes, not published
     // yet: this call's alone.
     unsafe {
@@ -503,11 +504,14 @@ pub fn vmap(pages: &[Pfn]) -> *mut u8 {
             requested_size: pages.len() << PAGE_SHIFT,
         };
     }
-    if !vmap_pages_range(start, pages, PAGE_SHIFT)
-        || !kva::busy_insert(start, start + size, vm as u64, node)
-    {
+    let refused = if vmap_pages_range(start, pages, PAGE_SHIFT) {
+        kva::busy_insert(va, vm as u64, node).err()
+    } else {
+        Some(va)
+    };
+    if let Some(va) = refused {
         vunmap_range_noflush(start, size - PAGE_SIZE as u64);
-        free_vmap_area_noflush(start, start + size, node);
+        free_vmap_area_noflush(va, node);
         // SAFETY: `vm` was kmalloc'ed above with this size and never published.
         unsafe { kmalloc::kfree(vm as *mut u8, core::mem::size_of::<VmStruct>()) };
         return null_mut();

@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use super::page_alloc;
 use crate::arch::HwTlb;
 use crate::arch::{VMALLOC_END, VMALLOC_START};
-use crate::mm::kva;
+use crate::mm::kva::{self, KVa};
 use crate::mm::pgtable::{kernel_pgtable, LinearPt};
 use crate::smp;
 use mm_kva::KvaError;
@@ -69,21 +69,21 @@ pub(crate) fn alloc_vmap_area(
     vstart: u64,
     vend: u64,
     gfp: GfpFlags,
-) -> Option<(u64, usize)> {
+) -> Option<(KVa, usize)> {
     // Linux 6.12 has might_sleep() here; since vmalloc takes non-blocking gfp (2025) it is
     // might_sleep() only for a gfp that may block, which is might_alloc().
     smp::might_alloc(gfp);
     let mut node = kva::NO_NODE;
     if kva::nr_vmap_nodes() > 1 && vstart == VMALLOC_START && vend == VMALLOC_END {
         node = crate::percpu_defs::smp_processor_id() % kva::nr_vmap_nodes();
-        if let Some(start) = kva::pool_get(node, size, align) {
-            return Some((start, node));
+        if let Some(va) = kva::pool_get(node, size, align) {
+            return Some((va, node));
         }
     }
     let mut purged = false;
     loop {
         match kva::alloc(size, align, vstart, vend) {
-            Ok(start) => return Some((start, node)),
+            Ok(va) => return Some((va, node)),
             Err(KvaError::NoMemory) => {
                 // Linux: alloc_vmap_area's -ENOMEM (no vmap_area), reported by its caller.
                 if !gfp.contains(GfpFlags::__GFP_NOWARN) {
@@ -108,16 +108,16 @@ pub(crate) fn alloc_vmap_area(
 /// Unmaps nothing: queues an already unmapped area for the next purge (Linux:
 /// free_vmap_area_noflush). Purges when more than lazy_max_pages are pending.
 #[inline(always)]
-pub(crate) fn free_vmap_area_noflush(start: u64, end: u64, node: usize) {
-    let pages = ((end - start) >> PAGE_SHIFT) as usize;
+pub(crate) fn free_vmap_area_noflush(va: KVa, node: usize) {
+    let pages = ((va.va_end() - va.va_start()) >> PAGE_SHIFT) as usize;
     // Counted before the area is visible in the lazy tree (Linux does the same): a purge on
     // another CPU that takes the area then never subtracts pages that were not added.
     let nr = VMAP_LAZY.add(pages);
-    if !kva::lazy_add(start, end, node) {
-        // No memory for the lazy tree: flush this range now and free it at once.
+    if let Err(va) = kva::lazy_add(va, node) {
+        // Refused (a bug, reported): flush this range now and free it at once.
         VMAP_LAZY.undo_add(pages);
-        flush_tlb_kernel_range(&mut HwTlb::new(), start, end);
-        kva::free_now(start, end);
+        flush_tlb_kernel_range(&mut HwTlb::new(), va.va_start(), va.va_end());
+        kva::free_now(va);
         return;
     }
     if nr > lazy_max_pages() {

@@ -79,17 +79,18 @@ fn vb_alloc(count: usize) -> Option<u64> {
     }
     drop(q);
     // new_vmap_block: a block-sized, block-aligned area.
-    let (start, node) = alloc_vmap_area(
+    let (va, node) = alloc_vmap_area(
         VMAP_BLOCK_SIZE,
         VMAP_BLOCK_SIZE,
         VMALLOC_START,
         VMALLOC_END,
         GfpFlags::GFP_KERNEL,
     )?;
+    let start = va.va_start();
     let vb =
         kmalloc::kmalloc(core::mem::size_of::<VmapBlock>(), GfpFlags::GFP_KERNEL) as *mut VmapBlock;
     if vb.is_null() {
-        kva::free_now(start, start + VMAP_BLOCK_SIZE);
+        kva::free_now(va);
         return None;
     }
     // SAFETY: `vb` is a non-null kmalloc object of size_of::<VmapBlock>() bytes (size-class
@@ -106,11 +107,11 @@ fn vb_alloc(count: usize) -> Option<u64> {
             on_free_list: false,
         };
     }
-    if !kva::busy_insert(start, start + VMAP_BLOCK_SIZE, vb as u64 | VMAP_BLOCK, node) {
+    if let Err(va) = kva::busy_insert(va, vb as u64 | VMAP_BLOCK, node) {
         // SAFETY: `vb` was kmalloc'ed above with this size; the insert failed, so it was never
         // published.
         unsafe { kmalloc::kfree(vb as *mut u8, core::mem::size_of::<VmapBlock>()) };
-        kva::free_now(start, start + VMAP_BLOCK_SIZE);
+        kva::free_now(va);
         return None;
     }
     let mut q = VBQ.this_cpu().lock();
@@ -134,11 +135,14 @@ fn vb_alloc(count: usize) -> Option<u64> {
 unsafe fn free_vmap_block(vb: *mut VmapBlock) {
     // SAFETY: `vb` is live (contract); va_start and node never change after creation.
     let (start, node) = unsafe { ((*vb).va_start, (*vb).node) };
-    kva::busy_remove(start);
+    let va = kva::busy_remove(start).map(|(va, _, _)| va);
     // SAFETY: `vb` was kmalloc'ed with this size by vb_alloc and, per the contract, is not
     // reached again once its busy entry is gone.
     unsafe { kmalloc::kfree(vb as *mut u8, core::mem::size_of::<VmapBlock>()) };
-    free_vmap_area_noflush(start, start + VMAP_BLOCK_SIZE, node);
+    match va {
+        Some(va) => free_vmap_area_noflush(va, node),
+        None => warn_misuse(format_args!("vmalloc bug: vmap block at {start:#x} not busy")),
+    }
 }
 
 /// Frees `count` pages at `addr` back to their vmap block; false when `addr` is in no block.
@@ -187,7 +191,7 @@ pub fn vm_map_ram(pages: &[Pfn]) -> *mut u8 {
         }
     } else {
         let size = (count * PAGE_SIZE) as u64;
-        let Some((start, node)) = alloc_vmap_area(
+        let Some((va, node)) = alloc_vmap_area(
             size,
             PAGE_SIZE as u64,
             VMALLOC_START,
@@ -196,8 +200,9 @@ pub fn vm_map_ram(pages: &[Pfn]) -> *mut u8 {
         ) else {
             return null_mut();
         };
-        if !kva::busy_insert(start, start + size, VMAP_RAM, node) {
-            kva::free_now(start, start + size);
+        let start = va.va_start();
+        if let Err(va) = kva::busy_insert(va, VMAP_RAM, node) {
+            kva::free_now(va);
             return null_mut();
         }
         start
@@ -233,17 +238,17 @@ pub unsafe fn vm_unmap_ram(mem: *mut u8, count: usize) {
         }
         return;
     }
-    let Some((start, end, val, node)) = kva::busy_remove(addr) else {
+    let Some((va, val, node)) = kva::busy_remove(addr) else {
         warn_misuse(format_args!("WARNING: vm_unmap_ram of {:#x}: no such area", addr));
         return;
     };
     if val != VMAP_RAM {
-        let _ = kva::busy_insert(start, end, val, node);
+        let _ = kva::busy_insert(va, val, node);
         warn_misuse(format_args!("WARNING: vm_unmap_ram of {:#x}: not a vm_map_ram area", addr));
         return;
     }
-    vunmap_range_noflush(start, end - start);
-    free_vmap_area_noflush(start, end, node);
+    vunmap_range_noflush(va.va_start(), va.va_end() - va.va_start());
+    free_vmap_area_noflush(va, node);
 }
 
 /// Releases vmap blocks that hold no live mapping (all their space dirty or unused): Linux's
