@@ -11,7 +11,8 @@
 //! | [`classify_va_fit_type`], [`FitType`] | `classify_va_fit_type`, `enum fit_type` |
 //! | [`BusyTree`] | a vmap node's `busy` (or `lazy`) rbtree + list: `insert_vmap_area`, `__find_vmap_area`, `unlink_va` |
 //! | [`VaPool`] | a vmap node's `pool[MAX_VA_SIZE_PAGES]`: `node_pool_add_va`, `node_pool_del_va`, `decay_va_pool_node` |
-//! | [`NodeCache`] | `vmap_area_cachep` (a `kmem_cache` of `struct vmap_area`) |
+//! | [`NodeCache`], [`NodeSource`] | `vmap_area_cachep` (a `kmem_cache` of `struct vmap_area`) |
+//! | [`Va`] | a `struct vmap_area` between `unlink_va` and the next insert |
 //!
 //! # Layout
 //! From the bottom up (no module uses one above it):
@@ -46,23 +47,29 @@
 //! Tree and list nodes are 64-byte objects from a [`NodeCache`]: a tiny slab over 4 KiB pages
 //! obtained from a [`PageSource`] (kernel: the page allocator through the linear map). The first
 //! 64-byte slot of each page is the page header (63 objects per page). Nothing here touches the
-//! general heap. Every structure ([`KvaAllocator`], [`BusyTree`], [`VaPool`]) owns its own cache,
-//! so each can live under its own lock without a shared slab lock (Linux's per-CPU slab
-//! freelists play that role). The API is range-based: moving an area from one structure to
-//! another frees a node in one cache and allocates one in the other.
+//! general heap. A structure ([`KvaAllocator`], [`BusyTree`], [`VaPool`]) takes its nodes from a
+//! [`NodeSource`]: a [`NodeCache`] of its own (the host tests, the fuzz target), or a shared
+//! source ([`SharedNodeSource`]: the kernel's one cache, Linux's `vmap_area_cachep`). With a
+//! shared source an area moves between structures as a [`Va`], its node with it (Linux moves
+//! the `struct vmap_area` itself): `remove_va`/`insert_va`, `get_va`/`put_va`, `drain_va`,
+//! `decay_va`, and [`KvaAllocator::free_va`], which links the area's node or, when the range
+//! merges, frees it, so freeing never needs a new node. The range-based calls (`insert`,
+//! `remove`, `pool_put`, `free`...) allocate and free nodes as they go.
 //!
 //! # Errors
 //! Node allocation can fail ([`KvaError::NoMemory`]) when the structure needs a new node and
 //! the page source is empty: [`KvaAllocator::alloc`] only for a no-edge split (Linux's
 //! `ne_fit_preload_node` case), [`KvaAllocator::free`] only when the range merges with neither
-//! neighbour. In both cases the structure is left unchanged.
+//! neighbour, the range-based inserts always. In every case the structure is left unchanged.
+//! The `Va` calls never need a node; a refused `Va` (overlap, invalid range, unpooled size) is
+//! handed back with the error.
 //!
 //! # Locking
 //! None inside. All structures are `Send` (when the page source is) so they can sit in
 //! `spin::Mutex` statics; `const fn` constructors ([`KvaAllocator::empty`], [`BusyTree::new`],
 //! [`VaPool::new`]) allow that without lazy initialisation. A lazy list can be detached in O(1)
-//! under its lock with `core::mem::swap` against an empty [`BusyTree`] (each tree owns its node
-//! cache, so the nodes travel with it) and drained outside the lock, like Linux's
+//! under its lock with `core::mem::swap` against an empty [`BusyTree`] (the nodes travel with the
+//! tree) and drained outside the lock, like Linux's
 //! `list_replace_init(&vn->lazy.head, &vn->purge_list)`.
 
 #![cfg_attr(not(test), no_std)]
