@@ -61,26 +61,34 @@ impl<N: NodeSource> VaPool<N> {
         if va_start >= va_end {
             return false;
         }
-        let idx = match Self::index(va_end - va_start) {
-            Some(i) => i,
-            None => return false,
-        };
-        let n = match self.nodes.alloc_node() {
-            Some(n) => n,
-            None => return false,
-        };
-        // SAFETY: `n` is a fresh node from our cache, valid for writes and used by nothing else.
+        let Some(idx) = Self::index(va_end - va_start) else { return false };
+        let Some(n) = self.nodes.alloc_node() else { return false };
+        // SAFETY: `n` is a fresh node from our source, valid for writes and used by nothing else.
         unsafe {
             (*n).va_start = va_start;
             (*n).va_end = va_end;
+        }
+        // SAFETY: as above, `n` is live, ours and on no list.
+        unsafe { self.push(n, idx) };
+        true
+    }
+
+    /// Puts `n` (its range set, of list `idx`'s size) at the head of list `idx`.
+    ///
+    /// # Safety
+    /// `n` is a live node of our source type, on no list and owned by nobody else.
+    #[inline]
+    unsafe fn push(&mut self, n: *mut VaNode, idx: usize) {
+        // SAFETY: `n` is live and ours (contract).
+        let bytes = unsafe {
             (*n).parent = null_mut();
             (*n).value = 0;
-        }
+            (*n).va_end - (*n).va_start
+        };
         // SAFETY: `n` is live and on no list; the list's nodes are live (invariant).
         unsafe { self.lists[idx].push_front(n) };
         self.nr_areas += 1;
-        self.bytes += va_end - va_start;
-        true
+        self.bytes += bytes;
     }
 
     /// Linux `node_pool_del_va` (the `node_alloc` fast path): takes the first area of exactly
@@ -245,16 +253,8 @@ impl<N: SharedNodeSource> VaPool<N> {
             return Err(va);
         }
         let Some(idx) = Self::index(end - start) else { return Err(va) };
-        let n = va.into_raw();
-        // SAFETY: `n` is live and detached (it was a Va), ours from now on.
-        unsafe {
-            (*n).parent = null_mut();
-            (*n).value = 0;
-        }
-        // SAFETY: `n` is live and on no list; the list's nodes are live (invariant).
-        unsafe { self.lists[idx].push_front(n) };
-        self.nr_areas += 1;
-        self.bytes += end - start;
+        // SAFETY: the node was a Va: live, detached, of our shared source type, ours now.
+        unsafe { self.push(va.into_raw(), idx) };
         Ok(())
     }
 
