@@ -239,6 +239,13 @@ impl<N: NodeSource> VaPool<N> {
     }
 }
 
+impl<N: NodeSource> Drop for VaPool<N> {
+    /// Gives every pooled node back to the source (a shared source outlives the pool).
+    fn drop(&mut self) {
+        self.decay(true, |_| {});
+    }
+}
+
 impl<P: PageSource> VaPool<NodeCache<P>> {
     node_cache_accessors!();
 }

@@ -1087,3 +1087,90 @@ fn free_va_links_its_node_when_nothing_merges() {
     assert_eq!(shared_in_use(), before + 1, "merged: its node freed");
     kva.check().unwrap();
 }
+
+// Random vmalloc/vfree/purge/decay sequences with moving areas: after every step each node is
+// in exactly one place (free tree, busy, lazy, pool: their counts add up to the shared cache's
+// nodes in use) and no byte is lost (free + pooled + busy + lazy = the span).
+#[test]
+fn moving_areas_random_sequences_account_for_every_node_and_byte() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let (s, e) = (BASE, BASE + 64 * MIB);
+        let mut kva = KvaAllocator::new(s, e, Shared).unwrap();
+        let mut busy = BusyTree::new(Shared);
+        let mut lazy = BusyTree::new(Shared);
+        let mut pool = VaPool::new(Shared);
+        let mut live: Vec<u64> = Vec::new();
+        for step in 0..400 {
+            match rng.below(10) {
+                0..=3 => {
+                    // vmalloc: the pool first (exact size), else the free tree.
+                    let max = if rng.chance(80) { 4 } else { 300 };
+                    let size = (1 + rng.below(max)) * P;
+                    let va = match pool.get_va(size, P) {
+                        Some(va) => Some(va),
+                        None => kva
+                            .alloc(size, P, s, e)
+                            .ok()
+                            .map(|start| Va::<Shared>::new(start, start + size, 0).unwrap()),
+                    };
+                    if let Some(mut va) = va {
+                        let start = va.va_start();
+                        va.set_value(start ^ 0x5a);
+                        busy.insert_va(va).map_err(|(_, e)| e).unwrap();
+                        live.push(start);
+                    }
+                }
+                4..=6 if !live.is_empty() => {
+                    // vfree: busy -> lazy.
+                    let start = live.swap_remove(rng.below(live.len() as u64) as usize);
+                    let va = busy.remove_va(start).unwrap();
+                    assert_eq!(va.value(), start ^ 0x5a);
+                    lazy.insert_va(va).map_err(|(_, e)| e).unwrap();
+                }
+                7 => {
+                    // purge: lazy -> pool when pooled, else the free tree.
+                    let mut detached = core::mem::replace(&mut lazy, BusyTree::new(Shared));
+                    detached.drain_va(|va| {
+                        if let Err(va) = pool.put_va(va) {
+                            kva.free_va(va).map_err(|(_, e)| e).unwrap();
+                        }
+                    });
+                }
+                8 => {
+                    let full = rng.chance(30);
+                    pool.decay_va(full, |va| kva.free_va(va).map_err(|(_, e)| e).unwrap());
+                }
+                _ => {
+                    // A double free (a page already free) is refused and handed back.
+                    if let Some(r) = kva.iter_free().next() {
+                        let dup = Va::<Shared>::new(r.va_start, r.va_start + P, 0).unwrap();
+                        let (dup, err) = kva.free_va(dup).unwrap_err();
+                        assert_eq!(err, KvaError::Overlap);
+                        drop(dup);
+                    }
+                }
+            }
+            let nodes = kva.nr_free_ranges() + busy.len() + lazy.len() + pool.nr_areas();
+            assert_eq!(shared_in_use(), nodes, "seed {seed} step {step}: a node lost or doubled");
+            let bytes = kva.free_bytes() + pool.bytes() + busy.bytes() + lazy.bytes();
+            assert_eq!(bytes, e - s, "seed {seed} step {step}: bytes lost");
+            if step % 50 == 0 {
+                kva.check().unwrap();
+                busy.check().unwrap();
+                lazy.check().unwrap();
+                pool.check().unwrap();
+            }
+        }
+        // Tear down: everything back to one free block and one node.
+        for start in live.drain(..) {
+            let va = busy.remove_va(start).unwrap();
+            kva.free_va(va).map_err(|(_, e)| e).unwrap();
+        }
+        lazy.drain_va(|va| kva.free_va(va).map_err(|(_, e)| e).unwrap());
+        pool.decay_va(true, |va| kva.free_va(va).map_err(|(_, e)| e).unwrap());
+        assert_eq!((kva.nr_free_ranges(), kva.free_bytes()), (1, e - s));
+        assert_eq!(shared_in_use(), 1);
+        kva.check().unwrap();
+    }
+}

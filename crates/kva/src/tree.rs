@@ -666,6 +666,13 @@ impl<N: NodeSource, const AUG: bool> RawTree<N, AUG> {
     }
 }
 
+impl<N: NodeSource, const AUG: bool> Drop for RawTree<N, AUG> {
+    /// Gives every node back to the source (a shared source outlives the tree).
+    fn drop(&mut self) {
+        self.drain(|_| {});
+    }
+}
+
 /// In-order iterator over a tree's areas; borrows the tree, so no node can go away meanwhile.
 pub(crate) struct InOrder<'a> {
     node: *mut VaNode,
