@@ -6,9 +6,22 @@
 //! slab whose last object is freed stays cached (like SLUB's partial slabs) until
 //! `kmalloc_shrink()` hands empty slabs back (Linux: kmem_cache_shrink), which the benchmark's
 //! leak check calls before counting free pages.
+//!
+//! As SLUB's, each CPU has a cpu slab per class (Linux `kmem_cache_cpu`: `freelist`, `slab`):
+//! the slab is *frozen* (off the lists, owned by that CPU) and its free objects are on the CPU's
+//! freelist, so kmalloc and a kfree of an object of that slab on the same CPU take no lock
+//! (Linux: the `this_cpu_cmpxchg` fast path). Everything else (a free into another slab, the
+//! refill when the CPU's freelist is empty, unfreezing) runs under the class lock (Linux: the
+//! node's `list_lock` and the slab's freelist cmpxchg). The per-CPU state is touched only by its
+//! own CPU in task context: this kernel is not preemptible, kmalloc is never called from an
+//! interrupt handler, and `kmalloc_shrink` flushes the other CPUs' slabs through
+//! `smp::on_each_cpu`, which runs at their quiescent points (Linux: `flush_all` with per-CPU
+//! work). Nothing in the fast paths reaches a quiescent point; the refill allocates pages with
+//! no lock held and re-reads the per-CPU state afterwards.
 use core::ptr::null_mut;
 
 use crate::mm::page_alloc;
+use crate::percpu_defs::smp_processor_id;
 use mm_types::gfp::GfpFlags;
 use mm_types::PAGE_SIZE;
 
@@ -17,6 +30,11 @@ const MAX_SHIFT: u32 = 11;
 const NR_CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
 const HDR: usize = 64;
 
+/// A slab page's header. Unfrozen (`frozen == 0`): `inuse` counts the objects not on `free`,
+/// and the slab is on its class's partial list exactly when `free` is non-empty. Frozen by CPU
+/// k (`frozen == k + 1`): it is CPU k's cpu slab of its class, on no list; its free objects are
+/// on CPU k's freelist, except those freed on other CPUs since, which are on `free`; `inuse` is
+/// not kept (it is recomputed when the slab is unfrozen).
 #[repr(C)]
 struct Slab {
     class: u32,
@@ -24,11 +42,14 @@ struct Slab {
     free: *mut FreeObj,
     next: *mut Slab,
     prev: *mut Slab,
+    frozen: u32,
 }
 
 struct FreeObj {
     next: *mut FreeObj,
 }
+
+const _: () = assert!(core::mem::size_of::<Slab>() <= HDR);
 
 /// Per class: slabs with free objects (partial or empty), and full slabs are off-list.
 struct Class {
@@ -42,6 +63,43 @@ unsafe impl Send for Class {}
 
 static CLASSES: [spin::Mutex<Class>; NR_CLASSES] =
     [const { spin::Mutex::new(Class { partial: null_mut(), nr_slabs: 0 }) }; NR_CLASSES];
+
+/// A CPU's slab of one class (Linux `kmem_cache_cpu`): `slab` is null or a slab frozen by this
+/// CPU, and `freelist` chains free objects of that slab only (empty when `slab` is null).
+#[derive(Clone, Copy)]
+struct CpuSlab {
+    freelist: *mut FreeObj,
+    slab: *mut Slab,
+}
+
+crate::define_per_cpu! {
+    /// Every CPU's cpu slabs. Reached only through `this_cpu_ptr` by the CPU itself (see the
+    /// module comment); empty in the template that setup_per_cpu_areas copies (no kmalloc
+    /// runs before the page allocator, which comes after the per-CPU areas).
+    static CPU_SLABS: [CpuSlab; NR_CLASSES] =
+        [CpuSlab { freelist: null_mut(), slab: null_mut() }; NR_CLASSES];
+}
+
+/// This CPU's cpu slab of `class`.
+///
+/// # Safety
+///
+/// The caller is the kernel in task context on this CPU (not an interrupt handler) and keeps
+/// the pointer only while it reaches no quiescent point: then nothing else accesses this CPU's
+/// cpu slabs meanwhile.
+#[inline(always)]
+unsafe fn cpu_slab(class: usize) -> *mut CpuSlab {
+    // SAFETY: `class < NR_CLASSES` (class_of's result), so the element lies inside this CPU's
+    // array; per-CPU areas exist before any kmalloc (see CPU_SLABS).
+    unsafe { (CPU_SLABS.this_cpu_ptr() as *mut CpuSlab).add(class) }
+}
+
+/// Objects per slab of `class`.
+fn objects(class: usize) -> u32 {
+    let osz = obj_size(class);
+    let first = if osz < HDR { HDR } else { osz };
+    ((PAGE_SIZE - first) / osz) as u32
+}
 
 fn class_of(size: usize) -> Option<usize> {
     let s = size.max(1 << MIN_SHIFT).next_power_of_two();
@@ -124,7 +182,7 @@ fn new_slab(class: usize, gfp: GfpFlags) -> Option<spin::MutexGuard<'static, Cla
     let osz = obj_size(class);
     let first = if osz < HDR { HDR } else { osz };
     // SAFETY: `page` is a fresh page-aligned PAGE_SIZE page from the page allocator, owned by
-    // this call alone (not on any list yet); the header (32 bytes) and every object at
+    // this call alone (not on any list yet); the header (40 bytes) and every object at
     // [first, PAGE_SIZE) in steps of osz (>= 16, so FreeObj-aligned) lie inside it.
     unsafe {
         (*s).class = class as u32;
@@ -132,6 +190,7 @@ fn new_slab(class: usize, gfp: GfpFlags) -> Option<spin::MutexGuard<'static, Cla
         (*s).free = null_mut();
         (*s).next = null_mut();
         (*s).prev = null_mut();
+        (*s).frozen = 0;
         let mut off = PAGE_SIZE - osz;
         while off >= first {
             let o = page.add(off) as *mut FreeObj;
@@ -147,6 +206,67 @@ fn new_slab(class: usize, gfp: GfpFlags) -> Option<spin::MutexGuard<'static, Cla
     Some(c)
 }
 
+/// kmalloc's slow path (Linux `___slab_alloc`): this CPU's freelist is empty. Takes the objects
+/// other CPUs freed into the cpu slab, else unfreezes it and freezes a partial slab, else
+/// builds a new slab (the page allocated with no lock held) and tries again.
+#[cold]
+#[inline(never)]
+fn kmalloc_refill(class: usize, gfp: GfpFlags) -> *mut u8 {
+    let obj = loop {
+        {
+            let mut c = CLASSES[class].lock();
+            // SAFETY: task context, no quiescent point while `cs` is used (the lock is held).
+            let cs = unsafe { cpu_slab(class) };
+            // SAFETY: `cs` is this CPU's, ours alone; its slab is null or frozen by this CPU
+            // (live, on no list); partial slabs are live with free objects; all slab headers
+            // are changed under the class lock, held here.
+            unsafe {
+                // A kfree from an RCU callback during an earlier round's page allocation may
+                // have refilled it.
+                if (*cs).freelist.is_null() {
+                    let s = (*cs).slab;
+                    if !s.is_null() && !(*s).free.is_null() {
+                        (*cs).freelist = (*s).free;
+                        (*s).free = null_mut();
+                    } else {
+                        if !s.is_null() {
+                            // Every object in use: unfrozen, it is full (on no list).
+                            (*s).frozen = 0;
+                            (*s).inuse = objects(class);
+                            (*cs).slab = null_mut();
+                        }
+                        let p = c.partial;
+                        if !p.is_null() {
+                            list_del(&mut c.partial, p);
+                            (*p).frozen = smp_processor_id() as u32 + 1;
+                            (*cs).freelist = (*p).free;
+                            (*cs).slab = p;
+                            (*p).free = null_mut();
+                        }
+                    }
+                }
+                let o = (*cs).freelist;
+                if !o.is_null() {
+                    (*cs).freelist = (*o).next;
+                    break o as *mut u8;
+                }
+            }
+        }
+        // No slab with a free object: a new one (its page allocated with no lock held: the
+        // allocation may reach a quiescent point, where this CPU's slabs may be flushed or
+        // objects freed into them; the next round reads them again).
+        match new_slab(class, gfp) {
+            Some(c) => drop(c),
+            None => return null_mut(),
+        }
+    };
+    if gfp.contains(GfpFlags::__GFP_ZERO) {
+        // SAFETY: `obj` is an object of `class` just taken off a free list: the caller's alone.
+        unsafe { zero_object(obj, class) };
+    }
+    obj
+}
+
 /// Allocates `size` bytes (zeroed with __GFP_ZERO). Null on failure. The fast path (an object
 /// from a partial slab) is inlined into callers, as SLUB's `slab_alloc_node` fast path is; a
 /// new slab and page-sized requests go out of line.
@@ -155,28 +275,18 @@ pub fn kmalloc(size: usize, gfp: GfpFlags) -> *mut u8 {
     let Some(class) = class_of(size) else {
         return kmalloc_large(size, gfp);
     };
-    let mut c = CLASSES[class].lock();
-    if c.partial.is_null() {
-        drop(c);
-        c = match new_slab(class, gfp) {
-            Some(c) => c,
-            None => return null_mut(),
-        };
-    }
-    let s = c.partial;
-    // SAFETY: the class lock is held; `s` is non-null (the list was non-empty or just got a new
-    // slab) and every slab on the partial list is live with at least one free object (a slab
-    // leaves the list when its last free object is taken), so `o` is a valid free object.
+    // SAFETY: task context, and nothing below reaches a quiescent point while `cs` is used.
+    let cs = unsafe { cpu_slab(class) };
+    // SAFETY: `cs` is this CPU's cpu slab, ours alone meanwhile; a non-null freelist head is a
+    // free object of its frozen slab, holding the next link.
     let obj = unsafe {
-        let o = (*s).free;
-        (*s).free = (*o).next;
-        (*s).inuse += 1;
-        if (*s).free.is_null() {
-            list_del(&mut c.partial, s);
+        let o = (*cs).freelist;
+        if o.is_null() {
+            return kmalloc_refill(class, gfp);
         }
+        (*cs).freelist = (*o).next;
         o as *mut u8
     };
-    drop(c);
     if gfp.contains(GfpFlags::__GFP_ZERO) {
         // SAFETY: `obj` is an object of `class` just taken off its slab's free list: it is
         // this caller's alone.
@@ -225,22 +335,47 @@ pub unsafe fn kfree(ptr: *mut u8, size: usize) {
         return;
     };
     let s = ((ptr as usize) & !(PAGE_SIZE - 1)) as *mut Slab;
-    let mut c = CLASSES[class].lock();
-    // SAFETY: per the contract, `ptr` is a live object of this class, so the page it lies in
-    // is a live slab of this class (a slab with an object in use is never released by
-    // kmalloc_shrink) whose header starts the page; the class lock is held, and the object is
-    // no longer used by anyone, so it can hold the free-list link.
-    unsafe {
-        if (*s).class as usize != class {
-            kfree_wrong_class(ptr, class, (*s).class);
+    // SAFETY: per the contract `ptr` is a live object of this class, so its page is a live
+    // slab (one with an object in use is never released) whose header starts the page; `class`
+    // never changes while the slab lives.
+    if unsafe { (*s).class } as usize != class {
+        // SAFETY: as above.
+        kfree_wrong_class(ptr, class, unsafe { (*s).class });
+    }
+    // SAFETY: task context, and nothing below reaches a quiescent point while `cs` is used.
+    let cs = unsafe { cpu_slab(class) };
+    // SAFETY: `cs` is this CPU's cpu slab, ours alone meanwhile.
+    if unsafe { (*cs).slab } == s {
+        // SAFETY: `ptr` is a free object of this CPU's frozen slab now (the caller gave it up),
+        // so it can hold the freelist link; the freelist is ours alone.
+        unsafe {
+            let o = ptr as *mut FreeObj;
+            (*o).next = (*cs).freelist;
+            (*cs).freelist = o;
         }
-        let was_full = (*s).free.is_null();
+        return;
+    }
+    kfree_slow(s, ptr, class);
+}
+
+/// kfree into a slab that is not this CPU's cpu slab (Linux `__slab_free`): onto the slab's
+/// own free list under the class lock; an unfrozen slab that was full goes back on the partial
+/// list. A slab frozen by another CPU keeps the object for that CPU's next refill.
+#[inline(never)]
+fn kfree_slow(s: *mut Slab, ptr: *mut u8, class: usize) {
+    let mut c = CLASSES[class].lock();
+    // SAFETY: `s` is the live slab of `ptr` (see kfree); slab headers and lists change only under
+    // the class lock, held; the object is no longer used by anyone, so it can hold the link.
+    unsafe {
         let o = ptr as *mut FreeObj;
+        let was_full = (*s).free.is_null();
         (*o).next = (*s).free;
         (*s).free = o;
-        (*s).inuse -= 1;
-        if was_full {
-            list_add(&mut c.partial, s);
+        if (*s).frozen == 0 {
+            (*s).inuse -= 1;
+            if was_full {
+                list_add(&mut c.partial, s);
+            }
         }
     }
 }
@@ -264,8 +399,49 @@ fn kfree_wrong_class(ptr: *mut u8, class: usize, slab_class: u32) -> ! {
     );
 }
 
-/// Returns every empty slab page to the page allocator. Returns the pages released.
+/// Unfreezes this CPU's cpu slabs (Linux `flush_cpu_slab` / `deactivate_slab`): the CPU's
+/// free objects go back onto their slab, which goes on the partial list (or, full, on none).
+fn flush_cpu_slabs() {
+    for (class, lock) in CLASSES.iter().enumerate() {
+        let mut c = lock.lock();
+        // SAFETY: run by this CPU in task context (directly or from its mailbox at a quiescent
+        // point, never inside kmalloc/kfree), the lock held: nothing else uses `cs`.
+        let cs = unsafe { cpu_slab(class) };
+        // SAFETY: `cs` is ours; its slab is null or frozen by this CPU (live, on no list) and
+        // its freelist objects are free objects of that slab; the class lock guards the header.
+        unsafe {
+            let s = (*cs).slab;
+            if s.is_null() {
+                continue;
+            }
+            let mut o = (*cs).freelist;
+            while !o.is_null() {
+                let next = (*o).next;
+                (*o).next = (*s).free;
+                (*s).free = o;
+                o = next;
+            }
+            (*cs).freelist = null_mut();
+            (*cs).slab = null_mut();
+            let mut nr_free = 0;
+            let mut o = (*s).free;
+            while !o.is_null() {
+                nr_free += 1;
+                o = (*o).next;
+            }
+            (*s).frozen = 0;
+            (*s).inuse = objects(class) - nr_free;
+            if nr_free > 0 {
+                list_add(&mut c.partial, s);
+            }
+        }
+    }
+}
+
+/// Flushes every CPU's cpu slabs (Linux `flush_all`), then returns every empty slab page to the
+/// page allocator. Returns the pages released.
 pub fn kmalloc_shrink() -> usize {
+    crate::smp::on_each_cpu(&flush_cpu_slabs);
     let mut freed = 0;
     for class in CLASSES.iter() {
         let mut c = class.lock();
