@@ -462,3 +462,8 @@ pub fn kmalloc_shrink() -> usize {
     }
     freed
 }
+
+/// Slab pages held by all classes (cpu slabs included), for tests and reports.
+pub fn kmalloc_nr_slabs() -> usize {
+    CLASSES.iter().map(|c| c.lock().nr_slabs).sum()
+}
