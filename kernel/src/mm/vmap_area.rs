@@ -144,6 +144,21 @@ pub fn nr_drains() -> u64 {
     NR_PURGES.load(Ordering::Relaxed)
 }
 
+/// Linux `mutex_lock(&vmap_purge_lock)`: a sleeping lock in Linux, whose waiters are off the
+/// CPU and so in a quiescent state. Here a waiter spins through cond_resched(), which reports
+/// the quiescent state a grace period asks of this CPU (as pcpu_alloc_mutex_lock does).
+fn purge_lock() -> spin::MutexGuard<'static, ()> {
+    loop {
+        if let Some(g) = PURGE_LOCK.try_lock() {
+            return g;
+        }
+        while PURGE_LOCK.is_locked() {
+            smp::cond_resched();
+            core::hint::spin_loop();
+        }
+    }
+}
+
 /// Linux __purge_vmap_area_lazy: decay the node pools, collect every lazily freed area, one
 /// TLB flush for the whole span, then return the areas to the pools or the free tree.
 pub fn purge_vmap_area_lazy() {
@@ -153,7 +168,7 @@ pub fn purge_vmap_area_lazy() {
 /// `__purge_vmap_area_lazy(start, end)`: the flushed span also covers [start, end) (dirty
 /// vmap-block ranges from vm_unmap_aliases), flushed even when nothing lazy is pending.
 pub(crate) fn purge_vmap_area_lazy_range(mut start: u64, mut end: u64) {
-    let _g = PURGE_LOCK.lock();
+    let _g = purge_lock();
     let mut batch = kva::LazyBatch::take_all(&mut start, &mut end);
     kva::decay_pools(false);
     if start < end {
