@@ -179,6 +179,9 @@ impl<P: PageSource> BusyTree<NodeCache<P>> {
 impl<N: SharedNodeSource> BusyTree<N> {
     /// Links `va` (its range and value as set): `Overlap` if it overlaps an area already in
     /// the tree, `Invalid` if empty; the area is handed back with the error.
+    // Inline: on the path of every vmalloc/vfree (its call and return were two TB
+    // lookups per loop under TCG; README "Fifth round").
+    #[inline(always)]
     pub fn insert_va(&mut self, va: Va<N>) -> Result<(), (Va<N>, KvaError)> {
         let (start, end) = (va.va_start(), va.va_end());
         if start >= end {
@@ -198,6 +201,9 @@ impl<N: SharedNodeSource> BusyTree<N> {
     }
 
     /// Unlinks the area starting exactly at `va_start` and hands it over.
+    // Inline: on the path of every vmalloc/vfree (its call and return were two TB
+    // lookups per loop under TCG; README "Fifth round").
+    #[inline(always)]
     pub fn remove_va(&mut self, va_start: u64) -> Option<Va<N>> {
         let n = self.tree.find_start(va_start);
         if n.is_null() {

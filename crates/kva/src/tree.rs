@@ -287,6 +287,9 @@ impl<N: NodeSource, const AUG: bool> RawTree<N, AUG> {
     /// source moved from another structure), is live and is not linked. Either `parent`
     /// is null and the tree is empty, or `(parent, as_left)` is what [`RawTree::find_links`]
     /// returned for `node`'s range with no change to the tree since.
+    // Inline: on the path of every vmalloc/vfree (its call and return were two TB
+    // lookups per loop under TCG; README "Fifth round").
+    #[inline(always)]
     pub(crate) unsafe fn link(&mut self, node: *mut VaNode, parent: *mut VaNode, as_left: bool) {
         // SAFETY: `node` is a live, unlinked node (contract): its links are ours.
         unsafe {

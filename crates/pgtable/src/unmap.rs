@@ -70,6 +70,9 @@ impl PageTable {
     /// after such entries inside the range were cleared. Nothing outside the range is ever
     /// written. On an end straddle the counts of what was cleared are not returned (the error
     /// carries only the block/run).
+    // Inline: on the path of every vmalloc/vfree (its call and return were two TB
+    // lookups per loop under TCG; README "Fifth round").
+    #[inline(always)]
     pub fn unmap_range<M: PtMemory + ?Sized>(
         &self,
         mem: &mut M,

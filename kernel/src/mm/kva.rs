@@ -167,6 +167,9 @@ fn insert_failed(tree: &str, va: KVa, e: KvaError) -> KVa {
 
 /// Unlinks the busy area starting at `start` (Linux find_unlink_vmap_area): the area, its
 /// value and the vmap node it was taken for.
+// Inline: on the path of every vmalloc/vfree (its call and return were two TB
+// lookups per loop under TCG; README "Fifth round").
+#[inline(always)]
 pub fn busy_remove(start: u64) -> Option<(KVa, u64, usize)> {
     let va = NODES[addr_to_node(start)].busy.lock().remove_va(start)?;
     let (val, node) = decode(va.value());

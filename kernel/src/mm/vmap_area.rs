@@ -63,6 +63,9 @@ pub(crate) fn warn_misuse(args: core::fmt::Arguments) {
 /// Reserves VA for an area (Linux: alloc_vmap_area). The node fast path (per-node size pools)
 /// is used for the default vmalloc range when there is more than one node. On failure, purges
 /// the lazily freed areas once and retries; then warns (unless __GFP_NOWARN) and fails.
+// Inline: on the path of every vmalloc/vfree (its call and return were two TB
+// lookups per loop under TCG; README "Fifth round").
+#[inline(always)]
 pub(crate) fn alloc_vmap_area(
     size: u64,
     align: u64,
@@ -206,7 +209,9 @@ pub(crate) fn vmap_pages_range(va: u64, pages: &[Pfn], page_shift: u32) -> bool 
 }
 
 /// Clears the mappings of [va, va + size) without flushing the TLB (vunmap_range_noflush).
-#[inline]
+// Inline: on the path of every vmalloc/vfree (its call and return were two TB
+// lookups per loop under TCG; README "Fifth round").
+#[inline(always)]
 pub(crate) fn vunmap_range_noflush(va: u64, size: u64) {
     let r = kernel_pgtable().unmap_range(&mut LinearPt, va, size);
     if let Err(e) = r {

@@ -69,6 +69,9 @@ impl<'m> PageAllocator<'m> {
 
     /// Linux `get_page_from_freelist`: the first zone of the zonelist that passes its
     /// watermark (noting ZONE_BELOW_HIGH on the way) and has a block.
+    // Inline: on the path of every vmalloc/vfree (its call and return were two TB
+    // lookups per loop under TCG; README "Fifth round").
+    #[inline(always)]
     fn get_page_from_freelist(
         &self,
         cpu: usize,

@@ -156,7 +156,9 @@ impl<'m> PageAllocator<'m> {
 
     /// Linux `free_prepared_contig_range`: free `[pfn, pfn + nr_pages)`, already prepared,
     /// in naturally aligned power-of-two chunks through the normal free path.
-    #[inline]
+    // Inline: on the path of every vmalloc/vfree (its call and return were two TB
+    // lookups per loop under TCG; README "Fifth round").
+    #[inline(always)]
     fn free_prepared_contig_range(&self, cpu: usize, mut pfn: u64, mut nr_pages: u64) {
         while nr_pages != 0 {
             let order = contig_chunk_order(pfn, nr_pages);
@@ -269,6 +271,9 @@ impl<'m> PageAllocator<'m> {
     /// Linux `__free_frozen_pages` for a prepared block (refcount 0, checks done): pcp orders
     /// go to this CPU's pcp list (or the buddy if its lock is busy), other orders straight to
     /// the buddy under zone->lock.
+    // Inline: on the path of every vmalloc/vfree (its call and return were two TB
+    // lookups per loop under TCG; README "Fifth round").
+    #[inline(always)]
     fn __free_frozen_pages(&self, cpu: usize, pfn: u64, order: u32, fpi: u32) {
         let zone = &self.node.zones[self.node.mem_map.page(pfn).zone_idx() as usize];
         self.events(cpu).count(VmEvent::pgfree_order(order), 1);

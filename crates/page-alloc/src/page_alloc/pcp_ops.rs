@@ -175,6 +175,9 @@ impl<'m> PageAllocator<'m> {
     }
 
     /// Linux `rmqueue_pcplist`. `None` if the pcp lock is busy or the buddy is empty.
+    // Inline: on the path of every vmalloc/vfree (its call and return were two TB
+    // lookups per loop under TCG; README "Fifth round").
+    #[inline(always)]
     pub(super) fn rmqueue_pcplist(
         &self,
         cpu: usize,
@@ -261,6 +264,9 @@ impl<'m> PageAllocator<'m> {
     /// Linux `free_frozen_page_commit`: put the block on the pcp list head, tune high /
     /// alloc_factor / free_count, and flush `nr_pcp_free` pages in `batch` chunks when
     /// `count >= high`, re-taking the pcp lock between chunks.
+    // Inline: on the path of every vmalloc/vfree (its call and return were two TB
+    // lookups per loop under TCG; README "Fifth round").
+    #[inline(always)]
     pub(super) fn free_frozen_page_commit(
         &self,
         cpu: usize,
