@@ -124,6 +124,9 @@ check null-pointer 10 3 'EXCEPTION on CPU 0.*data abort.*' -- virt 1 512M -appen
 # Unbounded recursion: the exception entry sees the frame would not fit, switches to the per-CPU
 # overflow stack and names the overflow (instead of writing below the guard page).
 check stack-overflow 10 3 'kernel stack overflow on CPU 0: SP 0x[0-9a-f]+ below the task stack' -- virt 1 512M -append "ktest.fault=stack"
+# SLUB's naive double-free check (CONFIG_SLAB_FREELIST_HARDENED): a second kfree of the object
+# heading the free list is named, and the kernel stops (panic exit 4).
+check kfree-double 10 4 'kfree: double free of the 64-byte object at 0x[0-9a-f]+' -- virt 1 512M -append "ktest.fault=kfree"
 check bad-param 10 2 'FATAL: .*mm.vfree' -- virt 1 512M -append "mm.vfree=sometimes"
 check unknown-param 10 2 'FATAL: unknown boot parameter mm.bogus' -- virt 1 512M -append "mm.bogus=1"
 check bad-hz 10 2 'FATAL: .*boot parameter hz' -- virt 1 512M -append "hz=fast"

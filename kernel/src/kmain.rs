@@ -387,6 +387,21 @@ pub fn kmain(dtb_pa: u64, kimage_pa: u64) -> ! {
             println!("read {v:#x}: no fault?!");
             arch::exit(crate::EXIT_TEST_FAILED);
         }
+        Some("kfree") => {
+            use crate::mm::kmalloc::{kfree, kmalloc};
+            println!("ktest.fault=kfree: freeing a 64-byte kmalloc object twice");
+            let p = kmalloc(64, mm_types::gfp::GfpFlags::GFP_KERNEL);
+            // SAFETY: a deliberate double free (ktest.fault=kfree): `p` is a live 64-byte object
+            // (or null: both calls return at once); the second kfree must stop in the
+            // double-free report before it links the object again, which is what the check
+            // expects.
+            unsafe {
+                kfree(p, 64);
+                kfree(p, 64);
+            }
+            println!("second kfree of {p:p} returned: double free not detected");
+            arch::exit(crate::EXIT_TEST_FAILED);
+        }
         Some(_) => {
             println!("ktest.fault=stack: recursing until the stack runs out");
             let d = recurse(0);

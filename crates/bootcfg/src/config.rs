@@ -38,8 +38,8 @@ pub struct Config {
     pub printk_time: bool,
     /// `ktest` (all) or `ktest=FILTER`: run the in-kernel tests instead of the benchmark.
     pub ktest: Option<String>,
-    /// `ktest.fault=null|stack`: a deliberate NULL read or unbounded recursion after boot
-    /// (checks the exception report and the overflow stack).
+    /// `ktest.fault=null|stack|kfree`: a deliberate NULL read, unbounded recursion or double
+    /// kfree after boot (checks the exception report, the overflow stack, the double-free report).
     pub ktest_fault: Option<String>,
     /// `bench=pagealloc`: the page-allocator micro-benchmark instead of test_vmalloc.
     pub bench: Option<String>,
@@ -129,8 +129,8 @@ impl Config {
                 "ktest" => c.ktest = Some(v.unwrap_or("").to_string()),
                 "ktest.fault" => {
                     let s = need(&key, v)?;
-                    if s != "null" && s != "stack" {
-                        return Err(format!("bad value \"{s}\" for boot parameter ktest.fault: expected null or stack"));
+                    if s != "null" && s != "stack" && s != "kfree" {
+                        return Err(format!("bad value \"{s}\" for boot parameter ktest.fault: expected null, stack or kfree"));
                     }
                     c.ktest_fault = Some(s.to_string());
                 }

@@ -346,10 +346,14 @@ pub unsafe fn kfree(ptr: *mut u8, size: usize) {
     let cs = unsafe { cpu_slab(class) };
     // SAFETY: `cs` is this CPU's cpu slab, ours alone meanwhile.
     if unsafe { (*cs).slab } == s {
+        let o = ptr as *mut FreeObj;
+        // SAFETY: `cs` is this CPU's cpu slab, ours alone meanwhile.
+        if unsafe { (*cs).freelist } == o {
+            kfree_double_free(ptr, class);
+        }
         // SAFETY: `ptr` is a free object of this CPU's frozen slab now (the caller gave it up),
         // so it can hold the freelist link; the freelist is ours alone.
         unsafe {
-            let o = ptr as *mut FreeObj;
             (*o).next = (*cs).freelist;
             (*cs).freelist = o;
         }
@@ -368,6 +372,10 @@ fn kfree_slow(s: *mut Slab, ptr: *mut u8, class: usize) {
     // the class lock, held; the object is no longer used by anyone, so it can hold the link.
     unsafe {
         let o = ptr as *mut FreeObj;
+        if (*s).free == o {
+            drop(c);
+            kfree_double_free(ptr, class);
+        }
         let was_full = (*s).free.is_null();
         (*o).next = (*s).free;
         (*s).free = o;
@@ -385,6 +393,20 @@ fn kfree_slow(s: *mut Slab, ptr: *mut u8, class: usize) {
 #[inline(never)]
 fn kfree_large(ptr: *mut u8, size: usize) {
     page_alloc::free_pages_va(ptr, large_order(size));
+}
+
+/// A kfree of the object that heads the freelist it would go on: SLUB's naive double-free
+/// detection (`set_freepointer`'s `BUG_ON(object == fp)` under CONFIG_SLAB_FREELIST_HARDENED,
+/// which Debian enables): an immediate second kfree of an object is caught, one after other
+/// frees of the same slab is not (that needs slub_debug's object tracking).
+#[cold]
+#[inline(never)]
+fn kfree_double_free(ptr: *mut u8, class: usize) -> ! {
+    panic!(
+        "kfree: double free of the {}-byte object at {:p} (it already heads the free list)",
+        obj_size(class),
+        ptr
+    );
 }
 
 /// A kfree whose size names another class than the slab the object lies in.
