@@ -34,8 +34,9 @@
 #                   firmware, the DTB, kernel8.img, config.txt, cmdline.txt = ARGS) and the same
 #                   files in target/sdcard/ (scripts/sdcard.sh; boot/sdcard/config.txt)
 #   make gdb        boot virt halted with a gdb stub, attach gdb-multiarch
-#   make layout     measure the hot paths' call graph on the seed suite (boot/hot-calls.txt,
-#                   which the linker uses to place callers beside callees) and relink
+#   make layout     measure the hot paths on the seed suite and place the hot functions at page
+#                   offsets that keep their branches and calls on one page (boot/hot-order.txt,
+#                   the linker's symbol order), then relink
 #   make profile-rows  per seed row, one loop's instructions by mm component (TCG plugin);
 #                   PROFILE_ARGS=--linux adds Linux 6.12's, charged to the same components
 #   make clean
