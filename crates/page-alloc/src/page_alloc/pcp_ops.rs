@@ -55,7 +55,9 @@ fn nr_pcp_alloc(pcp: &mut PerCpuPages, zone: &Zone, order: u32) -> i32 {
     batch
 }
 
-/// Linux `nr_pcp_high` (ZONE_RECLAIM_ACTIVE never set here).
+/// Linux `nr_pcp_high` (ZONE_RECLAIM_ACTIVE never set here). Inline: it runs on every free to
+/// a pcp list, and with free_frozen_page_commit inlined LLVM otherwise keeps it out of line.
+#[inline(always)]
 fn nr_pcp_high(pcp: &mut PerCpuPages, zone: &Zone, batch: i32, free_high: bool) -> i32 {
     let (high_min, high_max) = (pcp.high_min, pcp.high_max);
     pcp.high = clamp(pcp.high, high_min, high_max);
