@@ -13,8 +13,9 @@ against has neither).
 
   layout.py generate [--img IMG] [--elf ELF] [--out FILE]
       Boots the image at -smp 2 (the wall-clock comparison's setting) under the tbcount plugin
-      twice per row of the seed plan (L and 2L loops, L = nominal x 0.03, mm.vfree=bulk), so the
-      difference is the loop alone, without boot, setup and teardown. From the executed blocks
+      twice per row of the seed plan (L and 2L loops, L = nominal x 0.03, mm.vfree=bulk;
+      pcpu_alloc_test, which has no loop: L and 2L objects), so the difference is the loop
+      alone, without boot, setup and teardown. From the executed blocks
       and the disassembly it derives every control transfer the loop makes (fall-through inside
       a block, taken and not-taken branches, calls; returns always cost a lookup and do not
       count), weighed so that every row counts the same (a row's instructions sum to
