@@ -186,8 +186,8 @@ impl<N: NodeSource> KvaAllocator<N> {
                 // The second object first, so a failure leaves the tree untouched (Linux takes
                 // the per-CPU preloaded ne_fit_preload_node, else a GFP_NOWAIT allocation).
                 // SAFETY: `va` is a node of this tree (contract).
-                let lva =
-                    unsafe { self.tree.alloc_split_low(va, nva) }.ok_or(KvaError::NoMemory)?;
+                let lva = unsafe { self.tree.alloc_split_low(va, nva) };
+                let lva = lva.ok_or(KvaError::NoMemory)?;
                 // SAFETY: `va` is a node of this tree (allocating `lva` did not change the
                 // tree); its start only grows within its block.
                 unsafe { self.tree.set_start(va, nva + size) };

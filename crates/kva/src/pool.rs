@@ -211,8 +211,8 @@ impl<N: NodeSource> VaPool<N> {
                 // SAFETY: `n` is the head of one of our lists or the `next` (left) link of one
                 // of its nodes, non-null: a live node of our cache (invariant); `&self` rules
                 // out changes.
-                let (back, start, end, next) =
-                    unsafe { ((*n).right, (*n).va_start, (*n).va_end, (*n).left) };
+                let node = unsafe { &*n };
+                let (back, start, end, next) = (node.right, node.va_start, node.va_end, node.left);
                 if back != prev {
                     return Err("pool list prev link wrong");
                 }

@@ -634,8 +634,9 @@ impl<N: NodeSource, const AUG: bool> RawTree<N, AUG> {
             return Ok((1, 0, 0, 0));
         }
         // SAFETY: `n` is a non-null tree node (contract).
+        let node = unsafe { &*n };
         let (np, start, end, l, r, color) =
-            unsafe { ((*n).parent, (*n).va_start, (*n).va_end, (*n).left, (*n).right, (*n).color) };
+            (node.parent, node.va_start, node.va_end, node.left, node.right, node.color);
         if np != parent {
             return Err("bad parent link");
         }

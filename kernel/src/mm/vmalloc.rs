@@ -95,10 +95,10 @@ fn vm_area_alloc_pages(gfp: GfpFlags, order: u32, pages: &mut [Pfn]) -> usize {
             for s in slots[..req].iter_mut() {
                 s.write(None);
             }
+            let prefix = core::ptr::from_mut(&mut slots[..req]) as *mut [Option<Pfn>];
             // SAFETY: the first `req` slots were initialised just above; MaybeUninit<T> has
             // T's layout, so the prefix is a valid `[Option<Pfn>]` for this borrow.
-            let slots =
-                unsafe { &mut *(core::ptr::from_mut(&mut slots[..req]) as *mut [Option<Pfn>]) };
+            let slots = unsafe { &mut *prefix };
             let got = page_alloc::alloc_pages_bulk(bulk_gfp, req, slots);
             let mut n = 0;
             // Kept as `if let`: `.iter().flatten()` compiles this hot loop (inlined into
@@ -393,8 +393,8 @@ fn remove_vm_area(addr: u64) -> Option<*mut VmStruct> {
     // not nr_pages: a vmap() area owns no pages array.
     // SAFETY: a busy value with no tag bits is the vm_struct this area was inserted with, alive
     // until free_vm_struct.
-    let mapped =
-        unsafe { (*vm).size - if (*vm).flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 } };
+    let (size, flags) = unsafe { ((*vm).size, (*vm).flags) };
+    let mapped = size - if flags & VM_NO_GUARD != 0 { 0 } else { PAGE_SIZE as u64 };
     vunmap_range_noflush(start, mapped);
     free_vmap_area_noflush(va, node);
     Some(vm)
