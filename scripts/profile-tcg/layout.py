@@ -36,11 +36,12 @@ against has neither).
       runs with this toolchain). A changed function size shifts the functions after it: the
       order then still holds, the offsets only approximately (`make layout` redoes them).
 """
-import argparse, bisect, collections, os, re, subprocess, sys, tempfile
+import argparse, bisect, collections, os, re, sys, tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+import rows  # noqa: E402
 from rows import TESTS, llvm_nm, plugin, sh  # noqa: E402
 import tomllib  # noqa: E402
 
@@ -112,14 +113,9 @@ def run_row(a, so, tmp, row, loops):
            f"test_vmalloc.use_huge={h} {n} "
            "test_vmalloc.nr_threads=1 test_vmalloc.sequential_test_order=1")
     counts, log = os.path.join(tmp, "tb.txt"), os.path.join(tmp, "boot.log")
-    args = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "2G",
-            "-nographic", "-no-reboot", "-plugin", f"{so},out={counts}", "-semihosting",
-            "-kernel", a.img, "-append", cmd]
-    with open(log, "w") as f:
-        rc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            timeout=1800).returncode
-    if rc != 0 or "Summary:" not in open(log, errors="replace").read():
-        sys.exit(f"layout: boot failed (QEMU status {rc}) for {row}, see {log}")
+    rows.SMP = "2"  # the wall-clock comparison's setting
+    rows.qemu(so, counts, log, ["-semihosting", "-kernel", a.img, "-append", cmd],
+              lambda rc, text: rc == 0 and "Summary:" in text)
     blocks = collections.Counter()
     for line in open(counts):
         _, va, n, ex, _ = line.split()
